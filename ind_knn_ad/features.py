@@ -1,0 +1,41 @@
+"""Patch features: a backbone's mid-level maps made locally aware and stacked per position."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchFeatures(nn.Module):
+    """Backbone stages -> local average -> upsample to the largest map -> concatenate.
+
+    The local average (PatchCore's neighbourhood aggregation) lets each position see a
+    little context, so a patch is judged with its surroundings. Upsampling to the finest
+    stage keeps the anomaly map as sharp as the backbone allows.
+    """
+
+    def __init__(self, backbone: nn.Module, neighbourhood: int = 3) -> None:
+        super().__init__()
+        if neighbourhood < 1 or neighbourhood % 2 == 0:
+            raise ValueError(f"neighbourhood must be a positive odd number, not {neighbourhood}")
+        self.backbone = backbone
+        self.neighbourhood = neighbourhood
+        self.eval()  # frozen feature extractor: batch norm must use its running statistics
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images to (B, C, h, w) patch features."""
+        maps = self.backbone(images)
+        size = maps[0].shape[-2:]
+        pad = self.neighbourhood // 2
+        pooled = []
+        for feature_map in maps:
+            feature_map = F.avg_pool2d(
+                feature_map, self.neighbourhood, stride=1, padding=pad, count_include_pad=False
+            )
+            if feature_map.shape[-2:] != size:
+                feature_map = F.interpolate(
+                    feature_map, size=size, mode="bilinear", align_corners=False
+                )
+            pooled.append(feature_map)
+        return torch.cat(pooled, dim=1)

@@ -1,0 +1,191 @@
+"""PatchCore fitting (torch): patch features of good images -> coreset memory bank -> model.
+
+Scoring lives in `scoring` (NumPy) and runs the same for features computed here and for
+features from the exported ONNX graph in `runtime`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .backbones import backbone_spec, build_backbone
+from .coreset import PROJECTION_DIM, coreset_size, greedy_coreset
+from .features import PatchFeatures
+from .images import ImageError, Preprocess
+from .model_file import FORMAT, FORMAT_VERSION, Model
+from .pipeline import preprocessed_batches, stack
+from .threshold import AUTO, auto_threshold, holdout_scores
+
+Progress = Callable[[int], None]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class PatchCoreSettings:
+    """What a fit is made of; everything here ends up in the model file."""
+
+    backbone: str = "wide_resnet50_2"
+    layers: tuple[int, ...] | None = None
+    neighbourhood: int = 3
+    coreset_fraction: float = 0.1
+    projection_dim: int = PROJECTION_DIM
+    image_score: str = "max"
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    seed: int = 0
+
+    def resolved_layers(self) -> tuple[int, ...]:
+        return tuple(self.layers or backbone_spec(self.backbone).layers)
+
+
+class FeatureExtractor:
+    """The torch patch-feature network on a device, taking and giving NumPy arrays."""
+
+    def __init__(
+        self, settings: PatchCoreSettings, device: torch.device, weights: Path | None = None
+    ) -> None:
+        backbone = build_backbone(settings.backbone, settings.resolved_layers(), weights)
+        self.network = PatchFeatures(backbone, settings.neighbourhood).to(device)
+        self.device = device
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) float32 to (B, C, h, w) float32 patch features."""
+        batch = torch.from_numpy(images).to(self.device)
+        return self.network(batch).float().cpu().numpy()
+
+    def export_onnx(self, size: int) -> bytes:
+        """The network as an ONNX graph with a dynamic batch axis, for torch-free scoring."""
+        network = self.network.to("cpu")
+        example = torch.zeros(1, 3, size, size)
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                network,
+                (example,),
+                buffer,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        self.network.to(self.device)
+        return buffer.getvalue()
+
+
+@dataclass
+class TrainFeatures:
+    """Patch features of every training image, (images, h*w, C), and the grid shape."""
+
+    features: np.ndarray
+    grid: tuple[int, int]
+
+
+def extract_features(
+    extractor: FeatureExtractor,
+    paths: Iterable[Path],
+    preprocess: Preprocess,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> TrainFeatures:
+    """Features of training images; any unreadable image stops the fit with its error."""
+    chunks = []
+    grid: tuple[int, int] = (0, 0)
+    done = 0
+    for items in preprocessed_batches(paths, preprocess, batch_size):
+        for _, value in items:
+            if isinstance(value, ImageError):
+                raise value
+        _, arrays = stack(items)
+        features = extractor(arrays)
+        grid = features.shape[2:]
+        chunks.append(features.transpose(0, 2, 3, 1).reshape(len(items), -1, features.shape[1]))
+        done += len(items)
+        if progress is not None:
+            progress(done)
+    return TrainFeatures(np.concatenate(chunks), tuple(grid))
+
+
+def _versions() -> dict[str, str]:
+    found = {"ind_knn_ad": __version__}
+    for package in ("torch", "timm", "onnx", "numpy"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "unknown"
+    return found
+
+
+def fit(
+    extractor: FeatureExtractor,
+    train: TrainFeatures,
+    settings: PatchCoreSettings,
+    threshold: float | str = AUTO,
+    dataset: str = "custom",
+    progress: Progress | None = None,
+) -> Model:
+    """Coreset memory bank from training features, threshold, and the exported graph."""
+    images, patches, channels = train.features.shape
+    flat = train.features.reshape(-1, channels)
+    size = coreset_size(flat.shape[0], settings.coreset_fraction)
+    device = extractor.device
+    chosen = greedy_coreset(
+        torch.from_numpy(flat).to(device),
+        size,
+        settings.projection_dim,
+        settings.seed,
+        progress,
+    ).numpy()
+    bank = np.ascontiguousarray(flat[chosen])
+    if threshold == AUTO:
+        scores = holdout_scores(
+            train.features, train.grid, bank, chosen // patches, settings.image_score
+        )
+        value, threshold_info = auto_threshold(scores)
+    else:
+        value, threshold_info = float(threshold), {"rule": "fixed, given by --threshold"}
+    model_settings = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": "patchcore",
+        "backbone": settings.backbone,
+        "layers": list(settings.resolved_layers()),
+        "neighbourhood": settings.neighbourhood,
+        "preprocess": settings.preprocess.to_dict(),
+        "feature_dim": int(channels),
+        "feature_grid": list(train.grid),
+        "image_score": settings.image_score,
+        "threshold": {"value": value, **threshold_info},
+        "coreset": {
+            "fraction": settings.coreset_fraction,
+            "size": int(size),
+            "total_patches": int(flat.shape[0]),
+            "projection_dim": settings.projection_dim,
+            "seed": settings.seed,
+        },
+        "train_images": int(images),
+        "dataset": dataset,
+        "versions": _versions(),
+    }
+    graph = extractor.export_onnx(settings.preprocess.crop)
+    return Model(model_settings, bank, graph)

@@ -1,0 +1,60 @@
+"""Decoding images in background threads while the model computes on the previous batch."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .images import ImageError, Preprocess
+
+Item = tuple[Path | str, "np.ndarray | ImageError"]
+
+
+def _load(preprocess: Preprocess, path: Path | str) -> np.ndarray | ImageError:
+    try:
+        return preprocess.load(path)
+    except ImageError as error:
+        return error
+
+
+def preprocessed_batches(
+    paths: Iterable[Path | str],
+    preprocess: Preprocess,
+    batch_size: int = 16,
+    workers: int = 2,
+) -> Iterator[Sequence[Item]]:
+    """Yield batches of (path, array or ImageError), in input order.
+
+    Pillow releases the GIL while decoding and resizing, so threads overlap with the
+    backbone. At most two batches are in flight, which bounds memory for any number of
+    files; a bad file becomes an ImageError in its slot instead of stopping the run.
+    """
+    paths = iter(paths)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[tuple[Path | str, Future]] = deque()
+
+        def fill() -> None:
+            while len(pending) < 2 * batch_size:
+                try:
+                    path = next(paths)
+                except StopIteration:
+                    return
+                pending.append((path, pool.submit(_load, preprocess, path)))
+
+        fill()
+        while pending:
+            batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+            fill()
+            yield [(path, future.result()) for path, future in batch]
+
+
+def stack(items: Sequence[Item]) -> tuple[list[int], np.ndarray | None]:
+    """Positions of the decoded items and their arrays stacked into one (B, 3, H, W) batch."""
+    good = [i for i, (_, value) in enumerate(items) if isinstance(value, np.ndarray)]
+    if not good:
+        return good, None
+    return good, np.stack([items[i][1] for i in good])

@@ -1,0 +1,58 @@
+"""What make_model.py shows people: progress bars and the results table (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from .evaluate import Evaluation
+
+
+@contextmanager
+def progress_bar(console: Console, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar for one stage; yields a callback taking the number of items done so far."""
+    with Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.update(task, completed=done)
+
+
+def _metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def results_tables(category: str, evaluation: Evaluation) -> list[Table]:
+    """The reference layout: metrics, then actual good/defective by predicted good/defective."""
+    metrics = Table(title=None)
+    metrics.add_column(f"Test results {category}")
+    metrics.add_column("image_rocauc", justify="right")
+    metrics.add_column("pixel_rocauc", justify="right")
+    metrics.add_row("patchcore", _metric(evaluation.image_rocauc), _metric(evaluation.pixel_rocauc))
+    for defect, auc in evaluation.per_defect_rocauc.items():
+        metrics.add_row(f"  {defect}", _metric(auc), "")
+    (tn, fp), (fn, tp) = evaluation.confusion_matrix
+    matrix = Table(title=f"Confusion matrix at threshold {evaluation.threshold:.4g}")
+    matrix.add_column("actual \\ predicted")
+    matrix.add_column("good", justify="right")
+    matrix.add_column("defective", justify="right")
+    matrix.add_row("good", str(tn), str(fp))
+    matrix.add_row("defective", str(fn), str(tp))
+    return [metrics, matrix]

@@ -1,0 +1,67 @@
+"""Setting the decision threshold from good images only.
+
+Kept apart from the model: the model gives scores, this module decides where "defective"
+starts, and records how, so a threshold in a model file can always be explained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .scoring import score_features
+
+AUTO = "auto"
+
+
+def holdout_scores(
+    train_features: np.ndarray,
+    grid: tuple[int, int],
+    bank: np.ndarray,
+    bank_sources: np.ndarray,
+    image_score: str,
+) -> np.ndarray:
+    """Score each training image against the bank without any patch taken from it.
+
+    This is leave-one-image-out on the fitted bank: the image is judged as a new good image
+    would be, at the cost of one nearest-neighbour search per image and no refit.
+    """
+    count, _patches, channels = train_features.shape
+    scores = np.empty(count, dtype=np.float64)
+    for image in range(count):
+        others = bank[bank_sources != image]
+        features = train_features[image].reshape(1, *grid, channels).transpose(0, 3, 1, 2)
+        scores[image] = score_features(features, others, image_score)[0].score
+    return scores
+
+
+def auto_threshold(scores: np.ndarray, sigmas: float = 3.0) -> tuple[float, dict]:
+    """Mean + `sigmas` standard deviations of held-out good scores, but never below their
+    maximum: no good training image would be flagged. Returns the value and the statistics
+    that are stored in the model for later inspection."""
+    mean, std, top = float(scores.mean()), float(scores.std()), float(scores.max())
+    value = max(mean + sigmas * std, top)
+    details = {
+        "rule": f"max(mean + {sigmas:g} std, max) of leave-one-image-out scores of train/good",
+        "holdout": {
+            "count": int(scores.size),
+            "mean": mean,
+            "std": std,
+            "min": float(scores.min()),
+            "max": top,
+            "p95": float(np.percentile(scores, 95)),
+        },
+    }
+    return value, details
+
+
+def parse_threshold(text: str) -> float | str:
+    """`auto`, or a finite positive number (argparse type)."""
+    if text == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"threshold must be 'auto' or a number, not {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"threshold must be a finite positive number, not {text!r}")
+    return value

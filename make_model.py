@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Fit a PatchCore model on good images, evaluate it on test/ when present, save one file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from ind_knn_ad import exit_codes
+from ind_knn_ad.data import DATASETS_DIR, DatasetError, load_dataset
+from ind_knn_ad.images import ImageError, Preprocess
+from ind_knn_ad.model_file import DEFAULT_MODEL_PATH
+from ind_knn_ad.scoring import IMAGE_SCORES
+from ind_knn_ad.threshold import AUTO, parse_threshold
+
+
+def _threshold(text: str) -> float | str:
+    try:
+        return parse_threshold(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"coreset fraction must be in (0, 1], not {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", default="metal_nut", help="MVTec AD category name")
+    parser.add_argument(
+        "--data-dir", type=Path, help="dataset folder (MVTec layout, or a folder of good images)"
+    )
+    parser.add_argument("--download-url", help="base URL of an MVTec AD mirror")
+    parser.add_argument("--backbone", default="wide_resnet50_2", help="backbone name")
+    parser.add_argument("--layers", type=int, nargs="+", help="backbone stages to use")
+    parser.add_argument("--weights", type=Path, help="local backbone weights file")
+    parser.add_argument("--coreset", type=_fraction, default=0.1, help="memory bank fraction")
+    parser.add_argument(
+        "--threshold", type=_threshold, default=AUTO, help="'auto' (default) or a number"
+    )
+    parser.add_argument("--image-score", choices=IMAGE_SCORES, default="max")
+    parser.add_argument("--image-size", type=int, default=256, help="resize shorter side to")
+    parser.add_argument("--crop", type=int, default=224, help="centre crop size")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="output file")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    if not 0 < args.crop <= args.image_size:
+        parser.error(f"--crop ({args.crop}) must be between 1 and --image-size ({args.image_size})")
+    return args
+
+
+def get_dataset(args: argparse.Namespace):
+    """The dataset folder: --data-dir, or the category under ind_knn_ad/datasets/,
+    downloaded when missing."""
+    if args.data_dir is not None:
+        return load_dataset(args.data_dir, args.data_dir.name)
+    root = DATASETS_DIR / args.dataset
+    if not root.is_dir():
+        from ind_knn_ad.download import download_category
+
+        download_category(args.dataset, DATASETS_DIR, base_url=args.download_url)
+    return load_dataset(root, args.dataset)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ind_knn_ad.backbones import BackboneError
+    from ind_knn_ad.download import DownloadError
+
+    console = Console(stderr=True)
+    out = Console(highlight=False)
+    try:
+        dataset = get_dataset(args)
+    except (DatasetError, DownloadError) as error:
+        console.print(f"error: {error}", markup=False)
+        return exit_codes.DATA_ERROR
+    out.print(f"█│ Running patchcore on {dataset.name} dataset.")
+
+    from ind_knn_ad.coreset import coreset_size
+    from ind_knn_ad.evaluate import evaluate
+    from ind_knn_ad.model_file import atomic_write, save_model
+    from ind_knn_ad.patchcore import (
+        FeatureExtractor,
+        PatchCoreSettings,
+        extract_features,
+        fit,
+        select_device,
+    )
+    from ind_knn_ad.reporting import progress_bar, results_tables
+
+    settings = PatchCoreSettings(
+        backbone=args.backbone,
+        layers=tuple(args.layers) if args.layers else None,
+        coreset_fraction=args.coreset,
+        image_score=args.image_score,
+        preprocess=Preprocess(resize=args.image_size, crop=args.crop),
+        seed=args.seed,
+    )
+    try:
+        device = select_device(args.device)
+        extractor = FeatureExtractor(settings, device, args.weights)
+    except BackboneError as error:
+        console.print(f"error: {error}", markup=False)
+        return exit_codes.BACKBONE_ERROR
+    except ValueError as error:
+        console.print(f"error: {error}", markup=False)
+        return exit_codes.USAGE
+    console.print(f"Backbone {args.backbone} on {device}; {len(dataset.train)} training images.")
+    try:
+        with progress_bar(console, "Feature extraction", len(dataset.train)) as progress:
+            train = extract_features(
+                extractor, dataset.train, settings.preprocess, args.batch_size, progress
+            )
+    except ImageError as error:
+        console.print(f"error: {error}", markup=False)
+        return exit_codes.DATA_ERROR
+    patches = train.features.shape[0] * train.features.shape[1]
+    with progress_bar(
+        console, "Coreset selection", coreset_size(patches, args.coreset)
+    ) as progress:
+        model = fit(extractor, train, settings, args.threshold, dataset.name, progress)
+    del train
+    console.print(
+        f"Memory bank: {model.memory_bank.shape[0]} of {patches} patches; "
+        f"threshold {model.threshold:.4g} ({model.settings['threshold']['rule']})."
+    )
+    results = None
+    if dataset.test:
+        try:
+            with progress_bar(console, "Testing", len(dataset.test)) as progress:
+                results = evaluate(
+                    extractor,
+                    dataset,
+                    settings.preprocess,
+                    model.memory_bank,
+                    settings.image_score,
+                    model.threshold,
+                    args.batch_size,
+                    progress,
+                )
+        except ImageError as error:
+            console.print(f"error: {error}", markup=False)
+            return exit_codes.DATA_ERROR
+        for table in results_tables(dataset.name, results):
+            out.print(table)
+    else:
+        console.print("No test/ folder: trained only, evaluation skipped.")
+    try:
+        save_model(model, args.model)
+        if results is not None:
+            results_path = args.model.with_suffix(".results.json")
+            atomic_write(results_path, (json.dumps(results.to_dict(), indent=2) + "\n").encode())
+    except OSError as error:
+        console.print(f"error: cannot write {args.model}: {error}", markup=False)
+        return exit_codes.WRITE_ERROR
+    out.print(f"Model written to {args.model}.")
+    out.print("Model file creation is complete.")
+    return exit_codes.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the atomic save cleans up its temporary file.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted: no model file was written", file=sys.stderr)
+        return exit_codes.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Shared fixtures: the synthetic sample set, a model fitted on it, and real-data paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
+
+
+def run_script(*args: str | Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run one of the two top-level scripts as a user would, capturing text output."""
+    result = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=kwargs.pop("cwd", ROOT),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        **kwargs,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\n"
+            f"stderr:\n{result.stderr}"
+        )
+    return result
+
+
+def mvtec_folder(name: str) -> Path:
+    """A real MVTec AD folder from ../shared, or skip the test saying what is missing."""
+    folder = MVTEC / name
+    if not (folder / "train" / "good").is_dir():
+        pytest.skip(f"real MVTec data not found at {folder} (it lives in ../shared/data/mvtec)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The deterministic synthetic metal-nut set, in MVTec layout."""
+    from ind_knn_ad.sample_data import generate_sample_dataset
+
+    return generate_sample_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def sample_model(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An efficientnet_lite0 model fitted on the sample set through make_model.py."""
+    model = tmp_path_factory.mktemp("model") / "sample.safetensors"
+    run_script(
+        "make_model.py",
+        "--data-dir",
+        sample_dataset,
+        "--backbone",
+        "efficientnet_lite0",
+        "--model",
+        model,
+        "--device",
+        "cpu",
+    )
+    return model
