@@ -25,8 +25,7 @@ def run_script(*args: str | Path, check: bool = True, **kwargs) -> subprocess.Co
     )
     if check and result.returncode != 0:
         raise AssertionError(
-            f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\n"
-            f"stderr:\n{result.stderr}"
+            f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
 
@@ -49,9 +48,10 @@ def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_model(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An efficientnet_lite0 model fitted on the sample set through make_model.py."""
+    """An efficientnet_lite0 model fitted on the sample set through make_model.py; what the
+    script printed is kept beside it as `sample.stdout`."""
     model = tmp_path_factory.mktemp("model") / "sample.safetensors"
-    run_script(
+    result = run_script(
         "make_model.py",
         "--data-dir",
         sample_dataset,
@@ -62,4 +62,5 @@ def sample_model(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
         "--device",
         "cpu",
     )
+    model.with_suffix(".stdout").write_text(result.stdout)
     return model

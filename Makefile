@@ -1,0 +1,34 @@
+# Fresh machine: `make demo` runs the main job offline; `make test` runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO := out/demo
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: venv
+	$(PY) -m ind_knn_ad.sample_data $(DEMO)/data
+	$(PY) make_model.py --data-dir $(DEMO)/data/metal_nut_sample --dataset metal_nut_sample \
+		--backbone efficientnet_lite0 --model $(DEMO)/model.safetensors
+	find $(DEMO)/data/metal_nut_sample/test -name '*.png' | sort | \
+		xargs $(PY) anomaly_detector.py --model $(DEMO)/model.safetensors > $(DEMO)/scores.csv
+	$(PY) -m ind_knn_ad.confusion $(DEMO)/scores.csv
+
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf out $(VENV)

@@ -1,0 +1,121 @@
+"""The model file: round trips exactly, and the loader rejects anything it cannot trust."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from ind_knn_ad.model_file import (
+    FORMAT,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    Model,
+    ModelFileError,
+    load_model,
+    save_model,
+    validate_settings,
+)
+from ind_knn_ad.runtime import Detector
+
+
+def test_round_trip_gives_bit_identical_scores(
+    sample_model: Path, sample_dataset: Path, tmp_path: Path
+) -> None:
+    original = load_model(sample_model)
+    copy_path = tmp_path / "copy.safetensors"
+    save_model(original, copy_path)
+    reloaded = load_model(copy_path)
+    assert reloaded.settings == original.settings
+    assert reloaded.feature_graph == original.feature_graph
+    np.testing.assert_array_equal(reloaded.memory_bank, original.memory_bank)
+    images = sorted((sample_dataset / "test").rglob("*.png"))
+    before = [r.score for _, r in Detector(original, "cpu").score_files(images)]
+    after = [r.score for _, r in Detector(reloaded, "cpu").score_files(images)]
+    assert before == after
+
+
+def test_settings_record_what_scoring_needs(sample_model: Path) -> None:
+    settings = load_model(sample_model).settings
+    assert settings["format"] == FORMAT and settings["format_version"] == FORMAT_VERSION
+    assert settings["backbone"] == "efficientnet_lite0"
+    assert settings["preprocess"]["resize"] >= settings["preprocess"]["crop"] > 0
+    assert settings["threshold"]["value"] > 0 and "rule" in settings["threshold"]
+    assert settings["threshold"]["holdout"]["count"] == settings["train_images"]
+    assert settings["coreset"]["size"] == load_model(sample_model).memory_bank.shape[0]
+    assert {"torch", "timm", "ind_knn_ad"} <= set(settings["versions"])
+
+
+def _settings() -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": "patchcore",
+        "backbone": "efficientnet_lite0",
+        "layers": [2, 3],
+        "neighbourhood": 3,
+        "preprocess": {"resize": 256, "crop": 224, "mean": [0, 0, 0], "std": [1, 1, 1]},
+        "feature_dim": 4,
+        "image_score": "max",
+        "threshold": {"value": 1.5, "rule": "fixed"},
+        "coreset": {"fraction": 0.1, "size": 3},
+        "train_images": 2,
+        "dataset": "unit",
+        "versions": {},
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.pop("backbone"), "'backbone' is missing"),
+        (lambda s: s.update(train_images="2"), "'train_images' is missing or not a int"),
+        (lambda s: s.update(train_images=True), "'train_images' is missing or not a int"),
+        (lambda s: s.update(format="other"), "not an ind_knn_ad model file"),
+        (lambda s: s.update(format_version=FORMAT_VERSION + 1), "newer than this tool"),
+        (lambda s: s.update(format_version=0), "unsupported model format version 0"),
+        (lambda s: s["threshold"].update(value=float("nan")), "threshold value"),
+        (lambda s: s["threshold"].pop("value"), "threshold value"),
+    ],
+)
+def test_invalid_settings_are_rejected(change, message: str) -> None:
+    settings = copy.deepcopy(_settings())
+    change(settings)
+    with pytest.raises(ModelFileError, match=message):
+        validate_settings(settings)
+
+
+def test_valid_settings_pass() -> None:
+    validate_settings(_settings())
+
+
+def test_bank_shape_must_match_settings(tmp_path: Path) -> None:
+    path = tmp_path / "bad.safetensors"
+    save_file(
+        {"memory_bank": np.zeros((3, 5), np.float32), "feature_graph": np.zeros(4, np.uint8)},
+        path,
+        metadata={METADATA_KEY: json.dumps(_settings())},
+    )
+    with pytest.raises(ModelFileError, match=r"memory bank has shape \(3, 5\)"):
+        load_model(path)
+
+
+def test_save_refuses_invalid_settings_and_writes_nothing(tmp_path: Path) -> None:
+    settings = _settings()
+    del settings["dataset"]
+    with pytest.raises(ModelFileError):
+        save_model(Model(settings, np.zeros((3, 4), np.float32), b"graph"), tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_then_load_small_model(tmp_path: Path) -> None:
+    bank = np.arange(12, dtype=np.float32).reshape(3, 4)
+    save_model(Model(_settings(), bank, b"\x00graph\xff"), tmp_path / "m.safetensors")
+    model = load_model(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(model.memory_bank, bank)
+    assert model.feature_graph == b"\x00graph\xff" and model.threshold == 1.5
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

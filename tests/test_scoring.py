@@ -1,0 +1,71 @@
+"""Nearest-neighbour scores and image scores against plain brute-force computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ind_knn_ad import scoring
+from ind_knn_ad.scoring import anomaly_map, nearest_neighbours, score_features
+
+
+def brute_force(queries: np.ndarray, bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    distances = np.sqrt(((queries[:, None, :] - bank[None, :, :]) ** 2).sum(-1))
+    return distances.min(axis=1), distances.argmin(axis=1)
+
+
+def test_nearest_neighbours_equal_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(300, 24)).astype(np.float32)
+    queries = rng.normal(size=(130, 24)).astype(np.float32)
+    # Small blocks force the chunked path through several iterations.
+    monkeypatch.setattr(scoring, "BLOCK_ELEMENTS", 300 * 7)
+    distances, indices = nearest_neighbours(queries, bank)
+    expected_d, expected_i = brute_force(queries.astype(np.float64), bank.astype(np.float64))
+    np.testing.assert_allclose(distances, expected_d, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(indices, expected_i)
+
+
+def test_query_in_bank_scores_zero() -> None:
+    bank = np.random.default_rng(1).normal(size=(50, 8)).astype(np.float32)
+    distances, indices = nearest_neighbours(bank[[3, 17]], bank)
+    np.testing.assert_allclose(distances, 0.0, atol=1e-3)
+    np.testing.assert_array_equal(indices, [3, 17])
+
+
+def test_image_score_is_the_worst_patch() -> None:
+    rng = np.random.default_rng(2)
+    bank = rng.normal(size=(200, 16)).astype(np.float32)
+    features = rng.normal(size=(3, 16, 4, 5)).astype(np.float32)
+    features[1, :, 2, 3] += 25.0  # one far-out patch in image 1
+    results = score_features(features, bank, "max")
+    flat = features.transpose(0, 2, 3, 1).reshape(3, 20, 16)
+    for image, result in enumerate(results):
+        expected, _ = brute_force(flat[image].astype(np.float64), bank.astype(np.float64))
+        assert result.patch_map.shape == (4, 5)
+        np.testing.assert_allclose(result.patch_map.ravel(), expected, rtol=1e-4)
+        assert result.score == pytest.approx(expected.max(), rel=1e-4)
+    assert np.unravel_index(results[1].patch_map.argmax(), (4, 5)) == (2, 3)
+    assert results[1].score > 3 * max(results[0].score, results[2].score)
+
+
+def test_reweighted_score_damps_but_keeps_order() -> None:
+    rng = np.random.default_rng(3)
+    bank = rng.normal(size=(200, 16)).astype(np.float32)
+    features = rng.normal(size=(2, 16, 3, 3)).astype(np.float32)
+    features[1] += 4.0
+    plain = [r.score for r in score_features(features, bank, "max")]
+    weighted = [r.score for r in score_features(features, bank, "reweighted")]
+    for p, w in zip(plain, weighted, strict=True):
+        assert 0 < w < p  # eq. 7's weight lies in (0, 1)
+    assert weighted[1] > weighted[0]
+
+
+def test_anomaly_map_is_upsampled_and_blurred() -> None:
+    grid = np.zeros((8, 8), dtype=np.float32)
+    grid[2, 5] = 10.0
+    result = anomaly_map(grid, 64)
+    assert result.shape == (64, 64)
+    y, x = np.unravel_index(result.argmax(), result.shape)
+    assert abs(y - 20) <= 4 and abs(x - 44) <= 4  # patch (2, 5) covers pixels 16-24, 40-48
+    assert result.max() < 10.0  # the Gaussian spreads the peak
