@@ -8,13 +8,19 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ind_knn_ad import exit_codes
-from ind_knn_ad.data import DATASETS_DIR, DatasetError, load_dataset
+from ind_knn_ad.data import DATASETS_DIR, Dataset, DatasetError, load_dataset
 from ind_knn_ad.images import ImageError, Preprocess
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH
 from ind_knn_ad.scoring import IMAGE_SCORES
 from ind_knn_ad.threshold import AUTO, parse_threshold
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ind_knn_ad.evaluate import Evaluation
 
 
 def _threshold(text: str) -> float | str:
@@ -52,13 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="evaluate the existing --model on the dataset's test/ instead of fitting",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.crop <= args.image_size:
         parser.error(f"--crop ({args.crop}) must be between 1 and --image-size ({args.image_size})")
     return args
 
 
-def get_dataset(args: argparse.Namespace):
+def get_dataset(args: argparse.Namespace) -> Dataset:
     """The dataset folder: --data-dir, or the category under ind_knn_ad/datasets/,
     downloaded when missing."""
     if args.data_dir is not None:
@@ -71,7 +82,58 @@ def get_dataset(args: argparse.Namespace):
     return load_dataset(root, args.dataset)
 
 
+def report(out: Console, dataset_name: str, evaluation: Evaluation) -> None:
+    from ind_knn_ad.reporting import results_tables
+
+    for table in results_tables(dataset_name, evaluation):
+        out.print(table)
+
+
+def evaluate_only(
+    args: argparse.Namespace, dataset: Dataset, console: Console, out: Console
+) -> int:
+    """Evaluate an existing model file with the graph it carries, exactly as scoring runs."""
+    from ind_knn_ad.evaluate import evaluate
+    from ind_knn_ad.images import Preprocess
+    from ind_knn_ad.model_file import ModelFileError, load_model
+    from ind_knn_ad.runtime import Detector
+
+    try:
+        model = load_model(args.model)
+        detector = Detector(model, args.device)
+    except (ModelFileError, ValueError) as error:
+        console.print(f"error: {error}", markup=False)
+        return exit_codes.MODEL_ERROR
+    if not dataset.test:
+        console.print(f"error: {dataset.root}: no test/ folder to evaluate on", markup=False)
+        return exit_codes.DATA_ERROR
+    threshold = model.threshold if isinstance(args.threshold, str) else args.threshold
+    evaluation = evaluate(
+        detector.features,
+        dataset,
+        Preprocess.from_dict(model.settings["preprocess"]),
+        model.memory_bank,
+        model.settings["image_score"],
+        threshold,
+        args.batch_size,
+    )
+    report(out, dataset.name, evaluation)
+    write_results(args.model, evaluation)
+    return exit_codes.OK
+
+
+def write_results(model_path: Path, evaluation: Evaluation) -> Path:
+    """The evaluation as JSON beside the model: `<model>.results.json`."""
+    from ind_knn_ad.model_file import atomic_write
+
+    path = model_path.with_suffix(".results.json")
+    atomic_write(path, (json.dumps(evaluation.to_dict(), indent=2) + "\n").encode())
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from rich.console import Console
 
     from ind_knn_ad.backbones import BackboneError
@@ -85,18 +147,13 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"error: {error}", markup=False)
         return exit_codes.DATA_ERROR
     out.print(f"█│ Running patchcore on {dataset.name} dataset.")
+    if args.evaluate_only:
+        return evaluate_only(args, dataset, console, out)
 
-    from ind_knn_ad.coreset import coreset_size
-    from ind_knn_ad.evaluate import evaluate
-    from ind_knn_ad.model_file import atomic_write, save_model
-    from ind_knn_ad.patchcore import (
-        FeatureExtractor,
-        PatchCoreSettings,
-        extract_features,
-        fit,
-        select_device,
-    )
-    from ind_knn_ad.reporting import progress_bar, results_tables
+    from ind_knn_ad.model_file import save_model
+    from ind_knn_ad.patchcore import PatchCoreSettings
+    from ind_knn_ad.reporting import progress_bar
+    from ind_knn_ad.train import train
 
     settings = PatchCoreSettings(
         backbone=args.backbone,
@@ -106,60 +163,39 @@ def run(args: argparse.Namespace) -> int:
         preprocess=Preprocess(resize=args.image_size, crop=args.crop),
         seed=args.seed,
     )
+    console.print(f"Backbone {args.backbone}; {len(dataset.train)} training images.")
+    if not dataset.test:
+        console.print("No test/ folder: training only, evaluation skipped.")
     try:
-        device = select_device(args.device)
-        extractor = FeatureExtractor(settings, device, args.weights)
+        result = train(
+            dataset,
+            settings,
+            args.threshold,
+            args.device,
+            args.weights,
+            args.batch_size,
+            partial(progress_bar, console),
+        )
     except BackboneError as error:
         console.print(f"error: {error}", markup=False)
         return exit_codes.BACKBONE_ERROR
-    except ValueError as error:
-        console.print(f"error: {error}", markup=False)
-        return exit_codes.USAGE
-    console.print(f"Backbone {args.backbone} on {device}; {len(dataset.train)} training images.")
-    try:
-        with progress_bar(console, "Feature extraction", len(dataset.train)) as progress:
-            train = extract_features(
-                extractor, dataset.train, settings.preprocess, args.batch_size, progress
-            )
     except ImageError as error:
         console.print(f"error: {error}", markup=False)
         return exit_codes.DATA_ERROR
-    patches = train.features.shape[0] * train.features.shape[1]
-    with progress_bar(
-        console, "Coreset selection", coreset_size(patches, args.coreset)
-    ) as progress:
-        model = fit(extractor, train, settings, args.threshold, dataset.name, progress)
-    del train
+    except ValueError as error:
+        console.print(f"error: {error}", markup=False)
+        return exit_codes.USAGE
+    model = result.model
     console.print(
-        f"Memory bank: {model.memory_bank.shape[0]} of {patches} patches; "
-        f"threshold {model.threshold:.4g} ({model.settings['threshold']['rule']})."
+        f"Memory bank: {model.memory_bank.shape[0]} of {model.settings['coreset']['total_patches']}"
+        f" patches; threshold {model.threshold:.4g} ({model.settings['threshold']['rule']})."
     )
-    results = None
-    if dataset.test:
-        try:
-            with progress_bar(console, "Testing", len(dataset.test)) as progress:
-                results = evaluate(
-                    extractor,
-                    dataset,
-                    settings.preprocess,
-                    model.memory_bank,
-                    settings.image_score,
-                    model.threshold,
-                    args.batch_size,
-                    progress,
-                )
-        except ImageError as error:
-            console.print(f"error: {error}", markup=False)
-            return exit_codes.DATA_ERROR
-        for table in results_tables(dataset.name, results):
-            out.print(table)
-    else:
-        console.print("No test/ folder: trained only, evaluation skipped.")
+    if result.evaluation is not None:
+        report(out, dataset.name, result.evaluation)
     try:
         save_model(model, args.model)
-        if results is not None:
-            results_path = args.model.with_suffix(".results.json")
-            atomic_write(results_path, (json.dumps(results.to_dict(), indent=2) + "\n").encode())
+        if result.evaluation is not None:
+            write_results(args.model, result.evaluation)
     except OSError as error:
         console.print(f"error: cannot write {args.model}: {error}", markup=False)
         return exit_codes.WRITE_ERROR
