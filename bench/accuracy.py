@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Accuracy on real MVTec AD images (../shared/data/mvtec) for a grid of settings.
+
+Prints one row per (dataset, setting): image and pixel ROC AUC, misclassified test images at
+the automatic (good-images-only) threshold, best F1, fit seconds. The defaults of
+make_model.py are the row named `default`.
+
+    python bench/accuracy.py                       # every dataset, every setting
+    python bench/accuracy.py --datasets screw_512 --settings default size448
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ind_knn_ad.data import load_dataset  # noqa: E402
+from ind_knn_ad.images import Preprocess  # noqa: E402
+from ind_knn_ad.patchcore import PatchCoreSettings  # noqa: E402
+from ind_knn_ad.train import train  # noqa: E402
+
+MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
+DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512")
+BASE = PatchCoreSettings(backbone="efficientnet_lite0")
+SETTINGS = {
+    "default": BASE,
+    "ref256/224": replace(BASE, preprocess=Preprocess(256, 224)),
+    "size320": replace(BASE, preprocess=Preprocess(320, 320)),
+    "size448": replace(BASE, preprocess=Preprocess(448, 448)),
+    "layers1,2": replace(BASE, layers=(1, 2)),
+    "layers2,3,4": replace(BASE, layers=(2, 3, 4)),
+    "neighbourhood1": replace(BASE, neighbourhood=1),
+    "neighbourhood5": replace(BASE, neighbourhood=5),
+    "coreset0.01": replace(BASE, coreset_fraction=0.01),
+    "coreset0.25": replace(BASE, coreset_fraction=0.25),
+    "reweighted": replace(BASE, image_score="reweighted"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args()
+    print("dataset,setting,image_rocauc,pixel_rocauc,misclassified,best_f1,fit_s", flush=True)
+    for name in args.datasets:
+        folder = MVTEC / name
+        if not folder.is_dir():
+            print(f"{name}: skipped, {folder} not found", file=sys.stderr)
+            continue
+        dataset = load_dataset(folder, name)
+        for label in args.settings:
+            start = time.perf_counter()
+            result = train(dataset, SETTINGS[label], device="cpu")
+            seconds = time.perf_counter() - start
+            evaluation = result.evaluation
+            (tn, fp), (fn, tp) = evaluation.confusion_matrix
+            wrong = f"{fp + fn}/{tn + fp + fn + tp}"
+            pixel = "" if evaluation.pixel_rocauc is None else f"{evaluation.pixel_rocauc:.4f}"
+            print(
+                f"{name},{label},{evaluation.image_rocauc:.4f},{pixel},{wrong},"
+                f"{evaluation.best_f1:.3f},{seconds:.1f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
