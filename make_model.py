@@ -82,6 +82,11 @@ def get_dataset(args: argparse.Namespace) -> Dataset:
     return load_dataset(root, args.dataset)
 
 
+def print_error(message: str) -> None:
+    """One plain line on stderr (never wrapped), as shell users and log parsers expect."""
+    print(f"error: {message}", file=sys.stderr)
+
+
 def report(out: Console, dataset_name: str, evaluation: Evaluation) -> None:
     from ind_knn_ad.reporting import results_tables
 
@@ -102,10 +107,10 @@ def evaluate_only(
         model = load_model(args.model)
         detector = Detector(model, args.device)
     except (ModelFileError, ValueError) as error:
-        console.print(f"error: {error}", markup=False)
+        print_error(str(error))
         return exit_codes.MODEL_ERROR
     if not dataset.test:
-        console.print(f"error: {dataset.root}: no test/ folder to evaluate on", markup=False)
+        print_error(f"{dataset.root}: no test/ folder to evaluate on")
         return exit_codes.DATA_ERROR
     threshold = model.threshold if isinstance(args.threshold, str) else args.threshold
     evaluation = evaluate(
@@ -139,12 +144,12 @@ def run(args: argparse.Namespace) -> int:
     from ind_knn_ad.backbones import BackboneError
     from ind_knn_ad.download import DownloadError
 
-    console = Console(stderr=True)
-    out = Console(highlight=False)
+    console = Console(stderr=True, soft_wrap=True)
+    out = Console(highlight=False, soft_wrap=True)
     try:
         dataset = get_dataset(args)
     except (DatasetError, DownloadError) as error:
-        console.print(f"error: {error}", markup=False)
+        print_error(str(error))
         return exit_codes.DATA_ERROR
     out.print(f"█│ Running patchcore on {dataset.name} dataset.")
     if args.evaluate_only:
@@ -177,13 +182,13 @@ def run(args: argparse.Namespace) -> int:
             partial(progress_bar, console),
         )
     except BackboneError as error:
-        console.print(f"error: {error}", markup=False)
+        print_error(str(error))
         return exit_codes.BACKBONE_ERROR
     except ImageError as error:
-        console.print(f"error: {error}", markup=False)
+        print_error(str(error))
         return exit_codes.DATA_ERROR
     except ValueError as error:
-        console.print(f"error: {error}", markup=False)
+        print_error(str(error))
         return exit_codes.USAGE
     model = result.model
     console.print(
@@ -197,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         if result.evaluation is not None:
             write_results(args.model, result.evaluation)
     except OSError as error:
-        console.print(f"error: cannot write {args.model}: {error}", markup=False)
+        print_error(f"cannot write {args.model}: {error}")
         return exit_codes.WRITE_ERROR
     out.print(f"Model written to {args.model}.")
     out.print("Model file creation is complete.")
@@ -206,6 +211,13 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from ind_knn_ad.model_file import check_writable
+
+    try:  # now, not after a long fit
+        check_writable(args.model)
+    except OSError as error:
+        print_error(f"cannot write {args.model}: {error}")
+        return exit_codes.WRITE_ERROR
     # SIGTERM unwinds like Ctrl-C, so the atomic save cleans up its temporary file.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
