@@ -1,24 +1,36 @@
 #!/usr/bin/env python3
 """Score images with a fitted model: prints `file,score,flag` per image (1 = defective).
 
-Only results go to stdout; logs and errors go to stderr. Runs on ONNX Runtime and NumPy,
-without importing torch, so a one-off call is quick.
+Only results go to stdout; logs and errors go to stderr, one line per problem, naming the
+file. Runs on ONNX Runtime and NumPy, without importing torch, so a one-off call is quick.
+
+Output is CSV (RFC 4180) with `\\n` line ends: a file name holding a comma, a double quote,
+CR or LF is enclosed in double quotes, with any double quote doubled. Every record is one
+line except for names that contain a line break, whose quoted field spans lines; a CSV
+reader gets every name back exactly. The score has 6 decimals and the flag is computed from
+the printed score, so the two always agree. Names are written byte for byte as given, even
+when they are not valid UTF-8. Exit codes: see ind_knn_ad/exit_codes.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
+import os
+import signal
 import sys
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
 
 from ind_knn_ad import exit_codes
-from ind_knn_ad.images import ImageError
+from ind_knn_ad.images import ImageError, shown_name
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, ModelFileError, load_model
 from ind_knn_ad.threshold import parse_threshold
 
 log = logging.getLogger("anomaly_detector")
+_NEEDS_QUOTES = frozenset(',"\r\n')
 
 
 def _threshold(text: str) -> float:
@@ -32,7 +44,10 @@ def _threshold(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Put -- before file names that start with a dash.",
+    )
     parser.add_argument("imagefile", nargs="+", help="image file(s) to score")
     parser.add_argument("-l", "--loglevel", choices=("warning", "debug", "info"), default="warning")
     parser.add_argument(
@@ -43,11 +58,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=args.loglevel.upper(), format="%(levelname)s: %(message)s", stream=sys.stderr
-    )
+def csv_record(fields: Iterable[object]) -> str:
+    """One RFC 4180 record ending in `\\n`.
+
+    Not csv.writer: with `\\n` line ends it leaves a bare CR unquoted, so a name holding CR
+    would read back as two records.
+    """
+    cells = []
+    for field in map(str, fields):
+        if _NEEDS_QUOTES.intersection(field):
+            field = '"' + field.replace('"', '""') + '"'
+        cells.append(field)
+    return ",".join(cells) + "\n"
+
+
+def _quiet_libraries(loglevel: str) -> None:
+    """Pillow's own warnings and log lines (corrupt EXIF, oversized TIFF tags) name no file
+    and would break the one-line-per-problem stderr; our ImageError line says what failed."""
+    logging.getLogger("PIL").setLevel(logging.CRITICAL)
+    if loglevel != "debug":
+        warnings.simplefilter("ignore")
+
+
+def score(args: argparse.Namespace, stdout: TextIO) -> int:
+    """Score every file, writing records as they come; the exit code says what failed."""
     try:
         model = load_model(args.model)
     except ModelFileError as error:
@@ -57,27 +91,69 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         detector = Detector(model, args.device)
+    except ModelFileError as error:
+        log.error("%s: %s", shown_name(args.model), error)
+        return exit_codes.MODEL_ERROR
     except ValueError as error:
         log.error("%s", error)
         return exit_codes.USAGE
     threshold = model.threshold if args.threshold is None else args.threshold
     log.info("model %s: %s, threshold %.4g", args.model, model.settings["backbone"], threshold)
-    writer = csv.writer(sys.stdout, lineterminator="\n")
     status = exit_codes.OK
-    for path, result in detector.score_files(args.imagefile):
-        if isinstance(result, ImageError):
-            log.error("%s", result)
-            status = exit_codes.SOME_INPUTS_FAILED
-            continue
-        score = f"{result.score:.6f}"
-        flag = int(float(score) >= threshold)  # the flag agrees with the printed score
-        writer.writerow([path, score, flag])
-        log.debug("%s: score %s, flag %d", path, score, flag)
+    try:
+        for path, result in detector.score_files(args.imagefile):
+            if isinstance(result, ImageError):
+                log.error("%s", result)
+                status = exit_codes.SOME_INPUTS_FAILED
+                continue
+            printed = f"{result.score:.6f}"
+            flag = int(float(printed) >= threshold)  # the flag agrees with the printed score
+            try:
+                stdout.write(csv_record([path, printed, flag]))
+            except OSError as error:
+                return _write_failed(error)
+            log.debug("%s: score %s, flag %d", shown_name(path), printed, flag)
+    except ModelFileError as error:
+        log.error("%s: %s", shown_name(args.model), error)
+        return exit_codes.MODEL_ERROR
+    return status
+
+
+def _write_failed(error: OSError) -> int:
+    """stdout closed early (`| head`) or its disk is full: say so once, then point stdout
+    at /dev/null so that Python's final flush cannot fail again with a traceback."""
+    log.error("cannot write results to stdout: %s", error.strerror or error)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return exit_codes.WRITE_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(levelname)s: %(message)s", stream=sys.stderr
+    )
+    _quiet_libraries(args.loglevel)
+    if sys.stdout is None:
+        log.error("cannot write results: stdout is closed")
+        return exit_codes.WRITE_ERROR
+    # File names from argv may hold bytes that are not UTF-8 (decoded as surrogates):
+    # write them back as the same bytes instead of failing.
+    sys.stdout.reconfigure(errors="surrogateescape")
+    status = score(args, sys.stdout)
+    try:
+        sys.stdout.flush()
+    except OSError as error:
+        return _write_failed(error)
     return status
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C: same message, same exit code.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         sys.exit(main())
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         sys.exit(exit_codes.INTERRUPTED)

@@ -1,11 +1,26 @@
 """Image decoding and the one preprocessing path shared by fit, evaluation and scoring.
 
 NumPy and Pillow only: scoring imports this without paying for torch.
+
+What the loader accepts, and why:
+
+- Any mode Pillow decodes (grayscale, palette, RGBA, CMYK, 16-bit, float) becomes 8-bit RGB.
+  16-bit images are scaled (65535 -> 255), not clipped; alpha is dropped, not composited
+  (what is under a transparent pixel is scored as it is stored).
+- EXIF orientation is honoured, so pixels match what viewers show the operator.
+- The file's content decides the format; the extension is not trusted (a PNG named `.jpg`
+  is read as the PNG it is).
+- Images smaller than 2x2 or larger than MAX_PIXELS are refused from the header alone,
+  before any pixel is decoded: a 20000x20000 PNG or a decompression bomb costs no memory.
+- Every failure, whatever Pillow raised, becomes one ImageError whose one-line message
+  names the file: callers need to handle nothing else.
 """
 
 from __future__ import annotations
 
-import warnings
+import os
+import stat
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,10 +33,20 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 # Refuse anything larger before decoding it: a 20000x20000 PNG or a decompression bomb
 # would otherwise take gigabytes. 8192x8192 is far beyond any inspection camera we expect.
 MAX_PIXELS = 8192 * 8192
+MIN_SIDE = 2
+# What Pillow's parsers raise on malformed data, besides OSError and the bomb guard.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
 class ImageError(Exception):
     """An image file that cannot be used; the message names the file and the problem."""
+
+
+def shown_name(path: str | Path) -> str:
+    """A file name fit for a one-line message: as is, or quoted with escapes when it holds
+    control characters (a newline in a name must not split an error line in two)."""
+    name = os.fsdecode(path)
+    return name if name.isprintable() else repr(name)
 
 
 def is_image_file(path: Path) -> bool:
@@ -30,52 +55,71 @@ def is_image_file(path: Path) -> bool:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; 16-bit and float images are scaled, not clipped."""
+    """Any Pillow mode to 8-bit RGB. Deeper images are scaled, not clipped: 16-bit modes
+    (and 32-bit integer images with values above 255) by 65535, float images by 1, 255 or
+    65535, whichever first holds their maximum."""
     if image.mode.startswith("I") or image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        full_scale = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        top = float(array.max())
+        if image.mode.startswith("I;16") or top > 255:
+            full_scale = 65535.0
+        elif image.mode == "F" and top <= 1:
+            full_scale = 1.0
+        else:
+            full_scale = 255.0
         array = np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
+        return Image.fromarray(array).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
 
 
+def _check_file(path: str | Path, name: str) -> None:
+    """Refuse what is not a regular file before opening it: a FIFO would block forever."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{name}: is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{name}: not a regular file")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Decode a file into an RGB image, honouring EXIF orientation.
+    """Decode a file into an RGB image, honouring EXIF orientation; else raise ImageError.
 
     Orientation is applied so that the pixels match what image viewers show people:
     masks, heatmaps and the operator's eye all agree on where a defect is.
     """
-    name = str(path)
+    name = shown_name(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{name}: image is {width}x{height}, larger than the "
-                        f"{MAX_PIXELS} pixel limit"
-                    )
-                if width < 2 or height < 2:
-                    raise ImageError(f"{name}: image is {width}x{height}, too small to inspect")
-                image.load()
-                return _to_rgb(ImageOps.exif_transpose(image))
+        _check_file(path, name)
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(
+                    f"{name}: image is {width}x{height}, more than the {MAX_PIXELS} pixel "
+                    "limit (refused before decoding)"
+                )
+            if width < MIN_SIDE or height < MIN_SIDE:
+                raise ImageError(f"{name}: image is {width}x{height}, too small to inspect")
+            image.load()
+            return _to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ImageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{name}: is a directory, not an image file") from None
     except PermissionError:
         raise ImageError(f"{name}: permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file (or an unsupported format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: image too large (decompression bomb guard)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{name}: cannot decode image ({error})") from None
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"{name}: image is more than the {MAX_PIXELS} pixel limit (refused before decoding)"
+        ) from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode the image") from None
+    except _DECODE_ERRORS as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ImageError(f"{name}: cannot decode image ({reason})") from None
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from .images import ImageError, Preprocess
-from .model_file import Model
+from .model_file import Model, ModelFileError
 from .pipeline import preprocessed_batches, stack
-from .scoring import PatchScores, score_features
+from .scoring import IMAGE_SCORES, PatchScores, score_features
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -37,24 +37,53 @@ def onnx_providers(device: str) -> list[str]:
 
 
 class Detector:
-    """A loaded model, ready to score many images with one graph session."""
+    """A loaded model, ready to score many images with one graph session.
+
+    Raises ValueError for a device that cannot be had, and ModelFileError (whose message
+    does not repeat the file name) for a model whose settings or graph cannot be used:
+    load_model checks the file's structure, this checks that its contents actually run.
+    """
 
     def __init__(self, model: Model, device: str = "auto") -> None:
         import onnxruntime
 
+        providers = onnx_providers(device)
+        try:
+            self.preprocess = Preprocess.from_dict(model.settings["preprocess"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"bad preprocess settings ({error})") from None
+        self.image_score = model.settings["image_score"]
+        if self.image_score not in IMAGE_SCORES:
+            raise ModelFileError(f"unknown image score {self.image_score!r}")
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
-        self.session = onnxruntime.InferenceSession(
-            model.feature_graph, options, providers=onnx_providers(device)
-        )
+        try:
+            self.session = onnxruntime.InferenceSession(
+                model.feature_graph, options, providers=providers
+            )
+        except Exception as error:  # ONNX Runtime's errors share no base class but Exception
+            reason = " ".join(str(error).split())
+            raise ModelFileError(f"the model's feature graph cannot run ({reason})") from None
+        if device == "cuda" and PROVIDERS["cuda"] not in self.session.get_providers():
+            raise ValueError("--device cuda was asked for, but the CUDA provider failed to start")
         self.model = model
-        self.preprocess = Preprocess.from_dict(model.settings["preprocess"])
-        self.image_score = model.settings["image_score"]
         self.bank_norms = np.einsum("ij,ij->i", model.memory_bank, model.memory_bank)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) preprocessed images to (B, C, h, w) patch features."""
-        return self.session.run(None, {"images": images})[0]
+        try:
+            features = self.session.run(None, {"images": images})[0]
+        except Exception as error:  # as above: a graph that loads but does not fit the input
+            reason = " ".join(str(error).split())
+            raise ModelFileError(f"the model's feature graph failed ({reason})") from None
+        if features.ndim != 4 or features.shape[1] != self.model.memory_bank.shape[1]:
+            raise ModelFileError(
+                f"the model's feature graph gives features of shape {features.shape}, but "
+                f"its memory bank holds {self.model.memory_bank.shape[1]} channels"
+            )
+        if not np.isfinite(features).all():
+            raise ModelFileError("the model's feature graph gives non-finite features")
+        return features
 
     def score_arrays(self, images: np.ndarray) -> list[PatchScores]:
         return score_features(
@@ -64,7 +93,11 @@ class Detector:
     def score_files(
         self, paths: Iterable[Path | str], batch_size: int = 8
     ) -> Iterator[tuple[Path | str, PatchScores | ImageError]]:
-        """Each path with its result or its error, in input order, decoding in the background."""
+        """Each path with its result or its error, in input order, decoding in the background.
+
+        A bad image yields its ImageError and the others are still scored; a model that
+        fails to run raises ModelFileError, as no image could be scored with it.
+        """
         for items in preprocessed_batches(paths, self.preprocess, batch_size):
             positions, arrays = stack(items)
             results: dict[int, PatchScores] = {}

@@ -1,0 +1,485 @@
+"""Every bad input of issue 5 through the real command line, in a subprocess.
+
+Each table row names a case, how to make it and what the tool must answer: the exit code,
+the one stderr line naming the file and its problem, and what stays on stdout. Image rows
+run together with a good image, which must still be scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import zip_longest
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from PIL import Image
+from test_image_loader import encoded, half, noise, png_chunk, png_header, zero_png
+
+from ind_knn_ad import exit_codes
+from ind_knn_ad.images import shown_name
+from ind_knn_ad.model_file import FORMAT_VERSION, METADATA_KEY, load_model
+
+RECORD = re.compile(r"^\d+\.\d{6}$")
+
+
+def scorer(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
+    """anomaly_detector.py as a user runs it. Output is decoded here, not by subprocess's
+    text mode, which would turn a CR inside a quoted name into LF; bytes that are not
+    UTF-8 (from such a name) survive as surrogates."""
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    result = subprocess.run(
+        [sys.executable, ROOT / "anomaly_detector.py", *args],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        **kwargs,
+    )
+    for stream in ("stdout", "stderr"):
+        value = getattr(result, stream)
+        setattr(result, stream, value.decode("utf-8", "surrogateescape") if value else "")
+    return result
+
+
+def records(stdout: str) -> list[list[str]]:
+    """stdout read back by a CSV reader, every record checked to be file,score,flag."""
+    rows = list(csv.reader(io.StringIO(stdout, newline="")))
+    for row in rows:
+        assert len(row) == 3 and RECORD.match(row[1]) and row[2] in ("0", "1"), row
+    return rows
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr
+    return stderr.splitlines()
+
+
+# --- the images ----------------------------------------------------------------------------
+
+Maker = Callable[[Path, bytes], None]
+
+
+def copy_of_good(path: Path, good: bytes) -> None:
+    path.write_bytes(good)
+
+
+def converted(mode: str, fmt: str = "PNG", **options) -> Maker:
+    def make(path: Path, good: bytes) -> None:
+        path.write_bytes(encoded(Image.open(io.BytesIO(good)).convert(mode), fmt, **options))
+
+    return make
+
+
+def sixteen_bit(path: Path, good: bytes) -> None:
+    gray = Image.open(io.BytesIO(good)).convert("L")
+    path.write_bytes(encoded(gray.point(lambda v: v * 257, "I").convert("I;16"), "PNG"))
+
+
+def exif_rotated(path: Path, good: bytes) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path.write_bytes(encoded(Image.open(io.BytesIO(good)), "JPEG", quality=95, exif=exif))
+
+
+def data(content: bytes) -> Maker:
+    return lambda path, _good: path.write_bytes(content)
+
+
+def nothing(_path: Path, _good: bytes) -> None:
+    """A missing file: make nothing."""
+
+
+def folder(path: Path, _good: bytes) -> None:
+    path.mkdir()
+
+
+def fifo(path: Path, _good: bytes) -> None:
+    os.mkfifo(path)
+
+
+def zeros(side: int, bit_depth: int) -> Maker:
+    """A complete PNG of side x side zeros (made when the table is built into files)."""
+    return lambda path, _good: path.write_bytes(zero_png(side, side, bit_depth))
+
+
+def one_pixel(path: Path, _good: bytes) -> None:
+    path.write_bytes(encoded(Image.new("RGB", (1, 1)), "PNG"))
+
+
+@dataclass(frozen=True)
+class ImageCase:
+    id: str
+    name: str
+    make: Maker
+    error: str | None = None  # regex the stderr line must match; None: scored normally
+
+
+ODD_BUT_VALID = [
+    ImageCase("space", "with space.png", copy_of_good),
+    ImageCase("comma", "comma,name.png", copy_of_good),
+    ImageCase("quote", 'quote"name.png', copy_of_good),
+    ImageCase("newline", "new\nline.png", copy_of_good),
+    ImageCase("carriage-return", "carriage\rreturn.png", copy_of_good),
+    ImageCase("non-ascii", "écrou-ナット.png", copy_of_good),
+    ImageCase("not-utf8", os.fsdecode(b"latin1-\xe9.png"), copy_of_good),
+    ImageCase("leading-dash", "-dash.png", copy_of_good),
+    ImageCase("grayscale", "gray.png", converted("L")),
+    ImageCase("16-bit", "deep.png", sixteen_bit),
+    ImageCase("palette", "palette.png", converted("P")),
+    ImageCase("rgba", "rgba.png", converted("RGBA")),
+    ImageCase("cmyk", "cmyk.jpg", converted("CMYK", "JPEG", quality=95)),
+    ImageCase("exif-rotated", "rotated.jpg", exif_rotated),
+    ImageCase("png-named-jpg", "png.jpg", copy_of_good),
+]
+BAD = [
+    ImageCase("missing", "missing.png", nothing, "no such file"),
+    ImageCase("directory", "folder.png", folder, "is a directory"),
+    ImageCase("fifo", "fifo.png", fifo, "not a regular file"),
+    ImageCase("empty", "empty.png", data(b""), "not an image file"),
+    ImageCase("not-an-image", "text.png", data(b"hello\n"), "not an image file"),
+    ImageCase("truncated-png", "cut.png", data(half(encoded(noise(), "PNG"))), "truncated"),
+    ImageCase("truncated-jpeg", "cut.jpg", data(half(encoded(noise(), "JPEG"))), "truncated"),
+    ImageCase("one-pixel", "dot.png", one_pixel, "1x1, too small"),
+    ImageCase(
+        "zero-size", "zero.png", data(png_header(0, 0) + png_chunk(b"IEND", b"")), "not an image"
+    ),
+    ImageCase("huge", "huge.png", zeros(20000, 1), "pixel limit"),
+    ImageCase("bomb", "bomb.png", zeros(10000, 8), "pixel limit"),
+    ImageCase("bad-name", "text\nname.png", data(b"hello\n"), "not an image file"),
+]
+
+
+@pytest.fixture(scope="module")
+def good(sample_dataset: Path) -> bytes:
+    return (sample_dataset / "test" / "good" / "000.png").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, good: bytes) -> Path:
+    folder = tmp_path_factory.mktemp("inputs")
+    (folder / "good.png").write_bytes(good)
+    for case in ODD_BUT_VALID + BAD:
+        case.make(folder / case.name, good)
+    return folder
+
+
+def test_odd_but_valid_images_in_one_call(sample_model: Path, inputs: Path) -> None:
+    """Odd names and modes: all scored, in input order, each name read back exactly by a
+    CSV reader; copies of good.png score exactly as it does, whatever their name."""
+    names = ["good.png"] + [case.name for case in ODD_BUT_VALID]
+    result = scorer("--model", sample_model, "--", *names, cwd=inputs)
+    assert result.returncode == exit_codes.OK, result.stderr
+    assert error_lines(result.stderr) == []
+    rows = records(result.stdout)
+    assert [row[0] for row in rows] == names
+    # one physical line per record, except a quoted name with a line break in it
+    assert result.stdout.count("\n") == len(names) + sum("\n" in n for n in names)
+    by_name = {row[0]: row[1:] for row in rows}
+    for case in ODD_BUT_VALID:
+        if case.make is copy_of_good:
+            assert by_name[case.name] == by_name["good.png"], case.id
+
+
+def test_quoting_follows_rfc_4180(sample_model: Path, inputs: Path) -> None:
+    result = scorer("--model", sample_model, "--", "comma,name.png", 'quote"name.png', cwd=inputs)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith('"comma,name.png",') and lines[1].startswith('"quote""name.png",')
+
+
+@pytest.mark.parametrize("case", BAD, ids=[case.id for case in BAD])
+def test_bad_image_beside_a_good_one(sample_model: Path, inputs: Path, case: ImageCase) -> None:
+    result = scorer("--model", sample_model, "good.png", case.name, cwd=inputs)
+    assert result.returncode == exit_codes.SOME_INPUTS_FAILED
+    assert [row[0] for row in records(result.stdout)] == ["good.png"]
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"ERROR: {shown_name(case.name)}: ")
+    assert re.search(case.error, line), line
+
+
+def test_every_case_in_one_call(sample_model: Path, inputs: Path) -> None:
+    """Good and bad mixed: every good one scored, every bad one its own line, in order."""
+    pairs = zip_longest(ODD_BUT_VALID, BAD)
+    cases = [case for pair in pairs for case in pair if case is not None]
+    result = scorer("--model", sample_model, "--", *(case.name for case in cases), cwd=inputs)
+    assert result.returncode == exit_codes.SOME_INPUTS_FAILED
+    assert [row[0] for row in records(result.stdout)] == [c.name for c in cases if not c.error]
+    lines = error_lines(result.stderr)
+    bad = [case for case in cases if case.error]
+    assert len(lines) == len(bad)
+    for line, case in zip(lines, bad, strict=True):
+        assert line.startswith(f"ERROR: {shown_name(case.name)}: ") and re.search(case.error, line)
+
+
+def _without_permission_override() -> None:
+    """Drop root's power to read any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the
+    capability bounding set, so that the process exec'd next is refused a mode-000 file."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_unreadable_image(sample_model: Path, inputs: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    shutil.copy(inputs / "good.png", secret)
+    secret.chmod(0o000)
+    options = {"preexec_fn": _without_permission_override} if os.geteuid() == 0 else {}
+    try:
+        result = scorer("--model", sample_model, "good.png", secret, cwd=inputs, **options)
+    except subprocess.SubprocessError as error:
+        pytest.skip(f"cannot drop root's file permission override here ({error})")
+    assert result.returncode == exit_codes.SOME_INPUTS_FAILED, result.stderr
+    assert [row[0] for row in records(result.stdout)] == ["good.png"]
+    assert error_lines(result.stderr) == [f"ERROR: {secret}: permission denied"]
+
+
+# --- model files -----------------------------------------------------------------------------
+
+
+ModelMaker = Callable[[Path, Path], None]  # (sample model, where to write the case)
+
+
+def variant(
+    settings: Callable[[dict], object] | None = None, graph: bytes | None = None
+) -> ModelMaker:
+    """A maker for the sample model with its settings changed or its graph replaced."""
+
+    def make(model: Path, target: Path) -> None:
+        from safetensors.numpy import save_file
+
+        loaded = load_model(model)
+        if settings is not None:
+            settings(loaded.settings)
+        tensors = {
+            "memory_bank": loaded.memory_bank,
+            "feature_graph": np.frombuffer(graph or loaded.feature_graph, np.uint8),
+        }
+        save_file(tensors, target, metadata={METADATA_KEY: json.dumps(loaded.settings)})
+
+    return make
+
+
+def foreign_safetensors(_model: Path, target: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"weight": np.zeros((2, 2), np.float32)}, target)
+
+
+MODEL_CASES: list[tuple[str, ModelMaker, str]] = [
+    ("missing", lambda _m, _t: None, "model file not found"),
+    ("directory", lambda _m, t: t.mkdir(), "model file is a directory"),
+    ("empty", lambda _m, t: t.write_bytes(b""), "not a readable model file"),
+    ("truncated", lambda m, t: t.write_bytes(half(m.read_bytes())), "not a readable model"),
+    ("an-image", lambda _m, t: t.write_bytes(encoded(noise(), "PNG")), "not a readable model"),
+    ("foreign-safetensors", foreign_safetensors, "not an ind_knn_ad model file"),
+    (
+        "newer-version",
+        variant(lambda s: s.update(format_version=s["format_version"] + 1)),
+        rf"model format version {FORMAT_VERSION + 1} is newer than this tool supports "
+        rf"\({FORMAT_VERSION}\); upgrade",
+    ),
+    ("broken-graph", variant(graph=b"not onnx"), "feature graph cannot run"),
+    ("bad-preprocess", variant(lambda s: s["preprocess"].pop("crop")), "bad preprocess"),
+    ("bad-image-score", variant(lambda s: s.update(image_score="mean")), "unknown image score"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"), [c[1:] for c in MODEL_CASES], ids=[c[0] for c in MODEL_CASES]
+)
+def test_bad_model_file(
+    sample_model: Path, inputs: Path, tmp_path: Path, make: ModelMaker, message: str
+) -> None:
+    target = tmp_path / "case.safetensors"
+    make(sample_model, target)
+    result = scorer("--model", target, "good.png", cwd=inputs)
+    assert result.returncode == exit_codes.MODEL_ERROR
+    assert result.stdout == ""
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"ERROR: {target}: ") and re.search(message, line), line
+
+
+# --- options -------------------------------------------------------------------------------
+
+OPTION_CASES = [
+    ("unknown-option", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("threshold-word", ["--threshold", "high"], "threshold must be 'auto' or a number"),
+    ("threshold-auto", ["--threshold", "auto"], "--threshold here takes a number"),
+    ("threshold-zero", ["--threshold", "0"], "threshold must be a finite positive number"),
+    ("threshold-negative", ["--threshold", "-1"], "threshold must be a finite positive number"),
+    ("threshold-nan", ["--threshold", "nan"], "threshold must be a finite positive number"),
+    ("threshold-inf", ["--threshold", "inf"], "threshold must be a finite positive number"),
+    ("bad-device", ["--device", "tpu"], "invalid choice: 'tpu'"),
+    ("bad-loglevel", ["-l", "loud"], "invalid choice: 'loud'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"), [c[1:] for c in OPTION_CASES], ids=[c[0] for c in OPTION_CASES]
+)
+def test_bad_option(sample_model: Path, inputs: Path, options: list[str], message: str) -> None:
+    result = scorer("--model", sample_model, *options, "good.png", cwd=inputs)
+    assert result.returncode == exit_codes.USAGE
+    assert result.stdout == ""
+    lines = error_lines(result.stderr)
+    assert lines[0].startswith("usage: anomaly_detector.py")
+    assert lines[-1].startswith("anomaly_detector.py: error: ") and message in lines[-1]
+
+
+def test_no_image_given(sample_model: Path) -> None:
+    result = scorer("--model", sample_model)
+    assert result.returncode == exit_codes.USAGE
+    assert "the following arguments are required: imagefile" in result.stderr
+
+
+def test_cuda_without_a_gpu(sample_model: Path, inputs: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA")
+    result = scorer("--model", sample_model, "--device", "cuda", "good.png", cwd=inputs)
+    assert result.returncode == exit_codes.USAGE
+    assert result.stdout == ""
+    [line] = error_lines(result.stderr)
+    assert line.startswith("ERROR: --device cuda was asked for, but ONNX Runtime has no CUDA")
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_cuda_provider_that_does_not_start(
+    sample_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime lists CUDA but cannot start it: an error, not a silent run on the CPU."""
+    import onnxruntime
+
+    from ind_knn_ad.runtime import PROVIDERS, Detector
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(PROVIDERS.values()))
+    monkeypatch.setattr(onnxruntime, "InferenceSession", _cpu_only_session(onnxruntime))
+    with pytest.raises(ValueError, match="the CUDA provider failed to start"):
+        Detector(load_model(sample_model), "cuda")
+
+
+def _cpu_only_session(onnxruntime):
+    """InferenceSession that, like a CUDA build on a machine without a GPU, falls back."""
+    real = onnxruntime.InferenceSession
+
+    def session(graph, options, providers):
+        return real(graph, options, providers=["CPUExecutionProvider"])
+
+    return session
+
+
+# --- outputs that cannot be written --------------------------------------------------------
+
+
+def test_stdout_on_a_full_disk(sample_model: Path, inputs: Path) -> None:
+    with open("/dev/full", "w") as full:
+        result = scorer("--model", sample_model, "good.png", cwd=inputs, stdout=full)
+    assert result.returncode == exit_codes.WRITE_ERROR
+    assert error_lines(result.stderr) == [
+        "ERROR: cannot write results to stdout: No space left on device"
+    ]
+
+
+def test_stdout_closed_early(sample_model: Path, inputs: Path) -> None:
+    """`anomaly_detector.py ... | head -1`: the reader takes one line and goes away. The
+    output (~130 kB) is more than a pipe holds, so the tool must still write after that."""
+    long_name = "g" * 240 + ".png"
+    shutil.copy(inputs / "good.png", inputs / long_name)
+    process = subprocess.Popen(
+        [sys.executable, ROOT / "anomaly_detector.py", "--model", sample_model] + [long_name] * 500,
+        cwd=inputs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout.readline().startswith(long_name.encode())
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait() == exit_codes.WRITE_ERROR
+    assert error_lines(stderr) == ["ERROR: cannot write results to stdout: Broken pipe"]
+
+
+# --- make_model.py: backbone weights and output folder --------------------------------------
+
+MAKE_MODEL_CASES = [
+    (
+        "backbone-offline",
+        ["--backbone", "wide_resnet50_2"],
+        exit_codes.BACKBONE_ERROR,
+        "cannot get pretrained weights for backbone 'wide_resnet50_2'.*"
+        r"--backbone efficientnet_lite0.*--weights FILE",
+    ),
+    (
+        "weights-not-a-weights-file",
+        ["--backbone", "efficientnet_lite0", "--weights", "{tmp}/garbage.pt"],
+        exit_codes.BACKBONE_ERROR,
+        "garbage.pt: cannot read weights",
+    ),
+    (
+        "output-parent-is-a-file",
+        ["--model", "{tmp}/garbage.pt/model.safetensors"],
+        exit_codes.WRITE_ERROR,
+        "cannot write .*parent is not a folder",
+    ),
+    (
+        "output-is-a-folder",
+        ["--model", "{tmp}"],
+        exit_codes.WRITE_ERROR,
+        "cannot write .*is a directory",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def make_model_results(
+    sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, subprocess.CompletedProcess]:
+    """All make_model.py cases at once (each pays for importing torch). The hub is offline
+    and its caches empty, as on a machine without network."""
+    tmp = tmp_path_factory.mktemp("make_model")
+    (tmp / "garbage.pt").write_bytes(b"this is not a weights file\n")
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf"), "TORCH_HOME": str(tmp / "th")}
+
+    def run(case: tuple) -> subprocess.CompletedProcess:
+        options = [part.format(tmp=tmp) for part in case[1]]
+        if "--model" not in options:
+            options += ["--model", str(tmp / f"{case[0]}.safetensors")]
+        return subprocess.run(
+            [sys.executable, "make_model.py", "--data-dir", str(sample_dataset), *options],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **offline},
+        )
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = pool.map(run, MAKE_MODEL_CASES)
+        return {case[0]: result for case, result in zip(MAKE_MODEL_CASES, results, strict=True)}
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "message"),
+    [(c[0], *c[2:]) for c in MAKE_MODEL_CASES],
+    ids=[c[0] for c in MAKE_MODEL_CASES],
+)
+def test_make_model_errors(
+    make_model_results: dict[str, subprocess.CompletedProcess], case: str, code: int, message: str
+) -> None:
+    result = make_model_results[case]
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Model written" not in result.stdout
+    text = " ".join(result.stderr.split())  # rich wraps long lines at 80 columns
+    assert re.search(f"error: .*{message}", text), text

@@ -1,0 +1,333 @@
+"""The image loader: every Pillow mode becomes RGB, and every bad file becomes an ImageError.
+
+The property tests feed random bytes, damaged encodings of random images and PNG headers
+with random dimensions to `load_image`: whatever comes in, the only exception that may come
+out is ImageError, and nothing larger than the pixel limit is ever decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from ind_knn_ad.images import MAX_PIXELS, ImageError, load_image, shown_name
+
+PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header(width: int, height: int, bit_depth: int = 8, colour: int = 0) -> bytes:
+    """PNG signature and IHDR: what the loader reads before deciding to decode or not."""
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+
+
+def zero_png(width: int, height: int, bit_depth: int = 8) -> bytes:
+    """A complete, valid grayscale PNG of zeros: tiny on disk, huge once decoded."""
+    row = bytes(1 + (width * bit_depth + 7) // 8)  # filter byte + packed pixels
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return png_header(width, height, bit_depth) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    stream = io.BytesIO()
+    image.save(stream, fmt, **options)
+    return stream.getvalue()
+
+
+def pattern(width: int = 40, height: int = 30) -> Image.Image:
+    """An RGB image with a distinct value at every pixel, and a red top-left block."""
+    y, x = np.mgrid[0:height, 0:width]
+    array = np.stack([x * 6 % 256, y * 8 % 256, (x + y) * 3 % 256], axis=-1).astype(np.uint8)
+    array[:10, :10] = (255, 0, 0)
+    return Image.fromarray(array)
+
+
+def noise(width: int = 40, height: int = 30) -> Image.Image:
+    """Incompressible pixels, so that cutting the file in half cuts the pixel data."""
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8))
+
+
+def half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    """Write bytes to a fresh file in tmp_path and return its path."""
+
+    def _write(data: bytes, name: str = "image.png") -> Path:
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    return _write
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[Path]:
+    """One file the property tests overwrite per example (hypothesis reuses fixtures)."""
+    with tempfile.TemporaryDirectory() as folder:
+        yield Path(folder) / "example.bin"
+
+
+# --- modes: everything Pillow decodes comes out as 8-bit RGB of the right size ---------
+
+
+def rgb(path: Path) -> np.ndarray:
+    image = load_image(path)
+    assert image.mode == "RGB"
+    return np.asarray(image)
+
+
+def test_rgb_png_is_exact(write) -> None:
+    np.testing.assert_array_equal(rgb(write(encoded(pattern(), "PNG"))), np.asarray(pattern()))
+
+
+def test_grayscale_becomes_equal_channels(write) -> None:
+    gray = pattern().convert("L")
+    array = rgb(write(encoded(gray, "PNG")))
+    for channel in range(3):
+        np.testing.assert_array_equal(array[..., channel], np.asarray(gray))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_is_scaled_not_clipped(write, fmt: str) -> None:
+    eight = np.asarray(pattern().convert("L"))
+    sixteen = Image.fromarray(eight.astype(np.uint16) * 257)  # 255 -> 65535
+    assert sixteen.mode == "I;16"
+    array = rgb(write(encoded(sixteen, fmt), f"deep.{fmt.lower()}"))
+    np.testing.assert_array_equal(array[..., 0], eight)
+
+
+def test_float_image_in_unit_range(write) -> None:
+    eight = np.asarray(pattern().convert("L"))
+    floats = Image.fromarray(eight.astype(np.float32) / 255.0)
+    array = rgb(write(encoded(floats, "TIFF"), "float.tif"))
+    assert np.abs(array[..., 0].astype(int) - eight).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["P", "RGBA", "LA", "1", "CMYK"])
+def test_other_modes_match_pillows_conversion(write, mode: str) -> None:
+    """Palette, alpha (dropped, not composited), bilevel and CMYK, losslessly stored."""
+    image = pattern().convert(mode)
+    fmt = "TIFF" if mode == "CMYK" else "PNG"
+    expected = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(rgb(write(encoded(image, fmt), f"m.{fmt.lower()}")), expected)
+
+
+def test_palette_with_transparency(write) -> None:
+    image = pattern().convert("P")
+    data = encoded(image, "PNG", transparency=0)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA").convert("RGB"))
+    np.testing.assert_array_equal(rgb(write(data)), expected)
+
+
+def test_cmyk_jpeg(write) -> None:
+    array = rgb(write(encoded(pattern().convert("CMYK"), "JPEG", quality=95), "cmyk.jpg"))
+    assert array.shape == (30, 40, 3)
+    assert array[:10, :10, 0].mean() > 200 and array[:10, :10, 1:].mean() < 50  # still red
+
+
+def test_png_named_jpg_is_read_as_png(write) -> None:
+    array = rgb(write(encoded(pattern(), "PNG"), "really_a_png.jpg"))
+    np.testing.assert_array_equal(array, np.asarray(pattern()))
+
+
+@pytest.mark.parametrize(
+    ("orientation", "red_corner"),
+    [(1, "top-left"), (3, "bottom-right"), (6, "top-right"), (8, "bottom-left")],
+)
+def test_exif_orientation_is_honoured(write, orientation: int, red_corner: str) -> None:
+    """The pixels come out as a viewer shows them: 6 means "rotate 90 degrees clockwise"."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encoded(pattern(), "JPEG", quality=95, exif=exif)
+    array = rgb(write(data, "rotated.jpg"))
+    assert array.shape == ((30, 40, 3) if orientation in (1, 3) else (40, 30, 3))
+    height, width = array.shape[:2]
+    corners = {
+        "top-left": array[:8, :8],
+        "top-right": array[:8, width - 8 :],
+        "bottom-left": array[height - 8 :, :8],
+        "bottom-right": array[height - 8 :, width - 8 :],
+    }
+    reddest = max(corners, key=lambda k: corners[k][..., 0].mean() - corners[k][..., 1].mean())
+    assert reddest == red_corner
+
+
+# --- refusals: each bad file is one ImageError naming it ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "not an image file"),
+        (b"hello, world\n", "not an image file"),
+        (half(encoded(noise(), "PNG")), "cannot decode image .*truncated"),
+        (half(encoded(noise(), "JPEG")), "cannot decode image .*truncated"),
+        (encoded(Image.new("RGB", (1, 1)), "PNG"), "image is 1x1, too small"),
+        (encoded(Image.new("RGB", (1, 50)), "PNG"), "image is 1x50, too small"),
+        (png_header(0, 0) + png_chunk(b"IEND", b""), "not an image file"),
+        (png_header(20000, 20000, 8, 2) + png_chunk(b"IDAT", b""), "more than the 67108864 pixel"),
+    ],
+    ids=["empty", "text", "truncated-png", "truncated-jpeg", "1x1", "1x50", "0x0", "20000^2"],
+)
+def test_bad_files(write, data: bytes, message: str) -> None:
+    path = write(data)
+    with pytest.raises(ImageError, match=message) as caught:
+        load_image(path)
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize(("side", "bit_depth"), [(20000, 1), (10000, 8)])
+def test_decompression_bombs_are_refused_undecoded(write, side: int, bit_depth: int) -> None:
+    """Real, complete PNGs of a few hundred kB that would decode to 100-400 Mpixels: the
+    1-bit one trips Pillow's own guard, the 8-bit one (below it) ours."""
+    data = zero_png(side, side, bit_depth)
+    assert len(data) < 1_000_000
+    with pytest.raises(ImageError, match="pixel limit"):
+        load_image(write(data))
+
+
+def test_missing_directory_and_fifo(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.png")  # opening it to read would block forever
+    (tmp_path / "file.png").write_bytes(b"")
+    cases = {
+        "missing.png": "no such file",
+        "": "is a directory",
+        "fifo.png": "not a regular file",
+        "file.png/x.png": "no such file",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ImageError, match=message):
+            load_image(tmp_path / name)
+
+
+def test_permission_denied(write, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests may run as root, for whom chmod 000 stops nothing: make open() refuse instead
+    (the CLI test covers the real case as an unprivileged user)."""
+
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(ImageError, match="permission denied"):
+        load_image(write(encoded(pattern(), "PNG")))
+
+
+def test_names_with_control_characters_stay_on_one_line() -> None:
+    assert shown_name("a b,é.png") == "a b,é.png"
+    assert shown_name("a\nb.png") == "'a\\nb.png'"
+    assert shown_name(os.fsdecode(b"bad\xff.png")) == "'bad\\udcff.png'"
+
+
+# --- properties ----------------------------------------------------------------------------
+
+
+def loads_or_refuses(path: Path) -> Image.Image | None:
+    """The property: an RGB image of at least 2x2 within the limit, or an ImageError naming
+    the file in one line. Any other exception fails the test."""
+    try:
+        image = load_image(path)
+    except ImageError as error:
+        assert str(error).startswith(f"{path}: ") and "\n" not in str(error)
+        return None
+    assert image.mode == "RGB"
+    assert min(image.size) >= 2 and image.size[0] * image.size[1] <= MAX_PIXELS
+    return image
+
+
+@pytest.mark.filterwarnings("ignore")
+@PROPERTY
+@given(data=st.binary(max_size=4096))
+def test_random_bytes(scratch: Path, data: bytes) -> None:
+    scratch.write_bytes(data)
+    loads_or_refuses(scratch)
+
+
+FORMATS = {
+    "PNG": ["RGB", "RGBA", "L", "LA", "P", "1", "I;16"],
+    "JPEG": ["RGB", "L", "CMYK"],
+    "BMP": ["RGB", "L", "P", "1"],
+    "TIFF": ["RGB", "RGBA", "L", "I;16", "F", "CMYK"],
+    "GIF": ["P", "L"],
+    "WEBP": ["RGB", "RGBA"],
+    "PPM": ["RGB", "L", "I"],
+}
+
+
+@st.composite
+def damaged_images(draw: st.DrawFn) -> tuple[bytes, tuple[int, int], bool]:
+    """A random-size image in a random format and mode, possibly truncated or with bytes
+    overwritten; returns the bytes, the true size and whether it was damaged."""
+    fmt = draw(st.sampled_from(sorted(FORMATS)))
+    mode = draw(st.sampled_from(FORMATS[fmt]))
+    size = (draw(st.integers(1, 70)), draw(st.integers(1, 70)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    data = bytearray(encoded(Image.fromarray(pixels).convert(mode), fmt))
+    damage = draw(st.sampled_from(["none", "truncate", "overwrite"]))
+    if damage == "truncate":
+        del data[draw(st.integers(0, len(data) - 1)) :]
+    elif damage == "overwrite":
+        for _ in range(draw(st.integers(1, 8))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data), size, damage != "none"
+
+
+@pytest.mark.filterwarnings("ignore")
+@PROPERTY
+@given(example=damaged_images())
+def test_random_images_and_damage(scratch: Path, example: tuple[bytes, tuple, bool]) -> None:
+    data, size, damaged = example
+    scratch.write_bytes(data)
+    image = loads_or_refuses(scratch)
+    if not damaged:  # an intact image loads exactly when it is big enough to inspect
+        assert (image is not None) == (min(size) >= 2)
+        assert image is None or image.size == size
+
+
+@pytest.mark.filterwarnings("ignore")
+@PROPERTY
+@given(
+    width=st.integers(0, 2**31 - 1),
+    height=st.integers(0, 2**31 - 1),
+    depth_colour=st.sampled_from([(1, 0), (8, 0), (16, 0), (8, 2), (16, 2), (8, 6)]),
+    payload=st.binary(max_size=256),
+)
+def test_random_png_dimensions(
+    scratch: Path, width: int, height: int, depth_colour: tuple[int, int], payload: bytes
+) -> None:
+    """Any declared size, tiny data: over the limit is refused unread, and nothing else
+    than a loaded image or an ImageError comes out."""
+    idat = zlib.compress(payload)
+    data = png_header(width, height, *depth_colour) + png_chunk(b"IDAT", idat)
+    scratch.write_bytes(data + png_chunk(b"IEND", b""))
+    if width * height > MAX_PIXELS:
+        with pytest.raises(ImageError, match="pixel limit"):
+            load_image(scratch)
+    else:
+        loads_or_refuses(scratch)
