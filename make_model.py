@@ -103,27 +103,37 @@ def evaluate_only(
     from ind_knn_ad.model_file import ModelFileError, load_model
     from ind_knn_ad.runtime import Detector
 
-    try:
-        model = load_model(args.model)
-        detector = Detector(model, args.device)
-    except (ModelFileError, ValueError) as error:
-        print_error(str(error))
-        return exit_codes.MODEL_ERROR
     if not dataset.test:
         print_error(f"{dataset.root}: no test/ folder to evaluate on")
         return exit_codes.DATA_ERROR
-    threshold = model.threshold if isinstance(args.threshold, str) else args.threshold
-    evaluation = evaluate(
-        detector.features,
-        dataset,
-        Preprocess.from_dict(model.settings["preprocess"]),
-        model.memory_bank,
-        model.settings["image_score"],
-        threshold,
-        args.batch_size,
-    )
+    try:
+        model = load_model(args.model)
+        detector = Detector(model, args.device)
+        threshold = model.threshold if isinstance(args.threshold, str) else args.threshold
+        evaluation = evaluate(
+            detector.features,
+            dataset,
+            Preprocess.from_dict(model.settings["preprocess"]),
+            model.memory_bank,
+            model.settings["image_score"],
+            threshold,
+            args.batch_size,
+        )
+    except ModelFileError as error:
+        print_error(str(error))
+        return exit_codes.MODEL_ERROR
+    except ValueError as error:
+        print_error(str(error))
+        return exit_codes.USAGE
+    except ImageError as error:
+        print_error(str(error))
+        return exit_codes.DATA_ERROR
     report(out, dataset.name, evaluation)
-    write_results(args.model, evaluation)
+    try:
+        write_results(args.model, evaluation)
+    except OSError as error:
+        print_error(f"cannot write results beside {args.model}: {error}")
+        return exit_codes.WRITE_ERROR
     return exit_codes.OK
 
 
@@ -223,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("interrupted: no model file was written", file=sys.stderr)
+        print("interrupted: no partial file was left behind", file=sys.stderr)
         return exit_codes.INTERRUPTED
 
 

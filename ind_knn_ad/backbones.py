@@ -95,7 +95,8 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise BackboneError(f"{path}: cannot read weights ({error})") from None
+        detail = " ".join(str(error).split())  # torch's messages span several lines
+        raise BackboneError(f"{path}: cannot read weights ({detail})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -73,7 +73,7 @@ def test_interrupted_fit_keeps_the_old_model(
     stderr = "".join(seen) + process.stderr.read()
     assert process.wait(timeout=120) == exit_codes.INTERRUPTED, stderr
     assert "Traceback" not in stderr
-    assert stderr.rstrip().endswith("interrupted: no model file was written")
+    assert stderr.rstrip().endswith("interrupted: no partial file was left behind")
     assert listing(tmp_path) == before  # same bytes, and no partial file beside them
 
 
