@@ -31,8 +31,14 @@ BASE = PatchCoreSettings(backbone="efficientnet_lite0")
 SETTINGS = {
     "default": BASE,
     "ref256/224": replace(BASE, preprocess=Preprocess(256, 224)),
+    "full256": replace(BASE, preprocess=Preprocess(256, 256)),
     "size320": replace(BASE, preprocess=Preprocess(320, 320)),
     "size448": replace(BASE, preprocess=Preprocess(448, 448)),
+    "size320/2%": replace(BASE, preprocess=Preprocess(320, 320), coreset_fraction=0.02),
+    "size448/1%": replace(BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01),
+    "size448/1%/rw": replace(
+        BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, image_score="reweighted"
+    ),
     "layers1,2": replace(BASE, layers=(1, 2)),
     "layers2,3,4": replace(BASE, layers=(2, 3, 4)),
     "neighbourhood1": replace(BASE, neighbourhood=1),
