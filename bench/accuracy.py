@@ -36,6 +36,13 @@ SETTINGS = {
     "size448": replace(BASE, preprocess=Preprocess(448, 448)),
     "size320/2%": replace(BASE, preprocess=Preprocess(320, 320), coreset_fraction=0.02),
     "size448/1%": replace(BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01),
+    "size512/1%": replace(BASE, preprocess=Preprocess(512, 512), coreset_fraction=0.01),
+    "size448/1%/n5": replace(
+        BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, neighbourhood=5
+    ),
+    "size448/1%/l123": replace(
+        BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, layers=(1, 2, 3)
+    ),
     "size448/1%/rw": replace(
         BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, image_score="reweighted"
     ),
