@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
+
+
+def drop_unused_blocks(backbone: nn.Module) -> nn.Module:
+    """Cut the blocks after the last stage used; the outputs are the same.
+
+    timm's EfficientNet feature wrapper runs every block even when the chosen stages end
+    earlier (about a third of the work for efficientnet_lite0 at stages 2 and 3); its
+    other wrappers already stop at the last stage.
+    """
+    if isinstance(backbone, EfficientNetFeatures) and backbone.feature_hooks is None:
+        # Keys are stage numbers; block i produces stage i + 1.
+        backbone.blocks = backbone.blocks[: max(backbone._stage_out_idx)]
+    return backbone
 
 
 class PatchFeatures(nn.Module):
@@ -19,7 +33,7 @@ class PatchFeatures(nn.Module):
         super().__init__()
         if neighbourhood < 1 or neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be a positive odd number, not {neighbourhood}")
-        self.backbone = backbone
+        self.backbone = drop_unused_blocks(backbone)
         self.neighbourhood = neighbourhood
         self.eval()  # frozen feature extractor: batch norm must use its running statistics
 

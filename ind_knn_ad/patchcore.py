@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -22,7 +23,7 @@ from .coreset import PROJECTION_DIM, coreset_size, greedy_coreset
 from .features import PatchFeatures
 from .images import ImageError, Preprocess
 from .model_file import FORMAT, FORMAT_VERSION, Model
-from .pipeline import preprocessed_batches, stack
+from .pipeline import cpu_count, preprocessed_batches, stack
 from .threshold import AUTO, auto_threshold, holdout_scores
 
 Progress = Callable[[int], None]
@@ -63,14 +64,45 @@ class FeatureExtractor:
         self, settings: PatchCoreSettings, device: torch.device, weights: Path | None = None
     ) -> None:
         backbone = build_backbone(settings.backbone, settings.resolved_layers(), weights)
-        self.network = PatchFeatures(backbone, settings.neighbourhood).to(device)
+        # Channels-last runs the convolutions (depthwise ones above all) a third faster on
+        # the CPU, with the same results up to float rounding.
+        self.network = PatchFeatures(backbone, settings.neighbourhood).to(
+            device, memory_format=torch.channels_last
+        )
         self.device = device
+        self.workers = cpu_count() if device.type == "cpu" else 1
+        self._pool: ThreadPoolExecutor | None = None
 
-    @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """(B, 3, H, W) float32 to (B, C, h, w) float32 patch features."""
-        batch = torch.from_numpy(images).to(self.device)
-        return self.network(batch).float().cpu().numpy()
+        """(B, 3, H, W) float32 to (B, C, h, w) float32 patch features.
+
+        On the CPU the batch is split between one thread per core, each running torch on a
+        single thread. Torch's own threads wait for each other inside every layer, and on a
+        machine where another process holds a core that costs up to three times the work;
+        whole sub-batches per thread need no such waits.
+
+        The array is a (B, C, h, w) view of channels-last memory, so the (B, h, w, C) patch
+        rows that scoring wants come without a copy.
+        """
+        parts = min(self.workers, len(images))
+        if parts <= 1:
+            return self._run(images)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="features")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            outputs = list(self._pool.map(self._run, np.array_split(images, parts)))
+        finally:
+            torch.set_num_threads(threads)
+        rows = np.concatenate([output.transpose(0, 2, 3, 1) for output in outputs])
+        return rows.transpose(0, 3, 1, 2)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            batch = torch.from_numpy(images).to(self.device)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            return self.network(batch).float().cpu().numpy()
 
     def export_onnx(self, size: int) -> bytes:
         """The network as an ONNX graph with a dynamic batch axis, for torch-free scoring."""
@@ -108,8 +140,16 @@ def extract_features(
     batch_size: int = 16,
     progress: Progress | None = None,
 ) -> TrainFeatures:
-    """Features of training images; any unreadable image stops the fit with its error."""
-    chunks = []
+    """Features of training images; any unreadable image stops the fit with its error.
+
+    Each batch is written into one array allocated at the first batch, so memory peaks at
+    that array plus one batch of backbone maps: not at a list of chunks plus their
+    concatenation, and never at every image's full backbone maps.
+    """
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no training images")
+    features: np.ndarray | None = None
     grid: tuple[int, int] = (0, 0)
     done = 0
     for items in preprocessed_batches(paths, preprocess, batch_size):
@@ -117,13 +157,17 @@ def extract_features(
             if isinstance(value, ImageError):
                 raise value
         _, arrays = stack(items)
-        features = extractor(arrays)
-        grid = features.shape[2:]
-        chunks.append(features.transpose(0, 2, 3, 1).reshape(len(items), -1, features.shape[1]))
-        done += len(items)
+        batch = extractor(arrays)
+        count, channels, height, width = batch.shape
+        if features is None:
+            grid = (height, width)
+            features = np.empty((len(paths), height * width, channels), dtype=np.float32)
+        features[done : done + count] = batch.transpose(0, 2, 3, 1).reshape(count, -1, channels)
+        done += count
         if progress is not None:
             progress(done)
-    return TrainFeatures(np.concatenate(chunks), tuple(grid))
+    assert features is not None  # paths is not empty
+    return TrainFeatures(features, grid)
 
 
 def _versions() -> dict[str, str]:
@@ -148,14 +192,7 @@ def fit(
     images, patches, channels = train.features.shape
     flat = train.features.reshape(-1, channels)
     size = coreset_size(flat.shape[0], settings.coreset_fraction)
-    device = extractor.device
-    chosen = greedy_coreset(
-        torch.from_numpy(flat).to(device),
-        size,
-        settings.projection_dim,
-        settings.seed,
-        progress,
-    ).numpy()
+    chosen = greedy_coreset(flat, size, settings.projection_dim, settings.seed, progress)
     bank = np.ascontiguousarray(flat[chosen])
     if threshold == AUTO:
         scores = holdout_scores(

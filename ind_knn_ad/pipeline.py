@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -9,9 +10,31 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageError, Preprocess
+from .images import ImageError, Preprocess, is_image_file
 
 Item = tuple[Path | str, "np.ndarray | ImageError"]
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask where there is one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def expand_inputs(paths: Iterable[Path | str]) -> list[Path | str]:
+    """Command-line inputs as image files: a directory becomes the image files under it
+    (recursively, sorted); anything else is kept as given, so a missing or unreadable file
+    is still reported by the loader under the name the user typed."""
+    files: list[Path | str] = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = (p for p in Path(path).rglob("*") if p.is_file() and is_image_file(p))
+            files.extend(sorted(found))
+        else:
+            files.append(path)
+    return files
 
 
 def _load(preprocess: Preprocess, path: Path | str) -> np.ndarray | ImageError:

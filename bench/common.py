@@ -1,0 +1,122 @@
+"""Shared by the benchmark scripts: run a command as a user would, time it, read its peak
+memory, and print figures with their spread and the command that produced them."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
+BOTTLE = MVTEC / "bottle_256"
+FULLRES = MVTEC / "bottle_fullres_samples"
+# Model and generated data live here between scripts (override with BENCH_DIR).
+WORK = Path(os.environ.get("BENCH_DIR", Path(tempfile.gettempdir()) / "ind_knn_ad_bench"))
+MODEL = WORK / "bottle.safetensors"
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished command: wall seconds from start to exit, and its peak RSS."""
+
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+
+
+def run(command: list[str | Path]) -> Run:
+    """Run `command` from the repository root; fail loudly if it fails.
+
+    The child is reaped with wait4, which gives that child's own peak RSS (ru_maxrss); the
+    RUSAGE_CHILDREN total would only give the largest of all children so far.
+    """
+    command = [str(part) for part in command]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if process.returncode != 0:
+        raise SystemExit(f"{shown(command)} exited {process.returncode}:\n{stderr[-2000:]}")
+    return Run(seconds, usage.ru_maxrss / 1024, stdout)
+
+
+def shown(command: list[str | Path]) -> str:
+    """The command as one could paste it into a shell, relative to the repository root."""
+    parts = []
+    for part in map(str, command):
+        if part == PYTHON:
+            part = "python"
+        elif part.startswith(str(ROOT.parent) + os.sep):
+            part = os.path.relpath(part, ROOT)
+        parts.append(shlex.quote(part))
+    return " ".join(parts)
+
+
+def spread(values: list[float], unit: str, digits: int = 2) -> str:
+    """`median unit (min-max, n runs)`."""
+    return (
+        f"{statistics.median(values):.{digits}f} {unit} "
+        f"(min {min(values):.{digits}f}, max {max(values):.{digits}f}, {len(values)} runs)"
+    )
+
+
+def report(name: str, command: list[str | Path], figures: dict[str, str]) -> None:
+    """Print one benchmark's figures under the command that produced them."""
+    print(f"\n== {name}\n$ {shown(command)}")
+    for key, value in figures.items():
+        print(f"  {key:<22} {value}")
+    sys.stdout.flush()
+
+
+def fit_command(data_dir: Path, model: Path) -> list[str | Path]:
+    return [
+        PYTHON,
+        ROOT / "make_model.py",
+        "--data-dir",
+        data_dir,
+        "--backbone",
+        "efficientnet_lite0",
+        "--device",
+        "cpu",
+        "--model",
+        model,
+    ]
+
+
+def ensure_model() -> Path:
+    """The bottle_256 model the scoring benchmarks use, fitted once if missing."""
+    if not MODEL.is_file():
+        if not (BOTTLE / "train" / "good").is_dir():
+            raise SystemExit(f"benchmark data not found at {BOTTLE}")
+        print(f"fitting {MODEL} first ...", flush=True)
+        run(fit_command(BOTTLE, MODEL))
+    return MODEL
+
+
+def machine() -> str:
+    """CPU model, core count and memory, for the figures' context."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f"{pages / 2**30:.0f} GiB"
+    except (OSError, ValueError):
+        memory = "unknown memory"
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} cores, {memory}; load average now {load}"

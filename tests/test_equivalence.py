@@ -1,0 +1,122 @@
+"""The fast scoring path against the plain one: ONNX Runtime features against the torch
+network they were exported from, batches against single images, one CLI call against many."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_script
+
+from ind_knn_ad.model_file import load_model
+from ind_knn_ad.pipeline import expand_inputs
+from ind_knn_ad.runtime import Detector
+from ind_knn_ad.scoring import score_features
+
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def test_images(sample_dataset: Path) -> list[Path]:
+    return sorted((sample_dataset / "test").rglob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def torch_scores(sample_model: Path, test_images: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores and patch maps from the torch feature network on the CPU, the path the
+    fit itself takes, one image at a time."""
+    import torch
+
+    from ind_knn_ad.patchcore import FeatureExtractor, PatchCoreSettings
+
+    model = load_model(sample_model)
+    settings = PatchCoreSettings(
+        backbone=model.settings["backbone"],
+        layers=tuple(model.settings["layers"]),
+        neighbourhood=model.settings["neighbourhood"],
+        image_score=model.settings["image_score"],
+    )
+    extractor = FeatureExtractor(settings, torch.device("cpu"))
+    detector = Detector(model, "cpu")
+    scores, maps = [], []
+    for path in test_images:
+        features = extractor(detector.preprocess.load(path)[None])
+        (result,) = score_features(features, model.memory_bank, settings.image_score)
+        scores.append(result.score)
+        maps.append(result.patch_map)
+    return np.array(scores), np.stack(maps)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_onnx_scores_match_torch(
+    sample_model: Path,
+    test_images: list[Path],
+    torch_scores: tuple[np.ndarray, np.ndarray],
+    batch_size: int,
+) -> None:
+    detector = Detector(load_model(sample_model), "cpu")
+    results = [result for _, result in detector.score_files(test_images, batch_size)]
+    scores = np.array([result.score for result in results])
+    maps = np.stack([result.patch_map for result in results])
+    expected_scores, expected_maps = torch_scores
+    np.testing.assert_allclose(scores, expected_scores, rtol=RTOL)
+    np.testing.assert_allclose(maps, expected_maps, rtol=RTOL, atol=RTOL * expected_maps.max())
+
+
+def test_batch_and_single_scores_are_identical(sample_model: Path, test_images: list[Path]) -> None:
+    """Not just close: a score must not depend on which other images share its batch."""
+    detector = Detector(load_model(sample_model), "cpu")
+    single = [detector.score_arrays(detector.preprocess.load(p)[None])[0] for p in test_images]
+    batched = [result for _, result in detector.score_files(test_images, batch_size=6)]
+    for one, many in zip(single, batched, strict=True):
+        assert one.score == many.score
+        np.testing.assert_array_equal(one.patch_map, many.patch_map)
+
+
+def test_cli_single_calls_print_the_batch_lines(
+    sample_model: Path, test_images: list[Path]
+) -> None:
+    # More files than one internal batch, so the batch call crosses a batch boundary.
+    batch = run_script("anomaly_detector.py", "--model", sample_model, *test_images)
+    singles = [
+        run_script("anomaly_detector.py", "--model", sample_model, path).stdout
+        for path in test_images[::2]
+    ]
+    assert len(test_images) > 8
+    assert "".join(singles).splitlines() == batch.stdout.splitlines()[::2]
+
+
+def test_a_directory_expands_to_its_images_in_order(
+    sample_dataset: Path, test_images: list[Path], tmp_path: Path
+) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.PNG").write_bytes(test_images[0].read_bytes())
+    (tmp_path / "a.png").write_bytes(test_images[1].read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image")
+    missing = "missing.png"  # kept as given, for the loader to report
+    assert expand_inputs([sample_dataset / "test", tmp_path, missing]) == [
+        *test_images,
+        tmp_path / "a.png",
+        tmp_path / "b" / "2.PNG",
+        missing,
+    ]
+
+
+@pytest.mark.parametrize("image_score", ["max", "reweighted"])
+def test_scores_without_maps_are_the_same_bits(
+    sample_model: Path, test_images: list[Path], image_score: str
+) -> None:
+    """The pruned search (maps=False) must find exactly each image's worst patch."""
+    model = load_model(sample_model)
+    detector = Detector(model, "cpu")
+    features = detector.features(np.stack([detector.preprocess.load(p) for p in test_images]))
+    bank = model.memory_bank
+    full = [r.score for r in score_features(features, bank, image_score)]
+    fast = score_features(features, bank, image_score, maps=False)
+    single = [
+        score_features(features[i : i + 1], bank, image_score, maps=False)[0].score
+        for i in range(len(features))
+    ]
+    assert [r.score for r in fast] == full == single
+    assert all(r.patch_map is None for r in fast)
