@@ -3,6 +3,8 @@
 
 Only results go to stdout; logs and errors go to stderr, one line per problem, naming the
 file. Runs on ONNX Runtime and NumPy, without importing torch, so a one-off call is quick.
+`--format jsonl` prints one JSON object per image instead, and `--heatmap DIR` also writes
+a PNG of each image with its anomaly map (see README.md).
 
 Output is CSV (RFC 4180) with `\\n` line ends: a file name holding a comma, a double quote,
 CR or LF is enclosed in double quotes, with any double quote doubled. Every record is one
@@ -15,6 +17,7 @@ when they are not valid UTF-8. Exit codes: see ind_knn_ad/exit_codes.py.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -22,12 +25,17 @@ import sys
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ind_knn_ad import exit_codes
 from ind_knn_ad.images import ImageError, shown_name
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, ModelFileError, load_model
 from ind_knn_ad.threshold import parse_threshold
+
+if TYPE_CHECKING:
+    from ind_knn_ad.model_file import Model
+    from ind_knn_ad.runtime import Detector
+    from ind_knn_ad.scoring import PatchScores
 
 log = logging.getLogger("anomaly_detector")
 _NEEDS_QUOTES = frozenset(',"\r\n')
@@ -55,6 +63,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threshold", type=_threshold, help="override the model's threshold")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--format",
+        choices=("csv", "jsonl"),
+        default="csv",
+        help="csv: file,score,flag (default); jsonl: one JSON object per image",
+    )
+    parser.add_argument(
+        "--heatmap",
+        type=Path,
+        metavar="DIR",
+        help="also write each image with its anomaly map as a PNG into DIR",
+    )
     return parser.parse_args(argv)
 
 
@@ -70,6 +90,33 @@ def csv_record(fields: Iterable[object]) -> str:
             field = '"' + field.replace('"', '""') + '"'
         cells.append(field)
     return ",".join(cells) + "\n"
+
+
+def json_record(
+    path: Path | str,
+    printed: str,
+    flag: int,
+    threshold: float,
+    model: Model,
+    model_path: Path,
+    seconds: float,
+    heatmap: str | None,
+) -> str:
+    """One JSON object on one line. ASCII only: other characters become \\u escapes, and
+    bytes of a name that are not UTF-8 become \\udcXX (Python's surrogateescape), so
+    json.loads and os.fsencode give the exact name back."""
+    fields = {
+        "file": os.fsdecode(path),
+        "score": float(printed),
+        "flag": flag,
+        "threshold": threshold,
+        "model": os.fsdecode(model_path),
+        "method": model.method,
+        "seconds": round(seconds, 6),
+    }
+    if heatmap is not None:
+        fields["heatmap"] = heatmap
+    return json.dumps(fields) + "\n"
 
 
 def _quiet_libraries(loglevel: str) -> None:
@@ -90,7 +137,8 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
     from ind_knn_ad.runtime import Detector
 
     try:
-        detector = Detector(model, args.device)
+        # Patch maps only for heatmaps: without them PatchCore and SPADE search less.
+        detector = Detector(model, args.device, maps=args.heatmap is not None)
     except ModelFileError as error:
         log.error("%s: %s", shown_name(args.model), error)
         return exit_codes.MODEL_ERROR
@@ -99,17 +147,43 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
         return exit_codes.USAGE
     threshold = model.threshold if args.threshold is None else args.threshold
     log.info("model %s: %s, threshold %.4g", args.model, model.settings["backbone"], threshold)
+    if args.heatmap is not None:
+        from ind_knn_ad.model_file import check_writable
+
+        try:  # now, not after the first image
+            check_writable(args.heatmap / "heatmap.png")
+        except OSError as error:
+            log.error("cannot write heatmaps to %s: %s", shown_name(args.heatmap), error)
+            return exit_codes.WRITE_ERROR
     status = exit_codes.OK
     try:
-        for path, result in detector.score_files(args.imagefile):
+        for path, result, seconds in detector.score_files_timed(args.imagefile):
             if isinstance(result, ImageError):
                 log.error("%s", result)
                 status = exit_codes.SOME_INPUTS_FAILED
                 continue
             printed = f"{result.score:.6f}"
             flag = int(float(printed) >= threshold)  # the flag agrees with the printed score
+            heatmap = None
+            if args.heatmap is not None:
+                # Before the record, so that a printed record means its PNG is there.
+                try:
+                    heatmap = write_heatmap(args.heatmap, path, result, detector, threshold, flag)
+                except ImageError as error:  # the file changed since it was scored
+                    log.error("%s", error)
+                    status = exit_codes.SOME_INPUTS_FAILED
+                    continue
+                except OSError as error:
+                    log.error("cannot write heatmap for %s: %s", shown_name(path), error)
+                    return exit_codes.WRITE_ERROR
+            if args.format == "csv":
+                record = csv_record([path, printed, flag])
+            else:
+                record = json_record(
+                    path, printed, flag, threshold, model, args.model, seconds, heatmap
+                )
             try:
-                stdout.write(csv_record([path, printed, flag]))
+                stdout.write(record)
             except OSError as error:
                 return _write_failed(error)
             log.debug("%s: score %s, flag %d", shown_name(path), printed, flag)
@@ -117,6 +191,26 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
         log.error("%s: %s", shown_name(args.model), error)
         return exit_codes.MODEL_ERROR
     return status
+
+
+def write_heatmap(
+    folder: Path,
+    path: Path | str,
+    result: PatchScores,
+    detector: Detector,
+    threshold: float,
+    flag: int,
+) -> str:
+    """The image's heatmap PNG in `folder`, named after its path (see heatmap_name)."""
+    from ind_knn_ad.heatmap import heatmap_name, image_heatmap, write_png
+
+    verdict = "defective" if flag else "good"
+    title = f"score {result.score:.6f}  threshold {threshold:.6g}  {verdict}"
+    method = detector.model.method
+    picture = image_heatmap(path, result.patch_map, detector.preprocess, method, threshold, title)
+    target = folder / heatmap_name(path)
+    write_png(picture, target)
+    return os.fsdecode(target)
 
 
 def _write_failed(error: OSError) -> int:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fit a PatchCore model on good images, evaluate it on test/ when present, save one file."""
+"""Fit a PatchCore, PaDiM or SPADE model on good images, evaluate it on test/ when present
+(results and a contact sheet beside the model), save one file."""
 
 from __future__ import annotations
 
@@ -13,14 +14,18 @@ from typing import TYPE_CHECKING
 from ind_knn_ad import exit_codes
 from ind_knn_ad.data import DATASETS_DIR, Dataset, DatasetError, load_dataset
 from ind_knn_ad.images import ImageError, Preprocess
-from ind_knn_ad.model_file import DEFAULT_MODEL_PATH
+from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, METHODS
 from ind_knn_ad.scoring import IMAGE_SCORES
 from ind_knn_ad.threshold import AUTO, parse_threshold
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ind_knn_ad.data import TestImage
     from ind_knn_ad.evaluate import Evaluation
+    from ind_knn_ad.heatmap import SheetEntry
+    from ind_knn_ad.model_file import Model
+    from ind_knn_ad.scoring import PatchScores
 
 
 def _threshold(text: str) -> float | str:
@@ -44,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data-dir", type=Path, help="dataset folder (MVTec layout, or a folder of good images)"
     )
     parser.add_argument("--download-url", help="base URL of an MVTec AD mirror")
+    parser.add_argument("--method", choices=METHODS, default="patchcore", help="default: patchcore")
     parser.add_argument("--backbone", default="wide_resnet50_2", help="backbone name")
     parser.add_argument("--layers", type=int, nargs="+", help="backbone stages to use")
     parser.add_argument("--weights", type=Path, help="local backbone weights file")
@@ -51,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threshold", type=_threshold, default=AUTO, help="'auto' (default) or a number"
     )
-    parser.add_argument("--image-score", choices=IMAGE_SCORES, default="max")
+    parser.add_argument("--image-score", choices=IMAGE_SCORES, default="max", help="patchcore only")
     parser.add_argument("--image-size", type=int, default=256, help="resize shorter side to")
     parser.add_argument("--crop", type=int, default=224, help="centre crop size")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="output file")
@@ -66,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 < args.crop <= args.image_size:
         parser.error(f"--crop ({args.crop}) must be between 1 and --image-size ({args.image_size})")
+    if args.method != "patchcore" and args.image_score != "max":
+        parser.error(f"--image-score {args.image_score} is for --method patchcore only")
     return args
 
 
@@ -87,10 +95,10 @@ def print_error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def report(out: Console, dataset_name: str, evaluation: Evaluation) -> None:
+def report(out: Console, dataset_name: str, evaluation: Evaluation, method: str) -> None:
     from ind_knn_ad.reporting import results_tables
 
-    for table in results_tables(dataset_name, evaluation):
+    for table in results_tables(dataset_name, evaluation, method):
         out.print(table)
 
 
@@ -109,15 +117,12 @@ def evaluate_only(
     try:
         model = load_model(args.model)
         detector = Detector(model, args.device)
+        out.print(f"█│ Running {model.method} on {dataset.name} dataset.")
         threshold = model.threshold if isinstance(args.threshold, str) else args.threshold
+        preprocess = Preprocess.from_dict(model.settings["preprocess"])
+        sheet = SheetCollector(preprocess)
         evaluation = evaluate(
-            detector.features,
-            dataset,
-            Preprocess.from_dict(model.settings["preprocess"]),
-            model.memory_bank,
-            model.settings["image_score"],
-            threshold,
-            args.batch_size,
+            detector.score_arrays, dataset, preprocess, threshold, args.batch_size, each=sheet
         )
     except ModelFileError as error:
         print_error(str(error))
@@ -128,9 +133,10 @@ def evaluate_only(
     except ImageError as error:
         print_error(str(error))
         return exit_codes.DATA_ERROR
-    report(out, dataset.name, evaluation)
+    report(out, dataset.name, evaluation, model.method)
     try:
         write_results(args.model, evaluation)
+        write_contact_sheet(args.model, sheet.entries, model, threshold, dataset.name)
     except OSError as error:
         print_error(f"cannot write results beside {args.model}: {error}")
         return exit_codes.WRITE_ERROR
@@ -143,6 +149,39 @@ def write_results(model_path: Path, evaluation: Evaluation) -> Path:
 
     path = model_path.with_suffix(".results.json")
     atomic_write(path, (json.dumps(evaluation.to_dict(), indent=2) + "\n").encode())
+    return path
+
+
+class SheetCollector:
+    """Gathers the contact sheet's cells while the test set is evaluated (an `each`
+    callback), so no test image is scored twice."""
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        self.preprocess = preprocess
+        self.entries: list[SheetEntry] = []
+
+    def __call__(self, item: TestImage, result: PatchScores) -> None:
+        from ind_knn_ad.heatmap import sheet_entry
+
+        self.entries.append(
+            sheet_entry(
+                item.path, result.patch_map, self.preprocess, result.score, item.defect_type
+            )
+        )
+
+
+def write_contact_sheet(
+    model_path: Path, entries: list[SheetEntry], model: Model, threshold: float, dataset: str
+) -> Path:
+    """Every test image with its map, highest score first: `<model>.contact_sheet.png`."""
+    from ind_knn_ad.heatmap import contact_sheet, write_png
+
+    path = model_path.with_suffix(".contact_sheet.png")
+    title = (
+        f"{model.method} on {dataset}: {len(entries)} test images by score, "
+        f"threshold {threshold:.4g}; red captions: wrong verdicts"
+    )
+    write_png(contact_sheet(entries, threshold, title), path)
     return path
 
 
@@ -161,9 +200,9 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetError, DownloadError) as error:
         print_error(str(error))
         return exit_codes.DATA_ERROR
-    out.print(f"█│ Running patchcore on {dataset.name} dataset.")
     if args.evaluate_only:
         return evaluate_only(args, dataset, console, out)
+    out.print(f"█│ Running {args.method} on {dataset.name} dataset.")
 
     from ind_knn_ad.model_file import save_model
     from ind_knn_ad.patchcore import PatchCoreSettings
@@ -181,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"Backbone {args.backbone}; {len(dataset.train)} training images.")
     if not dataset.test:
         console.print("No test/ folder: training only, evaluation skipped.")
+    sheet = SheetCollector(settings.preprocess)
     try:
         result = train(
             dataset,
@@ -190,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
             args.weights,
             args.batch_size,
             partial(progress_bar, console),
+            args.method,
+            sheet,
         )
     except BackboneError as error:
         print_error(str(error))
@@ -201,22 +243,39 @@ def run(args: argparse.Namespace) -> int:
         print_error(str(error))
         return exit_codes.USAGE
     model = result.model
-    console.print(
-        f"Memory bank: {model.memory_bank.shape[0]} of {model.settings['coreset']['total_patches']}"
-        f" patches; threshold {model.threshold:.4g} ({model.settings['threshold']['rule']})."
-    )
+    rule = model.settings["threshold"]["rule"]
+    console.print(f"{summary(model)}; threshold {model.threshold:.4g} ({rule}).")
     if result.evaluation is not None:
-        report(out, dataset.name, result.evaluation)
+        report(out, dataset.name, result.evaluation, model.method)
     try:
         save_model(model, args.model)
         if result.evaluation is not None:
             write_results(args.model, result.evaluation)
+            write_contact_sheet(args.model, sheet.entries, model, model.threshold, dataset.name)
     except OSError as error:
         print_error(f"cannot write {args.model}: {error}")
         return exit_codes.WRITE_ERROR
     out.print(f"Model written to {args.model}.")
     out.print("Model file creation is complete.")
     return exit_codes.OK
+
+
+def summary(model: Model) -> str:
+    """What the fit kept, in one phrase."""
+    settings = model.settings
+    if model.method == "padim":
+        channels, grid = settings["padim"]["channels"], settings["feature_grid"]
+        return (
+            f"Gaussians at {grid[0]}x{grid[1]} positions over {channels} of "
+            f"{settings['feature_dim']} channels"
+        )
+    if model.method == "spade":
+        return f"{settings['train_images']} training images, K = {settings['spade']['neighbours']}"
+    assert model.memory_bank is not None
+    return (
+        f"Memory bank: {model.memory_bank.shape[0]} of {settings['coreset']['total_patches']}"
+        " patches"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from .data import GOOD, Dataset
+from .data import GOOD, Dataset, TestImage
 from .images import Preprocess
 from .pipeline import preprocessed_batches, stack
-from .scoring import anomaly_map, score_features
+from .scoring import PatchScores, anomaly_map
 
-FeatureFn = Callable[[np.ndarray], np.ndarray]
+# (B, 3, H, W) preprocessed images to their results, whichever method made the model.
+ScoreFn = Callable[[np.ndarray], list[PatchScores]]
 
 
 @dataclass
@@ -44,19 +45,21 @@ def _best_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate(
-    features: FeatureFn,
+    score: ScoreFn,
     dataset: Dataset,
     preprocess: Preprocess,
-    bank: np.ndarray,
-    image_score: str,
     threshold: float,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    each: Callable[[TestImage, PatchScores], None] | None = None,
 ) -> Evaluation:
-    """Score every test image and compute image and (where masks exist) pixel metrics."""
+    """Score every test image and compute image and (where masks exist) pixel metrics.
+
+    `each` sees every test image with its result, for callers that want the maps too
+    (the contact sheet) without keeping them all here.
+    """
     from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-    bank_norms = np.einsum("ij,ij->i", bank, bank)
     by_path = {item.path: item for item in dataset.test}
     scores: list[float] = []
     pixel_scores, pixel_labels = [], []
@@ -66,10 +69,10 @@ def evaluate(
             if not isinstance(value, np.ndarray):
                 raise value
         _, arrays = stack(items)
-        for (path, _), result in zip(
-            items, score_features(features(arrays), bank, image_score, bank_norms), strict=True
-        ):
+        for (path, _), result in zip(items, score(arrays), strict=True):
             scores.append(result.score)
+            if each is not None:
+                each(by_path[path], result)
             mask = by_path[path].mask
             if dataset.has_masks:
                 pixel_scores.append(anomaly_map(result.patch_map, preprocess.crop).ravel())

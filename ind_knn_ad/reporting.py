@@ -39,13 +39,13 @@ def _metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def results_tables(category: str, evaluation: Evaluation) -> list[Table]:
+def results_tables(category: str, evaluation: Evaluation, method: str = "patchcore") -> list[Table]:
     """The reference layout: metrics, then actual good/defective by predicted good/defective."""
     metrics = Table(title=None)
     metrics.add_column(f"Test results {category}")
     metrics.add_column("image_rocauc", justify="right")
     metrics.add_column("pixel_rocauc", justify="right")
-    metrics.add_row("patchcore", _metric(evaluation.image_rocauc), _metric(evaluation.pixel_rocauc))
+    metrics.add_row(method, _metric(evaluation.image_rocauc), _metric(evaluation.pixel_rocauc))
     for defect, auc in evaluation.per_defect_rocauc.items():
         metrics.add_row(f"  {defect}", _metric(auc), "")
     (tn, fp), (fn, tp) = evaluation.confusion_matrix

@@ -6,15 +6,17 @@ torch and timm would cost about three.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .images import ImageError, Preprocess
+from .methods import make_scorer
 from .model_file import Model, ModelFileError
 from .pipeline import preprocessed_batches, stack
-from .scoring import IMAGE_SCORES, PatchScores, score_features
+from .scoring import PatchScores
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -42,9 +44,10 @@ class Detector:
     Raises ValueError for a device that cannot be had, and ModelFileError (whose message
     does not repeat the file name) for a model whose settings or graph cannot be used:
     load_model checks the file's structure, this checks that its contents actually run.
+    With `maps=False` results may carry no patch maps, which some methods skip for speed.
     """
 
-    def __init__(self, model: Model, device: str = "auto") -> None:
+    def __init__(self, model: Model, device: str = "auto", maps: bool = True) -> None:
         import onnxruntime
 
         providers = onnx_providers(device)
@@ -52,11 +55,12 @@ class Detector:
             self.preprocess = Preprocess.from_dict(model.settings["preprocess"])
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"bad preprocess settings ({error})") from None
-        self.image_score = model.settings["image_score"]
-        if self.image_score not in IMAGE_SCORES:
-            raise ModelFileError(f"unknown image score {self.image_score!r}")
+        self.scorer = make_scorer(model, maps)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
+        # Idle ONNX Runtime threads would otherwise spin for a while after each run,
+        # taking the cores that the nearest-neighbour search needs next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(
                 model.feature_graph, options, providers=providers
@@ -67,7 +71,6 @@ class Detector:
         if device == "cuda" and PROVIDERS["cuda"] not in self.session.get_providers():
             raise ValueError("--device cuda was asked for, but the CUDA provider failed to start")
         self.model = model
-        self.bank_norms = np.einsum("ij,ij->i", model.memory_bank, model.memory_bank)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) preprocessed images to (B, C, h, w) patch features."""
@@ -76,19 +79,18 @@ class Detector:
         except Exception as error:  # as above: a graph that loads but does not fit the input
             reason = " ".join(str(error).split())
             raise ModelFileError(f"the model's feature graph failed ({reason})") from None
-        if features.ndim != 4 or features.shape[1] != self.model.memory_bank.shape[1]:
+        channels = self.model.settings["feature_dim"]
+        if features.ndim != 4 or features.shape[1] != channels:
             raise ModelFileError(
                 f"the model's feature graph gives features of shape {features.shape}, but "
-                f"its memory bank holds {self.model.memory_bank.shape[1]} channels"
+                f"the model was fitted on {channels} channels"
             )
         if not np.isfinite(features).all():
             raise ModelFileError("the model's feature graph gives non-finite features")
         return features
 
     def score_arrays(self, images: np.ndarray) -> list[PatchScores]:
-        return score_features(
-            self.features(images), self.model.memory_bank, self.image_score, self.bank_norms
-        )
+        return self.scorer(self.features(images))
 
     def score_files(
         self, paths: Iterable[Path | str], batch_size: int = 8
@@ -98,10 +100,30 @@ class Detector:
         A bad image yields its ImageError and the others are still scored; a model that
         fails to run raises ModelFileError, as no image could be scored with it.
         """
-        for items in preprocessed_batches(paths, self.preprocess, batch_size):
+        for path, result, _ in self.score_files_timed(paths, batch_size):
+            yield path, result
+
+    def score_files_timed(
+        self, paths: Iterable[Path | str], batch_size: int = 8
+    ) -> Iterator[tuple[Path | str, PatchScores | ImageError, float]]:
+        """As score_files, with the seconds each image took.
+
+        A batch's time runs from asking for its decoded images to having its scores (the
+        wait for decoding, the feature graph, the scorer), and is split equally among its
+        scored images; time the caller spends between batches is not counted, so the times
+        add up to the scoring alone. A bad image took 0 seconds.
+        """
+        batches = iter(preprocessed_batches(paths, self.preprocess, batch_size))
+        while True:
+            start = time.perf_counter()
+            items = next(batches, None)
+            if items is None:
+                return
             positions, arrays = stack(items)
             results: dict[int, PatchScores] = {}
             if arrays is not None:
                 results = dict(zip(positions, self.score_arrays(arrays), strict=True))
+            share = (time.perf_counter() - start) / max(1, len(results))
             for index, (path, value) in enumerate(items):
-                yield path, results.get(index, value)
+                result = results.get(index, value)
+                yield path, result, share if index in results else 0.0

@@ -30,7 +30,7 @@ def holdout_scores(
     for image in range(count):
         others = bank[bank_sources != image]
         features = train_features[image].reshape(1, *grid, channels).transpose(0, 3, 1, 2)
-        scores[image] = score_features(features, others, image_score)[0].score
+        scores[image] = score_features(features, others, image_score, maps=False)[0].score
     return scores
 
 

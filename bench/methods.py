@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""PatchCore, PaDiM and SPADE side by side on real MVTec AD images (../shared/data/mvtec):
+accuracy, fit and score times (efficientnet_lite0, CPU, make_model.py's defaults).
+
+Per dataset, the training features are extracted once and each method is fitted on them
+(`fit s` is that extraction plus the method's own fit, threshold and graph export, what
+make_model.py spends before testing). The model is then saved, loaded back and scored as
+anomaly_detector.py scores: ONNX Runtime, batches of 8 (`ms/image`, after `load s` for
+reading the file and starting the graph; no patch maps are made, as without `--heatmap`).
+ROC AUCs come from the same loaded model, with maps.
+
+    python bench/methods.py [--datasets bottle_256 hazelnut_reduced]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ind_knn_ad.data import load_dataset  # noqa: E402
+from ind_knn_ad.evaluate import evaluate  # noqa: E402
+from ind_knn_ad.model_file import METHODS, load_model, save_model  # noqa: E402
+from ind_knn_ad.patchcore import (  # noqa: E402
+    FeatureExtractor,
+    PatchCoreSettings,
+    extract_features,
+    select_device,
+)
+from ind_knn_ad.runtime import Detector  # noqa: E402
+from ind_knn_ad.train import fit_method  # noqa: E402
+
+MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
+DATASETS = ("bottle_256", "hazelnut_reduced")
+COLUMNS = (
+    ("dataset", 17),
+    ("method", 9),
+    ("image AUC", 9),
+    ("pixel AUC", 9),
+    ("misses", 7),
+    ("false al.", 9),
+    ("fit s", 6),
+    ("load s", 6),
+    ("ms/image", 8),
+    ("model MB", 8),
+)
+
+
+def row(cells: list[str]) -> str:
+    return " | ".join(cell.rjust(width) for cell, (_, width) in zip(cells, COLUMNS, strict=True))
+
+
+def bench(name: str, folder: Path) -> None:
+    dataset = load_dataset(folder, name)
+    settings = PatchCoreSettings(backbone="efficientnet_lite0")
+    extractor = FeatureExtractor(settings, select_device("cpu"))
+    start = time.perf_counter()
+    features = extract_features(extractor, dataset.train, settings.preprocess)
+    extraction = time.perf_counter() - start
+    paths = [item.path for item in dataset.test]
+    labels = [item.label for item in dataset.test]
+    with tempfile.TemporaryDirectory() as work:
+        for method in METHODS:
+            start = time.perf_counter()
+            model = fit_method(method, extractor, features, settings, dataset=name)
+            fit_seconds = extraction + time.perf_counter() - start
+            path = Path(work) / f"{method}.safetensors"
+            save_model(model, path)
+            start = time.perf_counter()
+            loaded = load_model(path)
+            detector = Detector(loaded, "cpu", maps=False)  # as without --heatmap
+            load_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            scores = [result.score for _, result in detector.score_files(paths)]
+            per_image = (time.perf_counter() - start) / len(paths) * 1000
+            with_maps = Detector(loaded, "cpu")
+            evaluation = evaluate(
+                with_maps.score_arrays, dataset, with_maps.preprocess, model.threshold
+            )
+            flagged = [score >= model.threshold for score in scores]
+            misses = sum(1 for f, label in zip(flagged, labels, strict=True) if label and not f)
+            alarms = sum(1 for f, label in zip(flagged, labels, strict=True) if f and not label)
+            pixel = evaluation.pixel_rocauc
+            cells = [
+                name,
+                method,
+                f"{evaluation.image_rocauc:.3f}",
+                "n/a" if pixel is None else f"{pixel:.3f}",
+                f"{misses}/{sum(labels)}",
+                f"{alarms}/{len(labels) - sum(labels)}",
+                f"{fit_seconds:.1f}",
+                f"{load_seconds:.2f}",
+                f"{per_image:.0f}",
+                f"{path.stat().st_size / 2**20:.0f}",
+            ]
+            print(row(cells), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    args = parser.parse_args(argv)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"{os.cpu_count()} cores, load average {load} at start; timings are single runs")
+    print(row([title for title, _ in COLUMNS]))
+    print(row(["-" * width for _, width in COLUMNS]))
+    for name in args.datasets:
+        folder = MVTEC / name
+        if not (folder / "train" / "good").is_dir():
+            raise SystemExit(f"benchmark data not found at {folder}")
+        bench(name, folder)
+
+
+if __name__ == "__main__":
+    main()

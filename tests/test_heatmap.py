@@ -1,0 +1,155 @@
+"""Heatmaps: `anomaly_detector.py --heatmap DIR` and the contact sheet of make_model.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_script
+from PIL import Image
+
+from ind_knn_ad import exit_codes
+from ind_knn_ad.heatmap import (
+    BAR_PANEL,
+    COLUMNS,
+    HEADER,
+    MAX_NAME_BYTES,
+    TILE,
+    colormap,
+    heatmap_name,
+)
+from ind_knn_ad.images import Preprocess
+from ind_knn_ad.model_file import load_model
+
+
+def assert_hot_on_mask(png: Path, mask: Path, preprocess: Preprocess | None = None) -> None:
+    """The hottest spot of a heatmap PNG lies on the defect, and its hottest percent of
+    pixels overlaps the mask far beyond chance.
+
+    Heat is read back from the colours: the jet scale runs from blue to red, so red minus
+    blue grows with the map; the sample parts are grey, which adds as much to both.
+    """
+    preprocess = preprocess or Preprocess()
+    side = preprocess.crop
+    with Image.open(png) as picture:
+        pixels = np.asarray(picture, dtype=np.float32)[HEADER:, :side]
+    heat = pixels[..., 0] - pixels[..., 2]
+    with Image.open(mask) as image:
+        truth = np.asarray(preprocess.geometry(image.convert("L"))) > 127
+    row, column = np.unravel_index(heat.argmax(), heat.shape)
+    assert truth[row, column], "the hottest pixel is off the defect"
+    hot = heat >= np.percentile(heat, 99)
+    assert (hot & truth).sum() / hot.sum() > 5 * truth.mean()
+
+
+@pytest.fixture(scope="module")
+def heatmaps(
+    sample_model: Path, sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[str]]:
+    """Heatmaps of three same-named images from different folders, given as relative
+    paths, in one call."""
+    folder = tmp_path_factory.mktemp("heatmaps") / "out"
+    inputs = ["test/scratch/000.png", "test/good/000.png", "test/bent/000.png"]
+    result = run_script(
+        ROOT / "anomaly_detector.py",
+        "--model",
+        sample_model,
+        "--heatmap",
+        folder,
+        *inputs,
+        cwd=sample_dataset,
+    )
+    assert result.stderr == ""
+    return folder, inputs
+
+
+def test_one_png_per_input_named_after_its_path(heatmaps: tuple[Path, list[str]]) -> None:
+    folder, inputs = heatmaps
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == sorted(heatmap_name(path) for path in inputs)
+    assert "test%2Fgood%2F000.png.png" in names and len(set(names)) == len(inputs)
+
+
+def test_pngs_are_the_model_input_with_a_colour_bar(
+    heatmaps: tuple[Path, list[str]], sample_model: Path
+) -> None:
+    folder, inputs = heatmaps
+    crop = load_model(sample_model).settings["preprocess"]["crop"]
+    for path in inputs:
+        with Image.open(folder / heatmap_name(path)) as picture:
+            assert picture.format == "PNG" and picture.mode == "RGB"
+            assert picture.size == (crop + BAR_PANEL, crop + HEADER)
+            bar = np.asarray(picture)[HEADER:, crop + 4 + 6]  # down the bar's middle
+        np.testing.assert_array_equal(bar[0], colormap(np.array(1.0)))  # top: the highest
+        np.testing.assert_array_equal(bar[-1], colormap(np.array(0.0)))
+
+
+@pytest.mark.parametrize("defect", ["scratch", "bent"])
+def test_the_hot_region_overlaps_the_defect_mask(
+    heatmaps: tuple[Path, list[str]], sample_dataset: Path, defect: str
+) -> None:
+    folder, _ = heatmaps
+    png = folder / heatmap_name(f"test/{defect}/000.png")
+    assert_hot_on_mask(png, sample_dataset / "ground_truth" / defect / "000_mask.png")
+
+
+def test_a_good_image_stays_cool(heatmaps: tuple[Path, list[str]]) -> None:
+    """Colours span up to the threshold: an image below it shows no dark red."""
+    folder, _ = heatmaps
+    with Image.open(folder / heatmap_name("test/good/000.png")) as picture:
+        pixels = np.asarray(picture, dtype=np.float32)[HEADER:, : picture.size[0] - BAR_PANEL]
+    top = colormap(np.array(1.0)).astype(np.float32)
+    # At the top colour, half the blend alone is (64, 0, 0): red minus blue at least 64.
+    assert (pixels[..., 0] - pixels[..., 2]).max() < top[0] / 2
+
+
+def test_names_are_distinct_flat_and_visible() -> None:
+    paths = [
+        "a/b.png",
+        "a%2Fb.png",
+        "a_b.png",
+        "./a/b.png",
+        ".hidden.png",
+        "..",
+        "line\nbreak.png",
+        os.fsdecode(b"caf\xe9.png"),  # Latin-1, not UTF-8
+        "d\N{LATIN SMALL LETTER E WITH ACUTE}faut.png",
+        "x" * 300 + ".png",
+        "x" * 300 + "y.png",
+    ]
+    names = [heatmap_name(path) for path in paths]
+    assert len(set(names)) == len(paths)
+    for name in names:
+        assert "/" not in name and not name.startswith(".") and name.isprintable()
+        assert len(name.encode()) <= MAX_NAME_BYTES and name.endswith(".png")
+    assert (
+        names[0] == "a%2Fb.png.png"
+        and names[8] == "d\N{LATIN SMALL LETTER E WITH ACUTE}faut.png.png"
+    )
+
+
+def test_heatmap_folder_that_cannot_be_written(
+    sample_model: Path, sample_dataset: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    image = sample_dataset / "test" / "good" / "000.png"
+    result = run_script(
+        "anomaly_detector.py", "--model", sample_model, "--heatmap", blocker, image, check=False
+    )
+    assert result.returncode == exit_codes.WRITE_ERROR and result.stdout == ""
+    assert result.stderr.startswith(f"ERROR: cannot write heatmaps to {blocker}: ")
+
+
+def test_make_model_writes_a_contact_sheet(sample_model: Path, sample_dataset: Path) -> None:
+    sheet = sample_model.with_suffix(".contact_sheet.png")
+    tests = len(list((sample_dataset / "test").rglob("*.png")))
+    with Image.open(sheet) as picture:
+        picture.verify()  # a complete, valid PNG
+    with Image.open(sheet) as picture:
+        assert picture.format == "PNG" and picture.mode == "RGB"
+        width, height = picture.size
+    rows = -(-tests // COLUMNS)
+    assert width == COLUMNS * (2 * TILE + 8) and height > rows * TILE
