@@ -37,6 +37,7 @@ SETTINGS = {
     "size320/2%": replace(BASE, preprocess=Preprocess(320, 320), coreset_fraction=0.02),
     "size448/1%": replace(BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01),
     "size512/1%": replace(BASE, preprocess=Preprocess(512, 512), coreset_fraction=0.01),
+    "size512/5%": replace(BASE, preprocess=Preprocess(512, 512), coreset_fraction=0.05),
     "size448/1%/n5": replace(
         BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, neighbourhood=5
     ),
