@@ -38,9 +38,9 @@ def auto_threshold(scores: np.ndarray, sigmas: float = 3.0) -> tuple[float, dict
     """Mean + `sigmas` standard deviations of held-out good scores.
 
     Measured against the maximum, 4 std and the 95th percentile (bench/accuracy.py): it
-    misclassified no more test images on bottle_256 (1/83) and fewer on hazelnut_reduced
-    and screw_512, because one odd training image cannot drag it up the way it drags the
-    maximum. Returns the value and the statistics stored in the model for inspection.
+    ties the best on bottle_256 (1 of 83 wrong) and beats the maximum on screw_512, since one
+    odd training image cannot drag it up the way it drags the maximum; the 95th percentile
+    flags 4 of 83 on bottle_256. Returns the value and the statistics stored in the model.
     """
     mean, std, top = float(scores.mean()), float(scores.std()), float(scores.max())
     value = mean + sigmas * std
