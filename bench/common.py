@@ -25,11 +25,12 @@ PYTHON = sys.executable
 
 @dataclass(frozen=True)
 class Run:
-    """One finished command: wall seconds from start to exit, and its peak RSS."""
+    """One finished command: wall seconds from start to exit, its peak RSS, its output."""
 
     seconds: float
     peak_rss_mb: float
     stdout: str
+    stderr: str
 
 
 def run(command: list[str | Path]) -> Run:
@@ -50,7 +51,7 @@ def run(command: list[str | Path]) -> Run:
         stdout, stderr = out.read(), err.read()
     if process.returncode != 0:
         raise SystemExit(f"{shown(command)} exited {process.returncode}:\n{stderr[-2000:]}")
-    return Run(seconds, usage.ru_maxrss / 1024, stdout)
+    return Run(seconds, usage.ru_maxrss / 1024, stdout, stderr)
 
 
 def shown(command: list[str | Path]) -> str:

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     folder = build(WORK / f"scale_{args.images}", args.images)
     command = fit_command(folder, WORK / f"scale_{args.images}.safetensors")
     result = run(command)
-    bank = [line for line in result.stdout.splitlines() if line.startswith("Memory bank")]
+    output = (result.stdout + result.stderr).splitlines()
+    bank = [line for line in output if line.startswith("Memory bank")]
     report(
         f"scale check: fit on {args.images} images",
         command,
