@@ -170,7 +170,8 @@ def extract_features(
     return TrainFeatures(features, grid)
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a model was made with, recorded for provenance."""
     found = {"ind_knn_ad": __version__}
     for package in ("torch", "timm", "onnx", "numpy"):
         try:
@@ -222,7 +223,7 @@ def fit(
         },
         "train_images": int(images),
         "dataset": dataset,
-        "versions": _versions(),
+        "versions": package_versions(),
     }
     graph = extractor.export_onnx(settings.preprocess.crop)
     return Model(model_settings, bank, graph)

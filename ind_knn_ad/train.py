@@ -26,9 +26,9 @@ from .patchcore import (
     FeatureExtractor,
     PatchCoreSettings,
     TrainFeatures,
-    _versions,
     extract_features,
     fit,
+    package_versions,
     select_device,
 )
 from .scoring import PatchScores
@@ -149,7 +149,7 @@ def fit_method(
         method: extra,
         "train_images": int(images),
         "dataset": dataset,
-        "versions": _versions(),
+        "versions": package_versions(),
     }
     graph = extractor.export_onnx(settings.preprocess.crop)
     return Model(
