@@ -76,8 +76,10 @@ def greedy_coreset(
     count = features.shape[0]
     if not 0 < size <= count:
         raise ValueError(f"coreset size must be in 1..{count}, not {size}")
-    points = project(features, projection_dim, seed)
-    return greedy_k_center(points, size, start_index(count, seed), progress)
+    # Passed on without a name here, so greedy_k_center holds the only reference.
+    return greedy_k_center(
+        project(features, projection_dim, seed), size, start_index(count, seed), progress
+    )
 
 
 class _Blocks:
@@ -104,8 +106,10 @@ class _Blocks:
         count = len(owner)
         self.perm = np.argsort(owner.astype(np.int64) * count + order)
         owner = owner[self.perm]
-        self.points = points[self.perm]
-        self.norms = norms[self.perm]
+        # The first grouping keeps the given order: no copy of the points.
+        unchanged = bool((self.perm == np.arange(count)).all())
+        self.points = points if unchanged else points[self.perm]
+        self.norms = norms if unchanged else norms[self.perm]
         self.order = order[self.perm]
         self.starts = np.flatnonzero(np.diff(owner, prepend=-1))
         self.counts = np.diff(np.append(self.starts, count))
@@ -163,6 +167,7 @@ def greedy_k_center(
     # can take milliseconds per call.
     with threadpool_limits(limits=1, user_api="blas"):
         greedy = _Greedy(points, size, start)
+        del points  # regrouping copies the points; a projection made for us can go then
         for step in range(size):
             greedy.step(step)
             if progress is not None and (step + 1) % 256 == 0:
