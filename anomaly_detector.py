@@ -2,7 +2,8 @@
 """Score images with a fitted model: prints `file,score,flag` per image (1 = defective).
 
 Only results go to stdout; logs and errors go to stderr, one line per problem, naming the
-file. Runs on ONNX Runtime and NumPy, without importing torch, so a one-off call is quick.
+file. A directory stands for the image files under it (PNG, JPEG, BMP, TIFF; recursive,
+sorted). Runs on ONNX Runtime and NumPy, without importing torch, so a one-off call is quick.
 `--format jsonl` prints one JSON object per image instead, and `--heatmap DIR` also writes
 a PNG of each image with its anomaly map (see README.md).
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, TextIO
 from ind_knn_ad import exit_codes
 from ind_knn_ad.images import ImageError, shown_name
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, ModelFileError, load_model
+from ind_knn_ad.pipeline import expand_inputs
 from ind_knn_ad.threshold import parse_threshold
 
 if TYPE_CHECKING:
@@ -56,7 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         epilog="Put -- before file names that start with a dash.",
     )
-    parser.add_argument("imagefile", nargs="+", help="image file(s) to score")
+    parser.add_argument(
+        "imagefile",
+        nargs="+",
+        help="image file(s) to score; a directory means every image under it, sorted",
+    )
     parser.add_argument("-l", "--loglevel", choices=("warning", "debug", "info"), default="warning")
     parser.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL_PATH, help=f"default: {DEFAULT_MODEL_PATH}"
@@ -157,7 +163,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
             return exit_codes.WRITE_ERROR
     status = exit_codes.OK
     try:
-        for path, result, seconds in detector.score_files_timed(args.imagefile):
+        for path, result, seconds in detector.score_files_timed(expand_inputs(args.imagefile)):
             if isinstance(result, ImageError):
                 log.error("%s", result)
                 status = exit_codes.SOME_INPUTS_FAILED

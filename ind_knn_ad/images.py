@@ -78,7 +78,10 @@ def _check_file(path: str | Path, name: str) -> None:
     """Refuse what is not a regular file before opening it: a FIFO would block forever."""
     mode = os.stat(path).st_mode
     if stat.S_ISDIR(mode):
-        raise ImageError(f"{name}: is a directory, not an image file")
+        # Directories reach the loader only when expanding them found no image to score.
+        with os.scandir(path):  # PermissionError: reported as such by load_image
+            pass
+        raise ImageError(f"{name}: is a directory with no image files (PNG, JPEG, BMP, TIFF)")
     if not stat.S_ISREG(mode):
         raise ImageError(f"{name}: not a regular file")
 

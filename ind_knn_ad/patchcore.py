@@ -99,7 +99,10 @@ class FeatureExtractor:
         return rows.transpose(0, 3, 1, 2)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        # cuDNN may run float32 convolutions in TF32, which moved features by 4e-3 of their
+        # range on an H200; scoring runs in float32 (ONNX Runtime), so fitting must too
+        # (2e-6 without TF32).
+        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             batch = torch.from_numpy(images).to(self.device)
             batch = batch.contiguous(memory_format=torch.channels_last)
             return self.network(batch).float().cpu().numpy()
@@ -197,7 +200,12 @@ def fit(
     bank = np.ascontiguousarray(flat[chosen])
     if threshold == AUTO:
         scores = holdout_scores(
-            train.features, train.grid, bank, chosen // patches, settings.image_score
+            train.features,
+            train.grid,
+            bank,
+            chosen // patches,
+            settings.image_score,
+            seed=settings.seed,
         )
         value, threshold_info = auto_threshold(scores)
     else:

@@ -25,15 +25,29 @@ def cpu_count() -> int:
 
 def expand_inputs(paths: Iterable[Path | str]) -> list[Path | str]:
     """Command-line inputs as image files: a directory becomes the image files under it
-    (recursively, sorted); anything else is kept as given, so a missing or unreadable file
-    is still reported by the loader under the name the user typed."""
+    (recursively, sorted; symbolic links to directories are not followed).
+
+    Anything else is kept as given, so a missing or unreadable file is still reported by
+    the loader under the name the user typed; so is a directory that holds no images or
+    that cannot be listed, in whole or in part, and the loader says which.
+    """
     files: list[Path | str] = []
     for path in paths:
-        if Path(path).is_dir():
-            found = (p for p in Path(path).rglob("*") if p.is_file() and is_image_file(p))
-            files.extend(sorted(found))
-        else:
+        if not Path(path).is_dir():
             files.append(path)
+            continue
+        errors: list[OSError] = []
+        found = [
+            Path(folder) / name
+            for folder, _, names in os.walk(path, onerror=errors.append)
+            for name in names
+            if is_image_file(Path(name))
+        ]
+        unreadable = [error.filename for error in errors]
+        files.extend(sorted(found))
+        files.extend(unreadable)  # the loader reports each: permission denied
+        if not found and not unreadable:
+            files.append(path)  # the loader reports: no image files
     return files
 
 

@@ -11,6 +11,9 @@ import numpy as np
 from .scoring import score_features
 
 AUTO = "auto"
+# Training images scored for the automatic threshold, at most: enough for a stable mean and
+# standard deviation, few enough that a fit on thousands of images is not dominated by it.
+HOLDOUT_IMAGES = 200
 
 
 def holdout_scores(
@@ -19,18 +22,25 @@ def holdout_scores(
     bank: np.ndarray,
     bank_sources: np.ndarray,
     image_score: str,
+    limit: int = HOLDOUT_IMAGES,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Score each training image against the bank without any patch taken from it.
+    """Score training images against the bank without any patch taken from them.
 
     This is leave-one-image-out on the fitted bank: the image is judged as a new good image
-    would be, at the cost of one nearest-neighbour search per image and no refit.
+    would be, at the cost of one nearest-neighbour search per image and no refit. The bank
+    grows with the training set, so scoring every image would cost time quadratic in it;
+    beyond `limit` images a seeded random `limit` of them are scored.
     """
     count, _patches, channels = train_features.shape
-    scores = np.empty(count, dtype=np.float64)
-    for image in range(count):
+    images = np.arange(count)
+    if count > limit:
+        images = np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
+    scores = np.empty(len(images), dtype=np.float64)
+    for slot, image in enumerate(images):
         others = bank[bank_sources != image]
         features = train_features[image].reshape(1, *grid, channels).transpose(0, 3, 1, 2)
-        scores[image] = score_features(features, others, image_score, maps=False)[0].score
+        scores[slot] = score_features(features, others, image_score, maps=False)[0].score
     return scores
 
 

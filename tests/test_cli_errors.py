@@ -144,7 +144,7 @@ ODD_BUT_VALID = [
 ]
 BAD = [
     ImageCase("missing", "missing.png", nothing, "no such file"),
-    ImageCase("directory", "folder.png", folder, "is a directory"),
+    ImageCase("empty-directory", "folder.png", folder, "is a directory with no image files"),
     ImageCase("fifo", "fifo.png", fifo, "not a regular file"),
     ImageCase("empty", "empty.png", data(b""), "not an image file"),
     ImageCase("not-an-image", "text.png", data(b"hello\n"), "not an image file"),
@@ -242,6 +242,25 @@ def test_unreadable_image(sample_model: Path, inputs: Path, tmp_path: Path) -> N
     assert result.returncode == exit_codes.SOME_INPUTS_FAILED, result.stderr
     assert [row[0] for row in records(result.stdout)] == ["good.png"]
     assert error_lines(result.stderr) == [f"ERROR: {secret}: permission denied"]
+
+
+def test_unlistable_directory(sample_model: Path, inputs: Path, tmp_path: Path) -> None:
+    """A directory argument whose subdirectory cannot be listed: the images that can be
+    reached are scored, and the subdirectory gets its own error line."""
+    shutil.copy(inputs / "good.png", tmp_path / "a.png")
+    (tmp_path / "locked").mkdir()
+    shutil.copy(inputs / "good.png", tmp_path / "locked" / "b.png")
+    (tmp_path / "locked").chmod(0o000)
+    options = {"preexec_fn": _without_permission_override} if os.geteuid() == 0 else {}
+    try:
+        result = scorer("--model", sample_model, tmp_path, **options)
+    except subprocess.SubprocessError as error:
+        pytest.skip(f"cannot drop root's file permission override here ({error})")
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert result.returncode == exit_codes.SOME_INPUTS_FAILED, result.stderr
+    assert [row[0] for row in records(result.stdout)] == [str(tmp_path / "a.png")]
+    assert error_lines(result.stderr) == [f"ERROR: {tmp_path / 'locked'}: permission denied"]
 
 
 # --- model files -----------------------------------------------------------------------------

@@ -103,6 +103,17 @@ def test_a_directory_expands_to_its_images_in_order(
     ]
 
 
+def test_a_directory_argument_scores_as_its_files_listed(
+    sample_model: Path, sample_dataset: Path, test_images: list[Path]
+) -> None:
+    """`anomaly_detector.py DIR` prints what listing DIR's images by hand prints."""
+    folder = run_script("anomaly_detector.py", "--model", sample_model, sample_dataset / "test")
+    files = run_script("anomaly_detector.py", "--model", sample_model, *test_images)
+    assert folder.returncode == files.returncode == 0, folder.stderr
+    assert folder.stdout == files.stdout
+    assert len(folder.stdout.splitlines()) == len(test_images)
+
+
 @pytest.mark.parametrize("image_score", ["max", "reweighted"])
 def test_scores_without_maps_are_the_same_bits(
     sample_model: Path, test_images: list[Path], image_score: str

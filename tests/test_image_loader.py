@@ -217,7 +217,7 @@ def test_missing_directory_and_fifo(tmp_path: Path) -> None:
     (tmp_path / "file.png").write_bytes(b"")
     cases = {
         "missing.png": "no such file",
-        "": "is a directory",
+        "": "is a directory with no image files",
         "fifo.png": "not a regular file",
         "file.png/x.png": "no such file",
     }

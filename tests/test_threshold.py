@@ -1,0 +1,42 @@
+"""The automatic threshold's held-out scores against a brute-force leave-one-image-out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ind_knn_ad.threshold import auto_threshold, holdout_scores
+
+
+def _features(images: int = 12, grid: tuple[int, int] = (3, 4), channels: int = 6):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(images, grid[0] * grid[1], channels)).astype(np.float32)
+    rows = rng.choice(features.shape[0] * features.shape[1], 40, replace=False)
+    bank = features.reshape(-1, channels)[rows]
+    return features, grid, bank, rows // features.shape[1]
+
+
+def test_each_image_is_scored_without_its_own_patches() -> None:
+    features, grid, bank, sources = _features()
+    scores = holdout_scores(features, grid, bank, sources, "max")
+    for image, score in enumerate(scores):
+        others = bank[sources != image].astype(np.float64)
+        distances = np.sqrt(((features[image][:, None] - others[None]) ** 2).sum(-1))
+        assert np.isclose(score, distances.min(axis=1).max(), rtol=1e-5)
+
+
+def test_large_training_sets_score_a_seeded_sample() -> None:
+    """Above the limit only `limit` images are scored, the same ones for the same seed,
+    each exactly as the full run scores it."""
+    features, grid, bank, sources = _features()
+    full = holdout_scores(features, grid, bank, sources, "max")
+    sample = holdout_scores(features, grid, bank, sources, "max", limit=5, seed=3)
+    again = holdout_scores(features, grid, bank, sources, "max", limit=5, seed=3)
+    assert len(sample) == 5 and np.array_equal(sample, again)
+    assert set(sample.tolist()) <= set(full.tolist())
+
+
+def test_auto_threshold_is_mean_plus_three_std() -> None:
+    scores = np.array([1.0, 2.0, 3.0, 4.0])
+    value, details = auto_threshold(scores)
+    assert value == scores.mean() + 3 * scores.std()
+    assert details["holdout"]["count"] == 4 and details["holdout"]["max"] == 4.0
