@@ -9,6 +9,7 @@ can try banks that would take minutes on a laptop CPU. make_model.py remains the
 of record (bench/accuracy.py); this script decides what is worth measuring there.
 
     python bench/probe.py --data ../shared/data/mvtec/screw_512 --features 512/2,3/3/none
+    python bench/probe.py --data ../shared/data/mvtec/bottle_256 --features 256:224/2,3/3/none
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def main() -> None:
         "--features",
         nargs="+",
         default=["512/2,3/3/none"],
-        help="size/stages/neighbourhood/augmentation, e.g. 640/1,2,3/3/rot4",
+        help="size[:crop]/stages/neighbourhood/augmentation, e.g. 640/1,2,3/3/rot4",
     )
     parser.add_argument("--banks", nargs="+", default=["full", "0.1", "0.01"])
     parser.add_argument("--limit", type=int, default=0, help="use the first N train images")
@@ -121,7 +122,8 @@ def main() -> None:
     print("features,bank,bank_rows,rule,image_rocauc,seconds", flush=True)
     for spec in args.features:
         size, stages, neighbourhood, augmentation = spec.split("/")
-        preprocess = Preprocess(int(size), int(size))
+        resize, _, crop = size.partition(":")
+        preprocess = Preprocess(int(resize), int(crop or resize))
         settings = PatchCoreSettings(
             backbone="efficientnet_lite0",
             layers=tuple(int(s) for s in stages.split(",")),
