@@ -3,10 +3,11 @@
 
 Features are extracted once per (input size, stages, neighbourhood, augmentation) with the
 library's own extractor and preprocessing; bank sizes and image-score rules are then tried
-on those features with a torch nearest-neighbour search (CUDA when present). The greedy
-coreset here is a plain torch loop, the same algorithm as `ind_knn_ad.coreset`, so a GPU
-can try banks that would take minutes on a laptop CPU. make_model.py remains the measure
-of record (bench/accuracy.py); this script decides what is worth measuring there.
+on those features with a torch nearest-neighbour search (CUDA when present). On a GPU the
+greedy coreset is a plain torch loop, the same algorithm as `ind_knn_ad.coreset` (which
+the CPU uses), so a GPU can try banks that would take minutes on a laptop CPU.
+make_model.py remains the measure of record (bench/accuracy.py); this script decides what
+is worth measuring there.
 
     python bench/probe.py --data ../shared/data/mvtec/screw_512 --features 512/2,3/3/none
     python bench/probe.py --data ../shared/data/mvtec/bottle_256 --features 256:224/2,3/3/none
@@ -27,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ind_knn_ad.coreset import project  # noqa: E402
+from ind_knn_ad.coreset import greedy_coreset, project  # noqa: E402
 from ind_knn_ad.data import load_dataset  # noqa: E402
 from ind_knn_ad.images import Preprocess  # noqa: E402
 from ind_knn_ad.patchcore import FeatureExtractor, PatchCoreSettings  # noqa: E402
@@ -143,8 +144,12 @@ def main() -> None:
                 bank = train_rows
             else:
                 size_k = max(1, int(np.ceil(float(bank_name) * len(train_rows))))
-                projected = torch.from_numpy(project(train_rows.cpu().numpy(), 128, 0))
-                bank = train_rows[greedy(projected.to(device), size_k).to(device)]
+                if device.type == "cpu":
+                    chosen = torch.from_numpy(greedy_coreset(train_rows.numpy(), size_k))
+                else:
+                    projected = torch.from_numpy(project(train_rows.cpu().numpy(), 128, 0))
+                    chosen = greedy(projected.to(device), size_k)
+                bank = train_rows[chosen.to(device)]
             maps = torch.stack(
                 [nearest_distances(rows.to(device), bank, args.chunk) for rows in test_rows]
             ).reshape(len(test_rows), grid, grid)

@@ -16,7 +16,10 @@ import numpy as np
 
 from .pipeline import cpu_count
 
-IMAGE_SCORES = ("max", "reweighted")
+# max: the worst patch (PatchCore). reweighted: eq. 7 of Roth et al. 2022. top10: the mean
+# of the TOP_PATCHES worst patches, which one noisy patch cannot decide alone.
+IMAGE_SCORES = ("max", "reweighted", "top10")
+TOP_PATCHES = 10
 # Neighbours of the nearest bank patch used by the re-weighted score (Roth et al. 2022, eq. 7).
 REWEIGHT_NEIGHBOURS = 9
 # Bound on the (queries x bank) distance block held at once per thread: 4M floats = 16 MB,
@@ -29,7 +32,7 @@ BLOCK_ELEMENTS = 1 << 22
 # bounds are tight.
 BOUND_SHARE = 8
 # Patches per image (those with the highest bounds) searched in full first: the largest of
-# their distances bounds the image's score from below.
+# their distances bounds the image's score from below (the TOP_PATCHES-th largest, for top10).
 PROBES = 8
 MAP_SIGMA = 4.0
 
@@ -128,6 +131,19 @@ def nearest_neighbours(
     return distances, indices
 
 
+def _worst_count(image_score: str) -> int:
+    """How many of an image's worst patches its score is made of."""
+    return TOP_PATCHES if image_score == "top10" else 1
+
+
+def _top_mean(distances: np.ndarray, count: int) -> float:
+    """Mean of the `count` largest values (all, when fewer), summed in a fixed order, so
+    the same values give the same bits whichever search found them."""
+    count = min(count, len(distances))
+    top = np.sort(np.partition(distances, len(distances) - count)[len(distances) - count :])
+    return float(top.astype(np.float64).mean())
+
+
 def reweighted_score(
     patch: np.ndarray, nearest: int, distance: float, bank: np.ndarray, neighbours: int
 ) -> float:
@@ -207,7 +223,7 @@ def score_features(
     distances = distances.reshape(batch, patches)
     results = []
     for image in range(batch):
-        score = float(distances[image].max())
+        score = _top_mean(distances[image], _worst_count(image_score))
         if image_score == "reweighted":
             row, index = worst_of[image]
             score = reweighted_score(flat[row], index, score, bank, REWEIGHT_NEIGHBOURS)
@@ -226,20 +242,21 @@ def _scores_only(
     could be their image's worst.
 
     A patch's distance to a subset of the bank is at least its distance to the whole bank
-    (the same float32 values, minimised over fewer rows), and a patch's exact distance is
-    at most its image's score. A patch whose bound is below the best exact distance in its
-    image is therefore strictly below the image's maximum and is never searched in full.
+    (the same float32 values, minimised over fewer rows). A patch whose bound is below the
+    k-th largest exact distance found in its image (k patches make the score) is therefore
+    strictly below the image's k worst and is never searched in full.
     """
     batch = len(flat) // patches
     augmented = _augmented_bank(bank, bank_norms)
     prefix = augmented[: len(augmented) // BOUND_SHARE]
     upper = np.concatenate(_map_blocks(flat, prefix, _nearest_distances))
     upper = upper.reshape(batch, patches)
-    probes = min(PROBES, patches)
+    worst = _worst_count(image_score)
+    probes = min(max(PROBES, worst), patches)
     top = np.argpartition(upper, patches - probes, axis=1)[:, patches - probes :]
     top_rows = (top + patches * np.arange(batch)[:, None]).ravel()
     probed = np.concatenate(_map_blocks(flat[top_rows], augmented, _nearest_distances))
-    lower = probed.reshape(batch, probes).max(axis=1)
+    lower = np.sort(probed.reshape(batch, probes), axis=1)[:, probes - min(worst, probes)]
     rows = np.flatnonzero(upper.ravel() >= np.repeat(lower, patches))
     blocks = _map_blocks(flat[rows], augmented, _nearest_rows)
     exact = np.concatenate([d for d, _ in blocks])
@@ -248,11 +265,11 @@ def _scores_only(
     results = []
     for image in range(batch):
         first, last = np.searchsorted(images, [image, image + 1])
-        worst = first + int(exact[first:last].argmax())  # rows are in order: first on ties
-        score = float(exact[worst])
+        score = _top_mean(exact[first:last], worst)
         if image_score == "reweighted":
+            row = first + int(exact[first:last].argmax())  # rows are in order: first on ties
             score = reweighted_score(
-                flat[rows[worst]], int(indices[worst]), score, bank, REWEIGHT_NEIGHBOURS
+                flat[rows[row]], int(indices[row]), score, bank, REWEIGHT_NEIGHBOURS
             )
         results.append(PatchScores(score, None))
     return results

@@ -12,7 +12,7 @@ from conftest import run_script
 from ind_knn_ad.model_file import load_model
 from ind_knn_ad.pipeline import expand_inputs
 from ind_knn_ad.runtime import Detector
-from ind_knn_ad.scoring import score_features
+from ind_knn_ad.scoring import IMAGE_SCORES, score_features
 
 RTOL = 1e-4
 
@@ -114,11 +114,11 @@ def test_a_directory_argument_scores_as_its_files_listed(
     assert len(folder.stdout.splitlines()) == len(test_images)
 
 
-@pytest.mark.parametrize("image_score", ["max", "reweighted"])
+@pytest.mark.parametrize("image_score", IMAGE_SCORES)
 def test_scores_without_maps_are_the_same_bits(
     sample_model: Path, test_images: list[Path], image_score: str
 ) -> None:
-    """The pruned search (maps=False) must find exactly each image's worst patch."""
+    """The pruned search (maps=False) must find exactly each image's worst patches."""
     model = load_model(sample_model)
     detector = Detector(model, "cpu")
     features = detector.features(np.stack([detector.preprocess.load(p) for p in test_images]))

@@ -49,6 +49,21 @@ def test_image_score_is_the_worst_patch() -> None:
     assert results[1].score > 3 * max(results[0].score, results[2].score)
 
 
+def test_top10_is_the_mean_of_the_ten_worst_patches() -> None:
+    rng = np.random.default_rng(3)
+    bank = rng.normal(size=(200, 16)).astype(np.float32)
+    features = rng.normal(size=(2, 16, 6, 6)).astype(np.float32)
+    features[1, :, :2, :] += 3.0  # twelve unusual patches in image 1
+    flat = features.transpose(0, 2, 3, 1).reshape(2, 36, 16).astype(np.float64)
+    for maps in (True, False):
+        results = score_features(features, bank, "top10", maps=maps)
+        for image, result in enumerate(results):
+            expected, _ = brute_force(flat[image], bank.astype(np.float64))
+            assert result.score == pytest.approx(np.sort(expected)[-10:].mean(), rel=1e-4)
+    single_patch = score_features(features[:, :, :1, :1], bank, "top10")
+    assert single_patch[0].score == pytest.approx(single_patch[0].patch_map.max())
+
+
 def test_reweighted_score_damps_but_keeps_order() -> None:
     rng = np.random.default_rng(3)
     bank = rng.normal(size=(200, 16)).astype(np.float32)
