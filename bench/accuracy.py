@@ -47,6 +47,13 @@ SETTINGS = {
     "size448/1%/rw": replace(
         BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, image_score="reweighted"
     ),
+    "size512/1%/top10": replace(
+        BASE, preprocess=Preprocess(512, 512), coreset_fraction=0.01, image_score="top10"
+    ),
+    "size1024/1%/top10": replace(
+        BASE, preprocess=Preprocess(1024, 1024), coreset_fraction=0.01, image_score="top10"
+    ),
+    "top10": replace(BASE, image_score="top10"),
     "layers1,2": replace(BASE, layers=(1, 2)),
     "layers2,3,4": replace(BASE, layers=(2, 3, 4)),
     "neighbourhood1": replace(BASE, neighbourhood=1),

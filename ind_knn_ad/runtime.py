@@ -19,6 +19,8 @@ from .pipeline import preprocessed_batches, stack
 from .scoring import PatchScores
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# Pixels per graph run: 8 images at 224 px. The graph's working memory grows with it.
+BATCH_PIXELS = 8 * 224 * 224
 
 
 def onnx_providers(device: str) -> list[str]:
@@ -92,8 +94,14 @@ class Detector:
     def score_arrays(self, images: np.ndarray) -> list[PatchScores]:
         return self.scorer(self.features(images))
 
+    @property
+    def batch_size(self) -> int:
+        """Images per graph run: 8 at 224 px, fewer for larger inputs (1 from 634 px), so
+        that memory stays bounded: batches of 8 images at 1024 px peaked at 5 GB."""
+        return max(1, BATCH_PIXELS // (self.preprocess.crop * self.preprocess.crop))
+
     def score_files(
-        self, paths: Iterable[Path | str], batch_size: int = 8
+        self, paths: Iterable[Path | str], batch_size: int | None = None
     ) -> Iterator[tuple[Path | str, PatchScores | ImageError]]:
         """Each path with its result or its error, in input order, decoding in the background.
 
@@ -104,7 +112,7 @@ class Detector:
             yield path, result
 
     def score_files_timed(
-        self, paths: Iterable[Path | str], batch_size: int = 8
+        self, paths: Iterable[Path | str], batch_size: int | None = None
     ) -> Iterator[tuple[Path | str, PatchScores | ImageError, float]]:
         """As score_files, with the seconds each image took.
 
@@ -113,6 +121,7 @@ class Detector:
         scored images; time the caller spends between batches is not counted, so the times
         add up to the scoring alone. A bad image took 0 seconds.
         """
+        batch_size = batch_size or self.batch_size
         batches = iter(preprocessed_batches(paths, self.preprocess, batch_size))
         while True:
             start = time.perf_counter()
