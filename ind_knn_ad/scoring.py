@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
-from .pipeline import cpu_count
+from .pipeline import cpu_count, worker_pool
 
 # max: the worst patch (PatchCore). reweighted: eq. 7 of Roth et al. 2022. top10: the mean
 # of the TOP_PATCHES worst patches, which one noisy patch cannot decide alone.
@@ -37,11 +36,6 @@ PROBES = 8
 MAP_SIGMA = 4.0
 
 Result = TypeVar("Result")
-
-
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="nearest")
 
 
 @functools.cache
@@ -94,7 +88,7 @@ def _map_blocks(
     with _blas().limit(limits=1, user_api="blas"):
         if len(starts) == 1:
             return [one(0)]
-        return list(_pool().map(one, starts))
+        return list(worker_pool().map(one, starts))
 
 
 def _distances(nearest_squared: np.ndarray, query_norms: np.ndarray) -> np.ndarray:
