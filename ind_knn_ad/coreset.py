@@ -24,16 +24,12 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .pipeline import worker_pool
-
 PROJECTION_DIM = 128
 # Points are regrouped into the cells of the centres chosen so far at steps 8, 16, 32, ...
 # up to REGROUP_PER_SQRT * sqrt(N): finer cells mean fewer rows near each new centre, while
 # more cells make the per-step check of every cell's pivot dearer.
 REGROUP_FIRST = 8
 REGROUP_PER_SQRT = 16
-# Rows per chunk when a step's distance updates are split between cores.
-PARALLEL_ROWS = 1 << 15
 # Rows projected per matrix product, so projecting needs no second full-size copy.
 PROJECT_ROWS = 1 << 16
 
@@ -267,7 +263,9 @@ class _Greedy:
             active = np.arange(len(self.limit))
         else:
             chosen_rows = rows[need]
-            distances = _squared_distances(blocks, chosen_rows, scaled_centre, centre_norm)
+            distances = blocks.points[chosen_rows] @ scaled_centre
+            distances += blocks.norms[chosen_rows]
+            distances += centre_norm
             previous = old[need]
             if tracking:
                 self.owner[chosen_rows[distances < previous]] = step
@@ -280,35 +278,10 @@ class _Greedy:
 
     def _update_all(self, scaled_centre: np.ndarray, centre_norm: float, step: int | None) -> None:
         blocks = self.blocks
-        distances = _squared_distances(blocks, None, scaled_centre, centre_norm)
+        distances = blocks.points @ scaled_centre
+        distances += blocks.norms
+        distances += centre_norm
         if step is not None:
             self.owner[distances < self.min_distances] = step
         np.minimum(self.min_distances, distances, out=self.min_distances)
         self.block_max = np.maximum.reduceat(self.min_distances, blocks.starts)
-
-
-def _squared_distances(
-    blocks: _Blocks, rows: np.ndarray | None, scaled_centre: np.ndarray, centre_norm: float
-) -> np.ndarray:
-    """|x|^2 - 2 x.c + |c|^2 for the given rows of the blocks' points (all when None).
-
-    Gathering rows and the product are bound by memory bandwidth; with many rows they run
-    in chunks on every core (twice as fast on two). Each row's value is the same whichever
-    chunk it falls in.
-    """
-    count = len(blocks.points) if rows is None else len(rows)
-    out = np.empty(count, dtype=np.float32)
-
-    def part(start: int) -> None:
-        span = slice(start, min(start + PARALLEL_ROWS, count))
-        which = span if rows is None else rows[span]
-        np.matmul(blocks.points[which], scaled_centre, out=out[span])
-        out[span] += blocks.norms[which]
-        out[span] += centre_norm
-
-    starts = range(0, count, PARALLEL_ROWS)
-    if len(starts) > 1:
-        list(worker_pool().map(part, starts))
-    elif count:
-        part(0)
-    return out

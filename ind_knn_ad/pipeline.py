@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,12 +21,6 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-@functools.cache
-def worker_pool() -> ThreadPoolExecutor:
-    """One thread per core for NumPy work split by rows (NumPy releases the GIL)."""
-    return ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="rows")
 
 
 def expand_inputs(paths: Iterable[Path | str]) -> list[Path | str]:

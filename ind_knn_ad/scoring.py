@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
-from .pipeline import cpu_count, worker_pool
+from .pipeline import cpu_count
 
 # max: the worst patch (PatchCore). reweighted: eq. 7 of Roth et al. 2022. top10: the mean
 # of the TOP_PATCHES worst patches, which one noisy patch cannot decide alone.
@@ -36,6 +37,11 @@ PROBES = 8
 MAP_SIGMA = 4.0
 
 Result = TypeVar("Result")
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="nearest")
 
 
 @functools.cache
@@ -88,7 +94,7 @@ def _map_blocks(
     with _blas().limit(limits=1, user_api="blas"):
         if len(starts) == 1:
             return [one(0)]
-        return list(worker_pool().map(one, starts))
+        return list(_pool().map(one, starts))
 
 
 def _distances(nearest_squared: np.ndarray, query_norms: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ import itertools
 import numpy as np
 import pytest
 
-from ind_knn_ad import coreset
 from ind_knn_ad.coreset import coreset_size, greedy_coreset, greedy_k_center, project, start_index
 
 
@@ -53,15 +52,6 @@ def test_same_choices_as_the_reference(count: int, dim: int, size: int, seed: in
     start = start_index(count, seed)
     fast = greedy_k_center(points, size, start)
     np.testing.assert_array_equal(fast, reference_k_center(points, size, start))
-
-
-def test_updates_split_between_threads_choose_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks of 64 rows: every step's update runs on the thread pool, in many chunks."""
-    monkeypatch.setattr(coreset, "PARALLEL_ROWS", 64)
-    points = clustered(3000, 16, 4)
-    start = start_index(3000, 4)
-    fast = greedy_k_center(points, 300, start)
-    np.testing.assert_array_equal(fast, reference_k_center(points, 300, start))
 
 
 def test_ties_go_to_the_lowest_index() -> None:
