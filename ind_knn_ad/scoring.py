@@ -31,8 +31,10 @@ BLOCK_ELEMENTS = 1 << 22
 # in selection order, so its first rows already cover the training patches well and the
 # bounds are tight.
 BOUND_SHARE = 8
-# Patches per image (those with the highest bounds) searched in full first: the largest of
-# their distances bounds the image's score from below (the TOP_PATCHES-th largest, for top10).
+# Patches per image (those with the highest bounds) searched in full first, per patch the
+# score is made of: the largest of their distances bounds the image's score from below (the
+# TOP_PATCHES-th largest, for top10). For top10 on good 1024 px screw images, 80 probes
+# instead of 10 cut the search from 0.72 to 0.23 s per image.
 PROBES = 8
 MAP_SIGMA = 4.0
 
@@ -252,7 +254,7 @@ def _scores_only(
     upper = np.concatenate(_map_blocks(flat, prefix, _nearest_distances))
     upper = upper.reshape(batch, patches)
     worst = _worst_count(image_score)
-    probes = min(max(PROBES, worst), patches)
+    probes = min(PROBES * worst, patches)
     top = np.argpartition(upper, patches - probes, axis=1)[:, patches - probes :]
     top_rows = (top + patches * np.arange(batch)[:, None]).ravel()
     probed = np.concatenate(_map_blocks(flat[top_rows], augmented, _nearest_distances))
