@@ -35,6 +35,16 @@ def _threshold(text: str) -> float | str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -63,7 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="output file")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-size",
+        type=_positive,
+        help="images per batch (default: 16 at 224 px, fewer for larger inputs)",
+    )
     parser.add_argument(
         "--evaluate-only",
         action="store_true",
@@ -122,7 +136,12 @@ def evaluate_only(
         preprocess = Preprocess.from_dict(model.settings["preprocess"])
         sheet = SheetCollector(preprocess)
         evaluation = evaluate(
-            detector.score_arrays, dataset, preprocess, threshold, args.batch_size, each=sheet
+            detector.score_arrays,
+            dataset,
+            preprocess,
+            threshold,
+            args.batch_size or detector.batch_size,
+            each=sheet,
         )
     except ModelFileError as error:
         print_error(str(error))

@@ -15,12 +15,10 @@ import numpy as np
 from .images import ImageError, Preprocess
 from .methods import make_scorer
 from .model_file import Model, ModelFileError
-from .pipeline import preprocessed_batches, stack
+from .pipeline import images_per_batch, preprocessed_batches, stack
 from .scoring import PatchScores
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-# Pixels per graph run: 8 images at 224 px. The graph's working memory grows with it.
-BATCH_PIXELS = 8 * 224 * 224
 
 
 def onnx_providers(device: str) -> list[str]:
@@ -98,7 +96,7 @@ class Detector:
     def batch_size(self) -> int:
         """Images per graph run: 8 at 224 px, fewer for larger inputs (1 from 634 px), so
         that memory stays bounded: batches of 8 images at 1024 px peaked at 5 GB."""
-        return max(1, BATCH_PIXELS // (self.preprocess.crop * self.preprocess.crop))
+        return images_per_batch(self.preprocess.crop, 8)
 
     def score_files(
         self, paths: Iterable[Path | str], batch_size: int | None = None

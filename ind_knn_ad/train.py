@@ -31,6 +31,7 @@ from .patchcore import (
     package_versions,
     select_device,
 )
+from .pipeline import images_per_batch
 from .scoring import PatchScores
 from .threshold import AUTO, auto_threshold
 
@@ -54,7 +55,7 @@ def train(
     threshold: float | str = AUTO,
     device: str = "auto",
     weights: Path | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: ProgressFactory = no_progress,
     method: str = "patchcore",
     each: Callable[[TestImage, PatchScores], None] | None = None,
@@ -70,6 +71,8 @@ def train(
     if method != "patchcore" and settings.image_score != "max":
         raise ValueError(f"image score {settings.image_score!r} is for patchcore only")
     extractor = FeatureExtractor(settings, select_device(device), weights)
+    # 16 images at 224 px, fewer for larger inputs, but one per core at least.
+    batch_size = batch_size or images_per_batch(settings.preprocess.crop, 16, extractor.workers)
     with progress("Feature extraction", len(dataset.train)) as callback:
         features = extract_features(
             extractor, dataset.train, settings.preprocess, batch_size, callback

@@ -458,6 +458,12 @@ MAKE_MODEL_CASES = [
         exit_codes.WRITE_ERROR,
         "cannot write .*is a directory",
     ),
+    (
+        "batch-size-zero",
+        ["--batch-size", "0"],
+        exit_codes.USAGE,
+        "must be a positive whole number, not '0'",
+    ),
 ]
 
 
