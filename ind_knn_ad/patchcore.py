@@ -10,6 +10,7 @@ import io
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -101,8 +102,13 @@ class FeatureExtractor:
     def _run(self, images: np.ndarray) -> np.ndarray:
         # cuDNN may run float32 convolutions in TF32, which moved features by 4e-3 of their
         # range on an H200; scoring runs in float32 (ONNX Runtime), so fitting must too
-        # (2e-6 without TF32).
-        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        # (2e-6 without TF32). The flags are process-wide: CPU runs, which come from
+        # several threads at once, leave them alone.
+        if self.device.type == "cuda":
+            precision = torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
+        else:
+            precision = nullcontext()
+        with torch.inference_mode(), precision:
             batch = torch.from_numpy(images).to(self.device)
             batch = batch.contiguous(memory_format=torch.channels_last)
             return self.network(batch).float().cpu().numpy()
