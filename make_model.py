@@ -121,7 +121,6 @@ def evaluate_only(
 ) -> int:
     """Evaluate an existing model file with the graph it carries, exactly as scoring runs."""
     from ind_knn_ad.evaluate import evaluate
-    from ind_knn_ad.images import Preprocess
     from ind_knn_ad.model_file import ModelFileError, load_model
     from ind_knn_ad.runtime import Detector
 
@@ -133,12 +132,11 @@ def evaluate_only(
         detector = Detector(model, args.device)
         out.print(f"█│ Running {model.method} on {dataset.name} dataset.")
         threshold = model.threshold if isinstance(args.threshold, str) else args.threshold
-        preprocess = Preprocess.from_dict(model.settings["preprocess"])
-        sheet = SheetCollector(preprocess)
+        sheet = SheetCollector(detector.preprocess)
         evaluation = evaluate(
             detector.score_arrays,
             dataset,
-            preprocess,
+            detector.preprocess,
             threshold,
             args.batch_size or detector.batch_size,
             each=sheet,

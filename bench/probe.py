@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from ind_knn_ad.coreset import greedy_coreset, project  # noqa: E402
 from ind_knn_ad.data import load_dataset  # noqa: E402
-from ind_knn_ad.images import Preprocess  # noqa: E402
+from ind_knn_ad.images import ImageError, Preprocess  # noqa: E402
 from ind_knn_ad.patchcore import FeatureExtractor, PatchCoreSettings  # noqa: E402
 from ind_knn_ad.pipeline import preprocessed_batches, stack  # noqa: E402
 
@@ -42,7 +42,14 @@ AUGMENTATIONS = {
 
 
 def arrays(paths: list[Path], preprocess: Preprocess) -> np.ndarray:
-    batches = [stack(items)[1] for items in preprocessed_batches(paths, preprocess, 32)]
+    """Preprocessed images in order; an unreadable one stops the probe (dropping it would
+    shift every test label after it)."""
+    batches = []
+    for items in preprocessed_batches(paths, preprocess, 32):
+        for _, value in items:
+            if isinstance(value, ImageError):
+                raise SystemExit(str(value))
+        batches.append(stack(items)[1])
     return np.concatenate(batches)
 
 
