@@ -69,7 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--image-score", choices=IMAGE_SCORES, default="max", help="patchcore only")
     parser.add_argument("--image-size", type=int, default=256, help="resize shorter side to")
-    parser.add_argument("--crop", type=int, default=224, help="centre crop size")
+    parser.add_argument("--crop", type=int, help="centre crop size (default: 224)")
+    parser.add_argument(
+        "--align",
+        action="store_true",
+        help="find the part on a plain background and cut it out turned to one pose, for "
+        "parts that lie anywhere at any angle (screws); --image-size then sets the scale",
+    )
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="output file")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -84,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="evaluate the existing --model on the dataset's test/ instead of fitting",
     )
     args = parser.parse_args(argv)
+    if args.align and args.crop is not None:
+        parser.error("--crop does not apply with --align: the cut follows the part")
+    if args.crop is None:
+        args.crop = args.image_size if args.align else 224
     if not 0 < args.crop <= args.image_size:
         parser.error(f"--crop ({args.crop}) must be between 1 and --image-size ({args.image_size})")
     if args.method != "patchcore" and args.image_score != "max":
@@ -202,6 +212,19 @@ def write_contact_sheet(
     return path
 
 
+def make_preprocess(args: argparse.Namespace, dataset: Dataset, console: Console) -> Preprocess:
+    """The preprocess settings; with --align, the cut is measured on the training images."""
+    if not args.align:
+        return Preprocess(resize=args.image_size, crop=args.crop)
+    from ind_knn_ad.alignment import measure_box
+
+    box = measure_box(dataset.train)
+    preprocess = Preprocess(resize=args.image_size, crop=args.crop, align=box)
+    width, height = preprocess.size
+    console.print(f"Aligned cut: {width}x{height} px ({box.length} x {box.breadth} of the frame).")
+    return preprocess
+
+
 def run(args: argparse.Namespace) -> int:
     from functools import partial
 
@@ -226,12 +249,20 @@ def run(args: argparse.Namespace) -> int:
     from ind_knn_ad.reporting import progress_bar
     from ind_knn_ad.train import train
 
+    try:
+        preprocess = make_preprocess(args, dataset, console)
+    except ImageError as error:
+        print_error(str(error))
+        return exit_codes.DATA_ERROR
+    except ValueError as error:
+        print_error(f"{dataset.root}: {error}; fit without --align")
+        return exit_codes.DATA_ERROR
     settings = PatchCoreSettings(
         backbone=args.backbone,
         layers=tuple(args.layers) if args.layers else None,
         coreset_fraction=args.coreset,
         image_score=args.image_score,
-        preprocess=Preprocess(resize=args.image_size, crop=args.crop),
+        preprocess=preprocess,
         seed=args.seed,
     )
     console.print(f"Backbone {args.backbone}; {len(dataset.train)} training images.")

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from .data import GOOD, Dataset, TestImage
-from .images import Preprocess
+from .images import Preprocess, load_image
 from .pipeline import preprocessed_batches, stack
 from .scoring import PatchScores, anomaly_map
 
@@ -61,6 +61,7 @@ def evaluate(
     from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
     by_path = {item.path: item for item in dataset.test}
+    width, height = preprocess.size
     scores: list[float] = []
     pixel_scores, pixel_labels = [], []
     done = 0
@@ -75,12 +76,14 @@ def evaluate(
                 each(by_path[path], result)
             mask = by_path[path].mask
             if dataset.has_masks:
-                pixel_scores.append(anomaly_map(result.patch_map, preprocess.crop).ravel())
+                pixel_scores.append(anomaly_map(result.patch_map, preprocess.size).ravel())
                 if mask is None:
-                    pixel_labels.append(np.zeros(preprocess.crop**2, dtype=np.uint8))
+                    pixel_labels.append(np.zeros(width * height, dtype=np.uint8))
                 else:
+                    # An aligned cut follows the part's pose, found on the photo.
+                    photo = load_image(path) if preprocess.align is not None else None
                     with Image.open(mask) as image:
-                        truth = preprocess.geometry(image.convert("L"))
+                        truth = preprocess.geometry(image.convert("L"), photo)
                     pixel_labels.append((np.asarray(truth) > 127).ravel().astype(np.uint8))
         done += len(items)
         if progress is not None:

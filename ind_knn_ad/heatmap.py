@@ -3,8 +3,9 @@
 NumPy and Pillow only (PIL's default font for the labels), so `--heatmap` adds no
 dependency; SciPy is imported, by `anomaly_map`, only when a map is drawn.
 
-The map is drawn on the image as the model saw it: resized and centre-cropped to the
-model's input size, so every coloured pixel lies exactly where the model looked.
+The map is drawn on the image as the model saw it: resized and cut to the model's input
+(the centre square, or with part alignment the turned box around the part), so every
+coloured pixel lies exactly where the model looked.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ALPHA = 0.5  # weight of the colour over the image
 BAR_PANEL = 64  # pixels to the right of the image: the colour bar and its labels
 BAR_WIDTH = 12
 HEADER = 16  # pixels above the image: score, threshold and verdict
-TILE = 128  # side of each picture on the contact sheet
+TILE = 128  # longer side of each picture on the contact sheet
 COLUMNS = 4  # contact-sheet cells per row; each cell is the image and its map, side by side
 CAPTION = 30  # two text lines under each contact-sheet cell
 MAX_NAME_BYTES = 255  # the usual limit on one file name
@@ -98,13 +99,13 @@ def heatmap_picture(
 ) -> Image.Image:
     """One image's PNG: a title line, the blended image, a colour bar on the right.
 
-    The size is (crop + BAR_PANEL) x (crop + HEADER) for a model with input size `crop`.
+    The size is (width + BAR_PANEL) x (height + HEADER) for a model input of width x height.
     """
-    side = amap.shape[0]
-    picture = Image.new("RGB", (side + BAR_PANEL, side + HEADER), BACKGROUND)
+    height, width = amap.shape
+    picture = Image.new("RGB", (width + BAR_PANEL, height + HEADER), BACKGROUND)
     ImageDraw.Draw(picture).text((2, 2), title, fill=TEXT, font=ImageFont.load_default())
     picture.paste(overlay(image, amap, low, high), (0, HEADER))
-    picture.paste(_colour_bar(side, low, high, vertical=True), (side, HEADER))
+    picture.paste(_colour_bar(height, low, high, vertical=True), (width, HEADER))
     return picture
 
 
@@ -145,7 +146,7 @@ def image_heatmap(
     """The PNG for one scored file: decoded again and cut as the model saw it, with its
     blurred, upsampled map over it; ImageError if the file can no longer be read."""
     image = preprocess.geometry(load_image(path))
-    amap = anomaly_map(patch_map, preprocess.crop)
+    amap = anomaly_map(patch_map, preprocess.size)
     low, high = colour_range(amap, method, threshold)
     return heatmap_picture(image, amap, low, high, title)
 
@@ -173,9 +174,12 @@ def sheet_entry(
     path: Path, patch_map: np.ndarray, preprocess: Preprocess, score: float, defect_type: str
 ) -> SheetEntry:
     """The cell for one scored test image."""
-    image = preprocess.geometry(load_image(path)).resize((TILE, TILE), Image.Resampling.BILINEAR)
-    amap = Image.fromarray(anomaly_map(patch_map, preprocess.crop), mode="F")
-    small = np.asarray(amap.resize((TILE, TILE), Image.Resampling.BILINEAR))
+    width, height = preprocess.size
+    scale = TILE / max(width, height)  # an aligned cut is wider than high: keep its shape
+    tile = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = preprocess.geometry(load_image(path)).resize(tile, Image.Resampling.BILINEAR)
+    amap = Image.fromarray(anomaly_map(patch_map, preprocess.size), mode="F")
+    small = np.asarray(amap.resize(tile, Image.Resampling.BILINEAR))
     return SheetEntry(image, small, score, defect_type, path.name)
 
 
@@ -188,7 +192,9 @@ def contact_sheet(entries: Sequence[SheetEntry], threshold: float, title: str) -
     low = min((float(entry.amap.min()) for entry in ordered), default=0.0)
     high = max((float(entry.amap.max()) for entry in ordered), default=1.0)
     high = max(high, low + 1e-6)
-    cell_width, cell_height = 2 * TILE + 8, TILE + CAPTION
+    # Every picture has the model's input shape: square, or wider than high when aligned.
+    tile_width, tile_height = ordered[0].image.size if ordered else (TILE, TILE)
+    cell_width, cell_height = 2 * tile_width + 8, tile_height + CAPTION
     width = COLUMNS * cell_width
     rows = -(-len(ordered) // COLUMNS)
     top = 56
@@ -201,7 +207,7 @@ def contact_sheet(entries: Sequence[SheetEntry], threshold: float, title: str) -
         x = (index % COLUMNS) * cell_width
         y = top + (index // COLUMNS) * cell_height
         sheet.paste(entry.image, (x, y))
-        sheet.paste(overlay(entry.image, entry.amap, low, high), (x + TILE, y))
+        sheet.paste(overlay(entry.image, entry.amap, low, high), (x + tile_width, y))
         flagged = entry.score >= threshold
         colour = WRONG if flagged != (entry.defect_type != GOOD) else TEXT
         lines = (
@@ -209,7 +215,9 @@ def contact_sheet(entries: Sequence[SheetEntry], threshold: float, title: str) -
             f"{entry.defect_type}/{entry.name}",
         )
         for line, text in enumerate(lines):
-            draw.text((x + 2, y + TILE + 2 + 13 * line), _fit(text, font), fill=colour, font=font)
+            draw.text(
+                (x + 2, y + tile_height + 2 + 13 * line), _fit(text, font), fill=colour, font=font
+            )
     return sheet
 
 

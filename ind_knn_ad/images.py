@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .alignment import Box, cut, find_pose, output_size
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -127,39 +129,59 @@ def load_image(path: str | Path) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side to `resize` (bicubic), centre-crop `crop`, normalise.
+    """Resize the shorter side to `resize` (bicubic), cut the input out, normalise.
 
-    `crop == resize` keeps the whole (square) frame, which matters when defects sit near
-    the border. Stored in the model file so scoring repeats exactly what fitting did.
+    The cut is the centre square of side `crop`, or with `align` the box around the part,
+    turned to one pose (see `alignment`; `crop` is then not used). `crop == resize` keeps
+    the whole (square) frame, which matters when defects sit near the border. Stored in the
+    model file so scoring repeats exactly what fitting did.
     """
 
     resize: int = 256
     crop: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    align: Box | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.crop <= self.resize:
             raise ValueError(f"crop ({self.crop}) must be in 1..resize ({self.resize})")
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the network's input."""
+        if self.align is None:
+            return self.crop, self.crop
+        return output_size(self.align, self.resize)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.align is None:
+            del data["align"]  # what format version 1 files hold
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Preprocess:
+        align = data.get("align")
         return cls(
             resize=int(data["resize"]),
             crop=int(data["crop"]),
             mean=tuple(float(v) for v in data["mean"]),
             std=tuple(float(v) for v in data["std"]),
+            align=None if align is None else Box(float(align["length"]), float(align["breadth"])),
         )
 
-    def geometry(self, image: Image.Image) -> Image.Image:
-        """The resize and crop alone, so masks and heatmaps can follow the same geometry."""
+    def geometry(self, image: Image.Image, reference: Image.Image | None = None) -> Image.Image:
+        """The resize and cut alone, so masks and heatmaps can follow the same geometry.
+        With `align`, the part's pose is found on `reference` (the photo a mask belongs
+        to), or on `image` itself."""
+        resample = Image.Resampling.NEAREST if image.mode in ("1", "L") else Image.BICUBIC
+        if self.align is not None:
+            pose = find_pose(reference if reference is not None else image)
+            return cut(image, pose, self.align, self.resize, resample)
         width, height = image.size
         scale = self.resize / min(width, height)
         size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
-        resample = Image.Resampling.NEAREST if image.mode in ("1", "L") else Image.BICUBIC
         image = image.resize(size, resample)
         left = (size[0] - self.crop) // 2
         top = (size[1] - self.crop) // 2

@@ -9,8 +9,10 @@ file must hold (C channels, P = h*w patch positions, N training images):
 - padim: `channels` (d,) int64, `mean` (P, d) float32, `inverse_covariance` (P, d, d) float32;
 - spade: `train_patches` (N, P, C) float32, `image_vectors` (N, C) float32.
 
-The format version stays 1: a PatchCore file is exactly what it was, and a PaDiM or SPADE
-file has no `memory_bank`, so an older tool refuses it rather than misreading it. Nothing
+A PatchCore file is exactly what it was in version 1, and a PaDiM or SPADE file has no
+`memory_bank`, so an older tool refuses it rather than misreading it. Version 2 adds
+`preprocess.align` (the part alignment box); only files that use it are written as version
+2, so that a tool which would ignore it refuses them. Nothing
 is ever unpickled: safetensors is a JSON header plus raw little-endian arrays, so a crafted
 file can at worst fail to load.
 """
@@ -32,7 +34,9 @@ import numpy as np
 from .images import shown_name
 
 FORMAT = "ind_knn_ad.model"
-FORMAT_VERSION = 1
+# The newest version this tool reads and writes. Version 2 added `preprocess.align`; a
+# file without it is still written as version 1, which older tools read.
+FORMAT_VERSION = 2
 METADATA_KEY = "ind_knn_ad"
 DEFAULT_MODEL_PATH = Path("models/model.safetensors")
 
@@ -102,11 +106,18 @@ def validate_settings(settings: dict[str, Any], source: str = "model") -> None:
         known = ", ".join(METHODS)
         raise ModelFileError(f"{source}: unknown method {settings['method']!r} (known: {known})")
     _check_types(settings, METHOD_REQUIRED[settings["method"]], source)
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION):
         raise ModelFileError(f"{source}: unsupported model format version {version}")
+    if version < required_version(settings["preprocess"]):
+        raise ModelFileError(f"{source}: preprocess 'align' needs model format version 2")
     threshold = settings["threshold"].get("value")
     if not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
         raise ModelFileError(f"{source}: threshold value is missing or not a finite number")
+
+
+def required_version(preprocess: dict[str, Any]) -> int:
+    """The lowest format version that holds these preprocess settings: 2 with `align`."""
+    return 2 if "align" in preprocess else 1
 
 
 def _check_types(settings: dict[str, Any], required: dict[str, type], source: str) -> None:

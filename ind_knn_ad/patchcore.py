@@ -23,7 +23,7 @@ from .backbones import backbone_spec, build_backbone
 from .coreset import PROJECTION_DIM, coreset_size, greedy_coreset
 from .features import PatchFeatures
 from .images import ImageError, Preprocess
-from .model_file import FORMAT, FORMAT_VERSION, Model
+from .model_file import FORMAT, Model, required_version
 from .pipeline import cpu_count, preprocessed_batches, stack
 from .threshold import AUTO, auto_threshold, holdout_scores
 
@@ -113,10 +113,12 @@ class FeatureExtractor:
             batch = batch.contiguous(memory_format=torch.channels_last)
             return self.network(batch).float().cpu().numpy()
 
-    def export_onnx(self, size: int) -> bytes:
-        """The network as an ONNX graph with a dynamic batch axis, for torch-free scoring."""
+    def export_onnx(self, size: tuple[int, int]) -> bytes:
+        """The network as an ONNX graph for inputs of (width, height), with a dynamic batch
+        axis, for torch-free scoring."""
         network = self.network.to("cpu")
-        example = torch.zeros(1, 3, size, size)
+        width, height = size
+        example = torch.zeros(1, 3, height, width)
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -218,7 +220,7 @@ def fit(
         value, threshold_info = float(threshold), {"rule": "fixed, given by --threshold"}
     model_settings = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": required_version(settings.preprocess.to_dict()),
         "method": "patchcore",
         "backbone": settings.backbone,
         "layers": list(settings.resolved_layers()),
@@ -239,5 +241,5 @@ def fit(
         "dataset": dataset,
         "versions": package_versions(),
     }
-    graph = extractor.export_onnx(settings.preprocess.crop)
+    graph = extractor.export_onnx(settings.preprocess.size)
     return Model(model_settings, bank, graph)

@@ -23,11 +23,11 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def images_per_batch(crop: int, at_224: int, least: int = 1) -> int:
-    """Images per network batch holding the pixels of `at_224` images of 224 px, and at
-    least `least`: activation memory grows with pixels per batch (16 images of 1024 px
-    peaked at 6 GB while fitting, 2 at 1.9 GB, and ran faster)."""
-    return max(least, at_224 * 224 * 224 // (crop * crop))
+def images_per_batch(size: tuple[int, int], at_224: int, least: int = 1) -> int:
+    """Images of (width, height) per network batch holding the pixels of `at_224` images
+    of 224 px, and at least `least`: activation memory grows with pixels per batch (16
+    images of 1024 px peaked at 6 GB while fitting, 2 at 1.9 GB, and ran faster)."""
+    return max(least, at_224 * 224 * 224 // (size[0] * size[1]))
 
 
 def expand_inputs(paths: Iterable[Path | str]) -> list[Path | str]:

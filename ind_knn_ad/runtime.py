@@ -96,7 +96,7 @@ class Detector:
     def batch_size(self) -> int:
         """Images per graph run: 8 at 224 px, fewer for larger inputs (1 from 634 px), so
         that memory stays bounded: batches of 8 images at 1024 px peaked at 5 GB."""
-        return images_per_batch(self.preprocess.crop, 8)
+        return images_per_batch(self.preprocess.size, 8)
 
     def score_files(
         self, paths: Iterable[Path | str], batch_size: int | None = None

@@ -277,12 +277,13 @@ def _scores_only(
     return results
 
 
-def anomaly_map(patch_map: np.ndarray, size: int, sigma: float = MAP_SIGMA) -> np.ndarray:
-    """Patch distances upsampled (bilinear) to the model's input size, then Gaussian-blurred."""
+def anomaly_map(
+    patch_map: np.ndarray, size: tuple[int, int], sigma: float = MAP_SIGMA
+) -> np.ndarray:
+    """Patch distances upsampled (bilinear) to the model's input (width, height), then
+    Gaussian-blurred."""
     from PIL import Image
     from scipy.ndimage import gaussian_filter
 
-    upsampled = Image.fromarray(patch_map.astype(np.float32), mode="F").resize(
-        (size, size), Image.BILINEAR
-    )
+    upsampled = Image.fromarray(patch_map.astype(np.float32), mode="F").resize(size, Image.BILINEAR)
     return gaussian_filter(np.asarray(upsampled, dtype=np.float32), sigma=sigma, truncate=4.0)

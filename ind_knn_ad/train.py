@@ -21,7 +21,7 @@ from .coreset import coreset_size
 from .data import Dataset, TestImage
 from .evaluate import Evaluation, evaluate
 from .methods import make_scorer
-from .model_file import FORMAT, FORMAT_VERSION, METHODS, Model
+from .model_file import FORMAT, METHODS, Model, required_version
 from .patchcore import (
     FeatureExtractor,
     PatchCoreSettings,
@@ -72,7 +72,7 @@ def train(
         raise ValueError(f"image score {settings.image_score!r} is for patchcore only")
     extractor = FeatureExtractor(settings, select_device(device), weights)
     # 16 images at 224 px, fewer for larger inputs, but one per core at least.
-    batch_size = batch_size or images_per_batch(settings.preprocess.crop, 16, extractor.workers)
+    batch_size = batch_size or images_per_batch(settings.preprocess.size, 16, extractor.workers)
     with progress("Feature extraction", len(dataset.train)) as callback:
         features = extract_features(
             extractor, dataset.train, settings.preprocess, batch_size, callback
@@ -139,7 +139,7 @@ def fit_method(
         value, threshold_info = float(threshold), {"rule": "fixed, given by --threshold"}
     model_settings: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": required_version(settings.preprocess.to_dict()),
         "method": method,
         "backbone": settings.backbone,
         "layers": list(settings.resolved_layers()),
@@ -154,7 +154,7 @@ def fit_method(
         "dataset": dataset,
         "versions": package_versions(),
     }
-    graph = extractor.export_onnx(settings.preprocess.crop)
+    graph = extractor.export_onnx(settings.preprocess.size)
     return Model(
         model_settings, None, graph, {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     )

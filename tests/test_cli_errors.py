@@ -304,12 +304,21 @@ MODEL_CASES: list[tuple[str, ModelMaker, str]] = [
     ("foreign-safetensors", foreign_safetensors, "not an ind_knn_ad model file"),
     (
         "newer-version",
-        variant(lambda s: s.update(format_version=s["format_version"] + 1)),
+        variant(lambda s: s.update(format_version=FORMAT_VERSION + 1)),
         rf"model format version {FORMAT_VERSION + 1} is newer than this tool supports "
         rf"\({FORMAT_VERSION}\); upgrade",
     ),
     ("broken-graph", variant(graph=b"not onnx"), "feature graph cannot run"),
     ("bad-preprocess", variant(lambda s: s["preprocess"].pop("crop")), "bad preprocess"),
+    (
+        "bad-align-box",
+        variant(
+            lambda s: s.update(
+                format_version=2, preprocess={**s["preprocess"], "align": {"length": -1}}
+            )
+        ),
+        "bad preprocess",
+    ),
     ("bad-image-score", variant(lambda s: s.update(image_score="mean")), "unknown image score"),
 ]
 

@@ -32,9 +32,9 @@ def assert_hot_on_mask(png: Path, mask: Path, preprocess: Preprocess | None = No
     blue grows with the map; the sample parts are grey, which adds as much to both.
     """
     preprocess = preprocess or Preprocess()
-    side = preprocess.crop
+    width, height = preprocess.size
     with Image.open(png) as picture:
-        pixels = np.asarray(picture, dtype=np.float32)[HEADER:, :side]
+        pixels = np.asarray(picture, dtype=np.float32)[HEADER : HEADER + height, :width]
     heat = pixels[..., 0] - pixels[..., 2]
     with Image.open(mask) as image:
         truth = np.asarray(preprocess.geometry(image.convert("L"))) > 127

@@ -41,7 +41,8 @@ def test_round_trip_gives_bit_identical_scores(
 
 def test_settings_record_what_scoring_needs(sample_model: Path) -> None:
     settings = load_model(sample_model).settings
-    assert settings["format"] == FORMAT and settings["format_version"] == FORMAT_VERSION
+    # Without part alignment the file is what version 1 tools read.
+    assert settings["format"] == FORMAT and settings["format_version"] == 1
     assert settings["backbone"] == "efficientnet_lite0"
     assert settings["preprocess"]["resize"] >= settings["preprocess"]["crop"] > 0
     assert settings["threshold"]["value"] > 0 and "rule" in settings["threshold"]
@@ -80,6 +81,13 @@ def _settings() -> dict:
         (lambda s: s.update(format_version=0), "unsupported model format version 0"),
         (lambda s: s["threshold"].update(value=float("nan")), "threshold value"),
         (lambda s: s["threshold"].pop("value"), "threshold value"),
+        (
+            lambda s: s.update(
+                format_version=1,
+                preprocess={**s["preprocess"], "align": {"length": 1.0, "breadth": 0.3}},
+            ),
+            "'align' needs model format version 2",
+        ),
     ],
 )
 def test_invalid_settings_are_rejected(change, message: str) -> None:
@@ -91,6 +99,10 @@ def test_invalid_settings_are_rejected(change, message: str) -> None:
 
 def test_valid_settings_pass() -> None:
     validate_settings(_settings())
+    aligned = _settings()
+    aligned["preprocess"]["align"] = {"length": 1.0, "breadth": 0.3}
+    validate_settings(aligned)
+    validate_settings({**_settings(), "format_version": 1})
 
 
 def test_bank_shape_must_match_settings(tmp_path: Path) -> None:

@@ -77,10 +77,10 @@ def test_reweighted_score_damps_but_keeps_order() -> None:
 
 
 def test_anomaly_map_is_upsampled_and_blurred() -> None:
-    grid = np.zeros((8, 8), dtype=np.float32)
-    grid[2, 5] = 10.0
-    result = anomaly_map(grid, 64)
-    assert result.shape == (64, 64)
+    grid = np.zeros((4, 8), dtype=np.float32)  # an aligned model's grid is wider than high
+    grid[1, 5] = 10.0
+    result = anomaly_map(grid, (64, 32))
+    assert result.shape == (32, 64)
     y, x = np.unravel_index(result.argmax(), result.shape)
-    assert abs(y - 20) <= 4 and abs(x - 44) <= 4  # patch (2, 5) covers pixels 16-24, 40-48
+    assert abs(y - 12) <= 4 and abs(x - 44) <= 4  # patch (1, 5) covers pixels 8-16, 40-48
     assert result.max() < 10.0  # the Gaussian spreads the peak
