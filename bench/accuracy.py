@@ -7,6 +7,11 @@ make_model.py are the row named `default`.
 
     python bench/accuracy.py                       # every dataset, every setting
     python bench/accuracy.py --datasets screw_512 --settings default size448
+    python bench/accuracy.py --datasets screw_512 --settings align768/1%/top10 --seeds 0 1 2
+
+Settings named `align...` cut the part out in one pose (make_model.py --align), with the
+box measured on each dataset's training images. With several --seeds (the coreset's
+start and projection) each row is one seed, so the spread that chance alone gives shows.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ind_knn_ad.alignment import measure_box  # noqa: E402
 from ind_knn_ad.data import load_dataset  # noqa: E402
 from ind_knn_ad.images import Preprocess  # noqa: E402
 from ind_knn_ad.patchcore import PatchCoreSettings  # noqa: E402
@@ -53,6 +59,15 @@ SETTINGS = {
     "size1024/1%/top10": replace(
         BASE, preprocess=Preprocess(1024, 1024), coreset_fraction=0.01, image_score="top10"
     ),
+    "align512/1%/top10": replace(
+        BASE, preprocess=Preprocess(512, 512), coreset_fraction=0.01, image_score="top10"
+    ),
+    "align768/1%/top10": replace(
+        BASE, preprocess=Preprocess(768, 768), coreset_fraction=0.01, image_score="top10"
+    ),
+    "align1024/1%/top10": replace(
+        BASE, preprocess=Preprocess(1024, 1024), coreset_fraction=0.01, image_score="top10"
+    ),
     "top10": replace(BASE, image_score="top10"),
     "layers1,2": replace(BASE, layers=(1, 2)),
     "layers2,3,4": replace(BASE, layers=(2, 3, 4)),
@@ -81,9 +96,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     print(
-        "dataset,setting,image_rocauc,pixel_rocauc,misclassified,best_f1,fit_s,"
+        "dataset,setting,seed,image_rocauc,pixel_rocauc,misclassified,best_f1,fit_s,"
         + ",".join(f"wrong@{rule}" for rule in RULES),
         flush=True,
     )
@@ -93,9 +109,13 @@ def main() -> None:
             print(f"{name}: skipped, {folder} not found", file=sys.stderr)
             continue
         dataset = load_dataset(folder, name)
-        for label in args.settings:
+        for label, seed in ((label, seed) for label in args.settings for seed in args.seeds):
             start = time.perf_counter()
-            result = train(dataset, SETTINGS[label], device="cpu")
+            settings = replace(SETTINGS[label], seed=seed)
+            if label.startswith("align"):
+                box = measure_box(dataset.train)
+                settings = replace(settings, preprocess=replace(settings.preprocess, align=box))
+            result = train(dataset, settings, device="cpu")
             seconds = time.perf_counter() - start
             evaluation = result.evaluation
             (tn, fp), (fn, tp) = evaluation.confusion_matrix
@@ -106,7 +126,7 @@ def main() -> None:
             ]
             pixel = "" if evaluation.pixel_rocauc is None else f"{evaluation.pixel_rocauc:.4f}"
             print(
-                f"{name},{label},{evaluation.image_rocauc:.4f},{pixel},{wrong},"
+                f"{name},{label},{seed},{evaluation.image_rocauc:.4f},{pixel},{wrong},"
                 f"{evaluation.best_f1:.3f},{seconds:.1f}," + ",".join(alternatives),
                 flush=True,
             )
