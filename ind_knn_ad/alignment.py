@@ -63,13 +63,18 @@ def otsu_threshold(grey: np.ndarray) -> int:
     return int(np.argmax(between))
 
 
-def _part_mask(grey: np.ndarray) -> np.ndarray:
-    """The largest connected region on the other side of Otsu's threshold from the border."""
-    from scipy import ndimage
-
+def foreground(grey: np.ndarray) -> np.ndarray:
+    """The pixels on the other side of Otsu's threshold from the image border."""
     threshold = otsu_threshold(grey)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    mask = grey <= threshold if np.median(border) > threshold else grey > threshold
+    return grey <= threshold if np.median(border) > threshold else grey > threshold
+
+
+def _part_mask(grey: np.ndarray) -> np.ndarray:
+    """The largest connected region of the foreground: dust and shadows are dropped."""
+    from scipy import ndimage
+
+    mask = foreground(grey)
     labels, count = ndimage.label(mask)
     if count <= 1:
         return mask
@@ -160,3 +165,34 @@ def measure_box(paths: Iterable[Path | str], workers: int = 2) -> Box:
     length = max(pose.length for pose in poses) * (1 + MARGIN)
     breadth = max(pose.breadth for pose in poses) * (1 + MARGIN)
     return Box(round(length, 4), round(breadth, 4))
+
+
+def part_regions(
+    images: np.ndarray,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    grid: tuple[int, int],
+) -> np.ndarray:
+    """(B, h, w): which patches of each aligned cut lie on the part or next to it.
+
+    On an aligned cut, a patch of background can only raise false alarms (dust, light
+    falling off towards the frame, the filled corners), so PatchCore scores the part alone.
+    The part is the foreground of the cut itself, recovered from the normalised (B, 3, H, W)
+    network input, so fitting and scoring find the same patches; a patch counts when any
+    part pixel falls in it or in one of its 8 neighbours. A cut with no foreground counts
+    every patch.
+    """
+    height, width = grid
+    scale = np.asarray(std, np.float32)[:, None, None] * 255.0
+    offset = np.asarray(mean, np.float32)[:, None, None] * 255.0
+    regions = np.empty((len(images), height, width), dtype=bool)
+    for index, image in enumerate(images):
+        grey = np.clip((image * scale + offset).mean(axis=0) + 0.5, 0, 255).astype(np.uint8)
+        mask = Image.fromarray(foreground(grey).astype(np.uint8) * 255)
+        part = np.asarray(mask.resize((width, height), Image.Resampling.BOX)) > 0
+        grown = np.pad(part, 1)
+        part = np.logical_or.reduce(
+            [grown[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
+        )
+        regions[index] = part if part.any() else True
+    return regions

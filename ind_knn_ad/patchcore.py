@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .alignment import part_regions
 from .backbones import backbone_spec, build_backbone
 from .coreset import PROJECTION_DIM, coreset_size, greedy_coreset
 from .features import PatchFeatures
@@ -138,10 +139,12 @@ class FeatureExtractor:
 
 @dataclass
 class TrainFeatures:
-    """Patch features of every training image, (images, h*w, C), and the grid shape."""
+    """Patch features of every training image, (images, h*w, C), the grid shape, and for
+    aligned parts the patches each image is scored on, (images, h*w) bool."""
 
     features: np.ndarray
     grid: tuple[int, int]
+    regions: np.ndarray | None = None
 
 
 def extract_features(
@@ -161,6 +164,7 @@ def extract_features(
     if not paths:
         raise ValueError("no training images")
     features: np.ndarray | None = None
+    regions: np.ndarray | None = None
     grid: tuple[int, int] = (0, 0)
     done = 0
     for items in preprocessed_batches(paths, preprocess, batch_size):
@@ -173,12 +177,17 @@ def extract_features(
         if features is None:
             grid = (height, width)
             features = np.empty((len(paths), height * width, channels), dtype=np.float32)
+            if preprocess.align is not None:
+                regions = np.empty((len(paths), height * width), dtype=bool)
         features[done : done + count] = batch.transpose(0, 2, 3, 1).reshape(count, -1, channels)
+        if regions is not None:
+            found = part_regions(arrays, preprocess.mean, preprocess.std, grid)
+            regions[done : done + count] = found.reshape(count, -1)
         done += count
         if progress is not None:
             progress(done)
     assert features is not None  # paths is not empty
-    return TrainFeatures(features, grid)
+    return TrainFeatures(features, grid, regions)
 
 
 def package_versions() -> dict[str, str]:
@@ -214,6 +223,7 @@ def fit(
             chosen // patches,
             settings.image_score,
             seed=settings.seed,
+            regions=train.regions,
         )
         value, threshold_info = auto_threshold(scores)
     else:

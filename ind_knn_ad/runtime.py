@@ -90,7 +90,7 @@ class Detector:
         return features
 
     def score_arrays(self, images: np.ndarray) -> list[PatchScores]:
-        return self.scorer(self.features(images))
+        return self.scorer(self.features(images), images)
 
     @property
     def batch_size(self) -> int:

@@ -181,8 +181,12 @@ def score_features(
     image_score: str = "max",
     bank_norms: np.ndarray | None = None,
     maps: bool = True,
+    regions: np.ndarray | None = None,
 ) -> list[PatchScores]:
     """Score a batch of (B, C, h, w) patch features; one nearest-neighbour search for all.
+
+    With `regions` ((B, h, w) bool, each image with at least one True) only those patches
+    make the image score, and the map is 0 elsewhere: an aligned part is scored on the part.
 
     Each patch needs only its distance to the nearest bank row (a minimum, cheaper than an
     argmin); the re-weighted score also needs the nearest row of each image's worst patch,
@@ -198,8 +202,9 @@ def score_features(
     patches = height * width
     flat = np.ascontiguousarray(features.transpose(0, 2, 3, 1), dtype=np.float32)
     flat = flat.reshape(-1, channels)
+    counted = np.ones(batch * patches, bool) if regions is None else regions.reshape(-1)
     if not maps and bank.shape[0] >= 2 * BOUND_SHARE and batch > 0:
-        return _scores_only(flat, bank, bank_norms, patches, image_score)
+        return _scores_only(flat, bank, bank_norms, patches, image_score, counted)
 
     def nearest(
         start: int, squared: np.ndarray, query_norms: np.ndarray
@@ -210,7 +215,12 @@ def score_features(
             stop = start + len(squared)
             for image in range(start // patches, (stop - 1) // patches + 1):
                 first, last = max(start, image * patches), min(stop, (image + 1) * patches)
-                row = first + int(distances[first - start : last - start].argmax())
+                if not counted[first:last].any():
+                    continue
+                candidates = np.where(
+                    counted[first:last], distances[first - start : last - start], -np.inf
+                )
+                row = first + int(candidates.argmax())
                 worst.append((image, row, int(squared[row - start].argmin())))
         return distances, worst
 
@@ -222,10 +232,11 @@ def score_features(
         for image, row, index in worst:
             if image not in worst_of or distances[row] > distances[worst_of[image][0]]:
                 worst_of[image] = (row, index)
-    distances = distances.reshape(batch, patches)
+    distances = np.where(counted, distances, np.float32(0.0)).reshape(batch, patches)
+    counted = counted.reshape(batch, patches)
     results = []
     for image in range(batch):
-        score = _top_mean(distances[image], _worst_count(image_score))
+        score = _top_mean(distances[image][counted[image]], _worst_count(image_score))
         if image_score == "reweighted":
             row, index = worst_of[image]
             score = reweighted_score(flat[row], index, score, bank, REWEIGHT_NEIGHBOURS)
@@ -239,6 +250,7 @@ def _scores_only(
     bank_norms: np.ndarray | None,
     patches: int,
     image_score: str,
+    counted: np.ndarray,
 ) -> list[PatchScores]:
     """Image scores as score_features gives them, searching in full only the patches that
     could be their image's worst.
@@ -246,20 +258,22 @@ def _scores_only(
     A patch's distance to a subset of the bank is at least its distance to the whole bank
     (the same float32 values, minimised over fewer rows). A patch whose bound is below the
     k-th largest exact distance found in its image (k patches make the score) is therefore
-    strictly below the image's k worst and is never searched in full.
+    strictly below the image's k worst and is never searched in full. Patches that are not
+    `counted` are never searched at all.
     """
     batch = len(flat) // patches
     augmented = _augmented_bank(bank, bank_norms)
     prefix = augmented[: len(augmented) // BOUND_SHARE]
     upper = np.concatenate(_map_blocks(flat, prefix, _nearest_distances))
-    upper = upper.reshape(batch, patches)
+    upper = np.where(counted, upper, -np.inf).reshape(batch, patches)
     worst = _worst_count(image_score)
     probes = min(PROBES * worst, patches)
     top = np.argpartition(upper, patches - probes, axis=1)[:, patches - probes :]
     top_rows = (top + patches * np.arange(batch)[:, None]).ravel()
     probed = np.concatenate(_map_blocks(flat[top_rows], augmented, _nearest_distances))
+    probed = np.where(counted[top_rows], probed, -np.inf)
     lower = np.sort(probed.reshape(batch, probes), axis=1)[:, probes - min(worst, probes)]
-    rows = np.flatnonzero(upper.ravel() >= np.repeat(lower, patches))
+    rows = np.flatnonzero((upper.ravel() >= np.repeat(lower, patches)) & counted)
     blocks = _map_blocks(flat[rows], augmented, _nearest_rows)
     exact = np.concatenate([d for d, _ in blocks])
     indices = np.concatenate([i for _, i in blocks])

@@ -24,13 +24,15 @@ def holdout_scores(
     image_score: str,
     limit: int = HOLDOUT_IMAGES,
     seed: int = 0,
+    regions: np.ndarray | None = None,
 ) -> np.ndarray:
     """Score training images against the bank without any patch taken from them.
 
     This is leave-one-image-out on the fitted bank: the image is judged as a new good image
     would be, at the cost of one nearest-neighbour search per image and no refit. The bank
     grows with the training set, so scoring every image would cost time quadratic in it;
-    beyond `limit` images a seeded random `limit` of them are scored.
+    beyond `limit` images a seeded random `limit` of them are scored. `regions` ((images,
+    h*w) bool) are the patches each image is scored on, as scoring will.
     """
     count, _patches, channels = train_features.shape
     images = np.arange(count)
@@ -40,7 +42,10 @@ def holdout_scores(
     for slot, image in enumerate(images):
         others = bank[bank_sources != image]
         features = train_features[image].reshape(1, *grid, channels).transpose(0, 3, 1, 2)
-        scores[slot] = score_features(features, others, image_score, maps=False)[0].score
+        counted = None if regions is None else regions[image].reshape(1, *grid)
+        scores[slot] = score_features(features, others, image_score, maps=False, regions=counted)[
+            0
+        ].score
     return scores
 
 

@@ -84,7 +84,7 @@ def train(
         scorer = make_scorer(model)
         with progress("Testing", len(dataset.test)) as callback:
             evaluation = evaluate(
-                lambda images: scorer(extractor(images)),
+                lambda images: scorer(extractor(images), images),
                 dataset,
                 settings.preprocess,
                 model.threshold,

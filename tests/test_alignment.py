@@ -11,7 +11,7 @@ import pytest
 from conftest import mvtec_folder, run_script
 from PIL import Image, ImageDraw
 
-from ind_knn_ad.alignment import MARGIN, Box, cut, find_pose, measure_box
+from ind_knn_ad.alignment import MARGIN, Box, cut, find_pose, measure_box, part_regions
 from ind_knn_ad.heatmap import BAR_PANEL, HEADER
 from ind_knn_ad.images import Preprocess
 from ind_knn_ad.model_file import load_model
@@ -195,3 +195,34 @@ def test_crop_does_not_apply_with_align(sample_dataset: Path) -> None:
     )
     assert result.returncode == 2
     assert "--crop does not apply with --align" in result.stderr
+
+
+def test_align_without_any_part_stops_the_fit(tmp_path: Path) -> None:
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    for index in range(3):
+        Image.new("RGB", (64, 64), BACKGROUND).save(folder / f"{index}.png")
+    result = run_script(
+        "make_model.py", "--data-dir", folder, "--align", "--model", tmp_path / "m", check=False
+    )
+    assert result.returncode == 4
+    [line] = result.stderr.strip().splitlines()
+    assert "no part found on a plain background" in line and str(folder) in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_part_regions_cover_the_part_and_its_edge() -> None:
+    """The patches scored on an aligned cut: on the part and one patch around it."""
+    preprocess = Preprocess(256, 256, align=Box(0.8, 0.4))
+    photo = part_image(30, (128, 128))
+    cut_image = preprocess.geometry(photo)
+    array = preprocess(photo)[None]
+    grid = (array.shape[2] // 8, array.shape[3] // 8)
+    [region] = part_regions(array, preprocess.mean, preprocess.std, grid)
+    part = np.asarray(cut_image.convert("L")) < 120
+    cells = part[: grid[0] * 8, : grid[1] * 8].reshape(grid[0], 8, grid[1], 8).any(axis=(1, 3))
+    assert region[cells].all()  # every patch with part pixels counts
+    assert 0.3 < region.mean() < 0.9  # and not the whole cut
+    assert not region[0, 0] and not region[-1, -1]  # the box's corners are background
+    blank = Preprocess(256, 256, align=Box(0.8, 0.4))(Image.new("RGB", (64, 64), BACKGROUND))
+    assert part_regions(blank[None], preprocess.mean, preprocess.std, grid).all()

@@ -84,3 +84,34 @@ def test_anomaly_map_is_upsampled_and_blurred() -> None:
     y, x = np.unravel_index(result.argmax(), result.shape)
     assert abs(y - 12) <= 4 and abs(x - 44) <= 4  # patch (1, 5) covers pixels 8-16, 40-48
     assert result.max() < 10.0  # the Gaussian spreads the peak
+
+
+@pytest.mark.parametrize("image_score", scoring.IMAGE_SCORES)
+def test_regions_decide_which_patches_count(image_score: str) -> None:
+    """An aligned part is scored on its region alone: a far-out patch outside it changes
+    nothing, inside it decides the score; both searches give the same bits."""
+    rng = np.random.default_rng(4)
+    bank = rng.normal(size=(400, 16)).astype(np.float32)
+    features = rng.normal(size=(3, 16, 8, 10)).astype(np.float32)
+    features[:, :, 0, 0] += 30.0  # far out, in the corner of every image
+    regions = np.zeros((3, 8, 10), dtype=bool)
+    regions[:, 2:6, 3:8] = True  # the part
+    regions[2, 0, 0] = True  # image 2's corner patch counts
+    regions[1, :, :] = False
+    regions[1, 4, 4] = True  # a part of one patch: fewer than ten count
+    flat = features.transpose(0, 2, 3, 1).reshape(3, 80, 16).astype(np.float64)
+    with_maps = score_features(features, bank, image_score, regions=regions)
+    without = score_features(features, bank, image_score, maps=False, regions=regions)
+    assert [r.score for r in with_maps] == [r.score for r in without]
+    for image, result in enumerate(with_maps):
+        expected, _ = brute_force(flat[image], bank.astype(np.float64))
+        inside = expected[regions[image].ravel()]
+        np.testing.assert_allclose(result.patch_map[regions[image]], inside, rtol=1e-4)
+        assert (result.patch_map[~regions[image]] == 0).all()
+        if image_score == "top10":
+            assert result.score == pytest.approx(np.sort(inside)[-10:].mean(), rel=1e-4)
+        elif image_score == "max":
+            assert result.score == pytest.approx(inside.max(), rel=1e-4)
+    unmasked = score_features(features, bank, image_score)
+    assert with_maps[0].score < unmasked[0].score / 2  # the corner no longer decides
+    assert with_maps[2].score > 2 * with_maps[0].score  # inside the region it does
