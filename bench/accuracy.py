@@ -34,6 +34,15 @@ from ind_knn_ad.train import train  # noqa: E402
 MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
 DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512")
 BASE = PatchCoreSettings(backbone="efficientnet_lite0")
+
+
+def small_defects(size: int) -> PatchCoreSettings:
+    """The whole frame at `size` px, a 1% coreset and the top10 score."""
+    return replace(
+        BASE, preprocess=Preprocess(size, size), coreset_fraction=0.01, image_score="top10"
+    )
+
+
 SETTINGS = {
     "default": BASE,
     "ref256/224": replace(BASE, preprocess=Preprocess(256, 224)),
@@ -53,21 +62,13 @@ SETTINGS = {
     "size448/1%/rw": replace(
         BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, image_score="reweighted"
     ),
-    "size512/1%/top10": replace(
-        BASE, preprocess=Preprocess(512, 512), coreset_fraction=0.01, image_score="top10"
-    ),
-    "size1024/1%/top10": replace(
-        BASE, preprocess=Preprocess(1024, 1024), coreset_fraction=0.01, image_score="top10"
-    ),
-    "align512/1%/top10": replace(
-        BASE, preprocess=Preprocess(512, 512), coreset_fraction=0.01, image_score="top10"
-    ),
-    "align768/1%/top10": replace(
-        BASE, preprocess=Preprocess(768, 768), coreset_fraction=0.01, image_score="top10"
-    ),
-    "align1024/1%/top10": replace(
-        BASE, preprocess=Preprocess(1024, 1024), coreset_fraction=0.01, image_score="top10"
-    ),
+    "size512/1%/top10": small_defects(512),
+    "size1024/1%/top10": small_defects(1024),
+    "align256": replace(BASE, preprocess=Preprocess(256, 256)),
+    "align512/1%/top10": small_defects(512),
+    "align640/1%/top10": small_defects(640),
+    "align768/1%/top10": small_defects(768),
+    "align1024/1%/top10": small_defects(1024),
     "top10": replace(BASE, image_score="top10"),
     "layers1,2": replace(BASE, layers=(1, 2)),
     "layers2,3,4": replace(BASE, layers=(2, 3, 4)),

@@ -51,16 +51,22 @@ def sample_model(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
     """An efficientnet_lite0 model fitted on the sample set through make_model.py; what the
     script printed is kept beside it as `sample.stdout`."""
     model = tmp_path_factory.mktemp("model") / "sample.safetensors"
-    result = run_script(
+    result = fit_efficientnet(sample_dataset, model)
+    model.with_suffix(".stdout").write_text(result.stdout)
+    return model
+
+
+def fit_efficientnet(data: Path, model: Path, *options: str) -> subprocess.CompletedProcess:
+    """make_model.py with the offline backbone on the CPU, as a user would run it."""
+    return run_script(
         "make_model.py",
         "--data-dir",
-        sample_dataset,
+        data,
         "--backbone",
         "efficientnet_lite0",
         "--model",
         model,
         "--device",
         "cpu",
+        *options,
     )
-    model.with_suffix(".stdout").write_text(result.stdout)
-    return model

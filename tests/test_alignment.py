@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mvtec_folder, run_script
+from conftest import fit_efficientnet, mvtec_folder, run_script
 from PIL import Image, ImageDraw
 
 from ind_knn_ad.alignment import MARGIN, Box, cut, find_pose, measure_box, part_regions
@@ -148,18 +148,7 @@ def test_real_screws_fit_their_box() -> None:
 @pytest.fixture(scope="module")
 def aligned_model(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tmp_path_factory.mktemp("aligned") / "aligned.safetensors"
-    result = run_script(
-        "make_model.py",
-        "--data-dir",
-        sample_dataset,
-        "--backbone",
-        "efficientnet_lite0",
-        "--align",
-        "--model",
-        model,
-        "--device",
-        "cpu",
-    )
+    result = fit_efficientnet(sample_dataset, model, "--align")
     assert "Aligned cut:" in result.stderr
     assert result.stdout.rstrip().endswith("Model file creation is complete.")
     return model
