@@ -258,8 +258,8 @@ def _scores_only(
     A patch's distance to a subset of the bank is at least its distance to the whole bank
     (the same float32 values, minimised over fewer rows). A patch whose bound is below the
     k-th largest exact distance found in its image (k patches make the score) is therefore
-    strictly below the image's k worst and is never searched in full. Patches that are not
-    `counted` are never searched at all.
+    strictly below the image's k worst and is never searched in full; nor is any patch that
+    is not `counted`.
     """
     batch = len(flat) // patches
     augmented = _augmented_bank(bank, bank_norms)
