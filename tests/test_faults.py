@@ -35,6 +35,13 @@ def listing(folder: Path) -> dict[str, str]:
 # --- interrupting make_model.py ------------------------------------------------------------
 
 
+def _ctrl_c_reaches_it() -> None:
+    """In the child: SIGINT as at a terminal. A shell that runs the tests in the background
+    without job control makes them ignore SIGINT, and Python then leaves it ignored (as a
+    background job should); this test is about a fit that Ctrl-C does reach."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_fit(sample_dataset: Path, folder: Path, signum: int, delay: float):
     """Start a fit that would replace folder/model.safetensors, signal it `delay` seconds
     after it reports its backbone (the fit is under way then), and return the process."""
@@ -48,6 +55,7 @@ def _interrupt_fit(sample_dataset: Path, folder: Path, signum: int, delay: float
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=_ctrl_c_reaches_it,
     )
     seen = []
     for line in process.stderr:
