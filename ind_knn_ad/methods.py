@@ -29,8 +29,9 @@ IMAGE_SCORE_RULES: dict[str, tuple[str, ...]] = {
 }
 
 
-def make_scorer(model: Model, maps: bool = True) -> Scorer:
-    """The scorer for a loaded (validated) model; ModelFileError for an unknown image score.
+def make_scorer(model: Model, preprocess: Preprocess, maps: bool = True) -> Scorer:
+    """The scorer for a loaded (validated) model whose preprocess settings the caller has
+    parsed; ModelFileError for an unknown image score.
 
     With `maps=False` the results may come without patch maps (None) where leaving them
     out saves work (PatchCore's pruned search, SPADE's pixel-level kNN); scores are the same.
@@ -58,7 +59,6 @@ def make_scorer(model: Model, maps: bool = True) -> Scorer:
     score = functools.partial(
         score_features, bank=bank, image_score=rule, bank_norms=norms, maps=maps
     )
-    preprocess = Preprocess.from_dict(model.settings["preprocess"])
     if preprocess.align is None:
         return _features_only(score)
 

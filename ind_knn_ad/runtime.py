@@ -55,7 +55,7 @@ class Detector:
             self.preprocess = Preprocess.from_dict(model.settings["preprocess"])
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"bad preprocess settings ({error})") from None
-        self.scorer = make_scorer(model, maps)
+        self.scorer = make_scorer(model, self.preprocess, maps)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         # Idle ONNX Runtime threads would otherwise spin for a while after each run,

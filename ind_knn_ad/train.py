@@ -81,7 +81,7 @@ def train(
     del features
     evaluation = None
     if dataset.test:
-        scorer = make_scorer(model)
+        scorer = make_scorer(model, settings.preprocess)
         with progress("Testing", len(dataset.test)) as callback:
             evaluation = evaluate(
                 lambda images: scorer(extractor(images), images),
