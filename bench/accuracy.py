@@ -37,7 +37,8 @@ BASE = PatchCoreSettings(backbone="efficientnet_lite0")
 
 
 def small_defects(size: int) -> PatchCoreSettings:
-    """The whole frame at `size` px, a 1% coreset and the top10 score."""
+    """`size` px per shorter side (the whole frame; the part's cut for `align...` settings),
+    a 1% coreset and the top10 score."""
     return replace(
         BASE, preprocess=Preprocess(size, size), coreset_fraction=0.01, image_score="top10"
     )
@@ -110,11 +111,12 @@ def main() -> None:
             print(f"{name}: skipped, {folder} not found", file=sys.stderr)
             continue
         dataset = load_dataset(folder, name)
+        box = None  # measured once per dataset, for the align... settings
         for label, seed in ((label, seed) for label in args.settings for seed in args.seeds):
             start = time.perf_counter()
             settings = replace(SETTINGS[label], seed=seed)
             if label.startswith("align"):
-                box = measure_box(dataset.train)
+                box = box or measure_box(dataset.train)
                 settings = replace(settings, preprocess=replace(settings.preprocess, align=box))
             result = train(dataset, settings, device="cpu")
             seconds = time.perf_counter() - start
