@@ -32,11 +32,15 @@ BLOCK_ELEMENTS = 1 << 22
 # bounds are tight.
 BOUND_SHARE = 8
 # Patches per image (those with the highest bounds) searched in full first, per patch the
-# score is made of: the largest of their distances bounds the image's score from below (the
-# TOP_PATCHES-th largest, for top10). For top10 on good 1024 px screw images, 80 probes
-# instead of 10 cut the search from 0.72 to 0.23 s per image.
+# score is made of: their distances bound the image's score from below. More probes cost
+# more full searches but tighten that bound (bench/nearest.py).
 PROBES = 8
 MAP_SIGMA = 4.0
+# Unit roundoff of float32. A float32 dot product of n terms, summed in any order, with or
+# without fused multiply-adds, is off by at most n * u / (1 - n * u) times the sum of the
+# terms' magnitudes (Higham, "Accuracy and Stability of Numerical Algorithms", 3.1). That is
+# what makes the BLAS distances safe to prune with, whatever kernel computes them.
+UNIT_ROUNDOFF = 2.0**-24
 
 Result = TypeVar("Result")
 
@@ -53,18 +57,43 @@ def _blas():  # -> threadpoolctl.ThreadpoolController, imported only when scorin
     return ThreadpoolController()
 
 
-def _augmented_bank(bank: np.ndarray, bank_norms: np.ndarray | None) -> np.ndarray:
-    """(K, C + 1) rows [b, |b|^2]: one product with rows [-2 q, 1] gives |b|^2 - 2 q.b, so
-    the block needs no separate pass to add the norms."""
-    augmented = np.empty((bank.shape[0], bank.shape[1] + 1), dtype=np.float32)
-    augmented[:, :-1] = bank
-    augmented[:, -1] = np.einsum("ij,ij->i", bank, bank) if bank_norms is None else bank_norms
-    return augmented
+@dataclass(frozen=True)
+class _Bank:
+    """A memory bank ready for search: rows [b, |b|^2] for the BLAS product, and what the
+    rounding bound of that product needs."""
+
+    rows: np.ndarray  # (K, C) float32, as stored
+    augmented: np.ndarray  # (K, C + 1) float32
+    largest_norm: float  # max |b|
+
+    @classmethod
+    def of(cls, bank: np.ndarray, bank_norms: np.ndarray | None) -> _Bank:
+        """One product with rows [-2 q, 1] gives |b|^2 - 2 q.b, so the block needs no
+        separate pass to add the norms."""
+        augmented = np.empty((bank.shape[0], bank.shape[1] + 1), dtype=np.float32)
+        augmented[:, :-1] = bank
+        augmented[:, -1] = np.einsum("ij,ij->i", bank, bank) if bank_norms is None else bank_norms
+        largest = float(np.sqrt(augmented[:, -1].astype(np.float64).max(initial=0.0)))
+        return cls(bank, augmented, largest)
+
+    def prefix(self, rows: int) -> _Bank:
+        return _Bank(self.rows[:rows], self.augmented[:rows], self.largest_norm)
+
+    def error_bound(self, query_norms: np.ndarray) -> np.ndarray:
+        """A bound on |approximate - true| squared distance for queries with these |q|^2.
+
+        |b|^2 - 2 q.b + |q|^2 comes from three float32 sums of at most C + 1 terms whose
+        magnitudes add up to at most 2 (|q| + |b|)^2; twice the bound of that covers the
+        final additions and the rounding of |q| itself. Float64, so it cannot overflow.
+        """
+        terms = self.augmented.shape[1] + 2
+        norms = np.sqrt(np.maximum(query_norms.astype(np.float64), 0.0))
+        return 4.0 * terms * UNIT_ROUNDOFF * (norms + self.largest_norm) ** 2
 
 
 def _map_blocks(
     queries: np.ndarray,
-    augmented: np.ndarray,
+    bank: _Bank,
     work: Callable[[int, np.ndarray, np.ndarray], Result],
 ) -> list[Result]:
     """`work(first row, |b|^2 - 2 q.b block, |q|^2 of its rows)` for each block of query
@@ -72,25 +101,23 @@ def _map_blocks(
 
     Blocks run on one thread per core, each with single-threaded BLAS: every core stays
     busy without BLAS's hand-offs between threads inside each call, which cost
-    milliseconds when another process holds the other core. It also makes each row's
-    arithmetic the same whatever else is in the batch. Adding |q|^2 is left to `work`: it
-    does not change which bank row is nearest, so it is added once per query.
+    milliseconds when another process holds the other core. The block's values are
+    approximate (their rounding depends on the BLAS kernel); callers use them only within
+    `_Bank.error_bound`. Adding |q|^2 is left to `work`: it does not change which bank row
+    is nearest, so it is added once per query.
     """
+    if len(queries) == 0:
+        return []
     # At most BLOCK_ELEMENTS per block, and at least one block per thread.
-    block = max(1, BLOCK_ELEMENTS // max(1, augmented.shape[0]))
+    block = max(1, BLOCK_ELEMENTS // max(1, bank.augmented.shape[0]))
     block = max(1, min(block, -(-len(queries) // cpu_count())))
 
     def one(start: int) -> Result:
         chunk = queries[start : start + block]
-        # A one-row product would go to BLAS's matrix-vector routine, which rounds
-        # differently; a second (copied) row keeps every row on the matrix-matrix path.
-        rows = max(2, len(chunk))
-        scaled = np.empty((rows, augmented.shape[1]), dtype=np.float32)
-        np.multiply(chunk, -2.0, out=scaled[: len(chunk), :-1])  # scaling by 2 is exact
-        scaled[len(chunk) :, :-1] = scaled[:1, :-1]
+        scaled = np.empty((len(chunk), bank.augmented.shape[1]), dtype=np.float32)
+        np.multiply(chunk, -2.0, out=scaled[:, :-1])  # scaling by 2 is exact
         scaled[:, -1] = 1.0
-        squared = (scaled @ augmented.T)[: len(chunk)]
-        return work(start, squared, np.einsum("ij,ij->i", chunk, chunk))
+        return work(start, scaled @ bank.augmented.T, np.einsum("ij,ij->i", chunk, chunk))
 
     starts: Sequence[int] = range(0, len(queries), block)
     with _blas().limit(limits=1, user_api="blas"):
@@ -99,51 +126,73 @@ def _map_blocks(
         return list(_pool().map(one, starts))
 
 
-def _distances(nearest_squared: np.ndarray, query_norms: np.ndarray) -> np.ndarray:
-    """Euclidean distance from the block minimum of |b|^2 - 2 q.b and |q|^2."""
-    return np.sqrt(np.maximum(nearest_squared + query_norms, 0.0))
+def _approximate_squared(start: int, squared: np.ndarray, query_norms: np.ndarray) -> np.ndarray:
+    """_map_blocks work: each row's approximate squared distance to its nearest bank row."""
+    return squared.min(axis=1) + query_norms
 
 
-def _nearest_distances(start: int, squared: np.ndarray, query_norms: np.ndarray) -> np.ndarray:
-    """_map_blocks work: each row's distance to its nearest bank row."""
-    return _distances(squared.min(axis=1), query_norms)
+def _approximate(queries: np.ndarray, bank: _Bank) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate squared nearest distances (float32) and a bound on their error."""
+    blocks = _map_blocks(queries, bank, _approximate_squared)
+    squared = np.concatenate([np.empty(0, np.float32), *blocks])
+    return squared, bank.error_bound(np.einsum("ij,ij->i", queries, queries))
 
 
-def _nearest_rows(
-    start: int, squared: np.ndarray, query_norms: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """_map_blocks work: each row's distance to its nearest bank row, and that row."""
-    index = squared.argmin(axis=1)
-    best = np.take_along_axis(squared, index[:, None], axis=1)[:, 0]
-    return _distances(best, query_norms), index
+def exact_squared(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Squared distances between paired float32 rows, in float64 with a fixed order of
+    operations: the same bits on every CPU and whatever else is computed alongside.
+
+    Differences and squares of float32 values are single rounded float64 operations, and
+    NumPy's sum along the last axis of a contiguous array adds in an order set by the row
+    length alone; no BLAS is involved.
+    """
+    difference = queries.astype(np.float64) - rows.astype(np.float64)
+    np.multiply(difference, difference, out=difference)
+    return difference.sum(axis=-1)
+
+
+def exact_nearest(queries: np.ndarray, bank: _Bank) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's true squared distance to its nearest bank row (float64, exact_squared's
+    arithmetic) and that row (the first on ties), as a search of every row would give.
+
+    The BLAS block only picks candidates: every row whose approximate distance lies within
+    twice the error bound of the smallest one. The true nearest rows are always among them.
+    """
+
+    def candidates(
+        start: int, squared: np.ndarray, query_norms: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        limit = squared.min(axis=1) + 2.0 * bank.error_bound(query_norms)
+        # Rounded up to float32, so that the comparison cannot lose a row on the boundary.
+        limit = np.nextafter(limit.astype(np.float32), np.float32(np.inf))
+        query, row = np.nonzero(squared <= limit[:, None])
+        return start + query, row
+
+    blocks = _map_blocks(queries, bank, candidates)
+    query = np.concatenate([np.empty(0, np.int64), *(q for q, _ in blocks)])
+    row = np.concatenate([np.empty(0, np.int64), *(r for _, r in blocks)])
+    distances = exact_squared(queries[query], bank.rows[row])
+    # Sorted by query, then distance, then row: the first entry of each query is its answer.
+    order = np.lexsort((row, distances, query))
+    first = np.ones(len(order), bool)
+    first[1:] = query[order][1:] != query[order][:-1]
+    chosen = order[first]
+    return distances[chosen], row[chosen]
 
 
 def nearest_neighbours(
     queries: np.ndarray, bank: np.ndarray, bank_norms: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distance from each query row to its nearest bank row, and that row's index.
-
-    Uses |q|^2 - 2 q.b + |b|^2 with one matrix product per block of queries (BLAS does the
-    work), in blocks so memory stays bounded whatever the bank size.
-    """
+    """Euclidean distance from each query row to its nearest bank row (float64, exact) and
+    that row's index (the first on ties)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    blocks = _map_blocks(queries, _augmented_bank(bank, bank_norms), _nearest_rows)
-    distances = np.concatenate([np.empty(0, np.float32), *(d for d, _ in blocks)])
-    indices = np.concatenate([np.empty(0, np.int64), *(i for _, i in blocks)])
-    return distances, indices
+    squared, rows = exact_nearest(queries, _Bank.of(bank, bank_norms))
+    return np.sqrt(squared), rows
 
 
 def _worst_count(image_score: str) -> int:
     """How many of an image's worst patches its score is made of."""
     return TOP_PATCHES if image_score == "top10" else 1
-
-
-def _top_mean(distances: np.ndarray, count: int) -> float:
-    """Mean of the `count` largest values (all, when fewer), summed in a fixed order, so
-    the same values give the same bits whichever search found them."""
-    count = min(count, len(distances))
-    top = np.sort(np.partition(distances, len(distances) - count)[len(distances) - count :])
-    return float(top.astype(np.float64).mean())
 
 
 def reweighted_score(
@@ -154,13 +203,14 @@ def reweighted_score(
 
     If the nearest bank patch sits in a dense region of normal features, the test patch is
     confidently abnormal and keeps nearly its full score; if that bank patch is itself an
-    outlier the score is damped. Written as 1 - softmax, which cannot overflow.
+    outlier the score is damped. Written as 1 - softmax, which cannot overflow. Distances
+    use exact_squared's arithmetic, so the weight is the same on every CPU.
     """
     anchor = bank[nearest]
     count = min(neighbours, len(bank))
-    to_anchor = ((bank - anchor) ** 2).sum(axis=1)
-    support = np.argpartition(to_anchor, count - 1)[:count]  # includes the anchor itself
-    to_patch = np.sqrt(((bank[support] - patch) ** 2).sum(axis=1)).astype(np.float64)
+    to_anchor = exact_squared(bank, anchor[None, :])
+    support = np.sort(np.argpartition(to_anchor, count - 1)[:count])  # includes the anchor
+    to_patch = np.sqrt(exact_squared(bank[support], patch[None, :]))
     top = to_patch.max()
     weight = 1.0 - np.exp(distance - top) / np.exp(to_patch - top).sum()
     return float(weight * distance)
@@ -183,18 +233,17 @@ def score_features(
     maps: bool = True,
     regions: np.ndarray | None = None,
 ) -> list[PatchScores]:
-    """Score a batch of (B, C, h, w) patch features; one nearest-neighbour search for all.
+    """Score a batch of (B, C, h, w) patch features against a memory bank.
 
     With `regions` ((B, h, w) bool, each image with at least one True) only those patches
     make the image score, and the map is 0 elsewhere: an aligned part is scored on the part.
 
-    Each patch needs only its distance to the nearest bank row (a minimum, cheaper than an
-    argmin); the re-weighted score also needs the nearest row of each image's worst patch,
-    taken from the same distance block as that patch's distance.
-
-    With `maps=False` the patch maps are left out (None) and the scores, bit for bit the
-    same, come from a search that skips the patches that cannot be an image's worst: about
-    five times less work on typical images.
+    The score is exact: the patches it is made of and their nearest bank rows are found
+    again with exact_nearest, among candidates that BLAS's rounding cannot hide. So it is
+    the same bits on every CPU, in every batch, with or without maps, and equal to an
+    exhaustive float64 search. Maps hold the BLAS distances (float32), exact where the
+    score was decided. With `maps=False` the maps are None and a pruned search skips the
+    patches whose upper bound cannot reach the score: several times less work.
     """
     if image_score not in IMAGE_SCORES:
         raise ValueError(f"image_score must be one of {IMAGE_SCORES}, not {image_score!r}")
@@ -203,92 +252,106 @@ def score_features(
     flat = np.ascontiguousarray(features.transpose(0, 2, 3, 1), dtype=np.float32)
     flat = flat.reshape(-1, channels)
     counted = np.ones(batch * patches, bool) if regions is None else regions.reshape(-1)
-    if not maps and bank.shape[0] >= 2 * BOUND_SHARE and batch > 0:
-        return _scores_only(flat, bank, bank_norms, patches, image_score, counted)
-
-    def nearest(
-        start: int, squared: np.ndarray, query_norms: np.ndarray
-    ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-        distances = _nearest_distances(start, squared, query_norms)
-        worst = []  # (image, row, nearest bank row) of each image's worst patch in the block
-        if image_score == "reweighted":
-            stop = start + len(squared)
-            for image in range(start // patches, (stop - 1) // patches + 1):
-                first, last = max(start, image * patches), min(stop, (image + 1) * patches)
-                if not counted[first:last].any():
-                    continue
-                candidates = np.where(
-                    counted[first:last], distances[first - start : last - start], -np.inf
-                )
-                row = first + int(candidates.argmax())
-                worst.append((image, row, int(squared[row - start].argmin())))
-        return distances, worst
-
-    blocks = _map_blocks(flat, _augmented_bank(bank, bank_norms), nearest)
-    distances = np.concatenate([np.empty(0, np.float32), *(d for d, _ in blocks)])
-    # Each image's worst patch (the first on ties) and its nearest bank row.
-    worst_of: dict[int, tuple[int, int]] = {}
-    for _, worst in blocks:
-        for image, row, index in worst:
-            if image not in worst_of or distances[row] > distances[worst_of[image][0]]:
-                worst_of[image] = (row, index)
-    distances = np.where(counted, distances, np.float32(0.0)).reshape(batch, patches)
-    counted = counted.reshape(batch, patches)
-    results = []
-    for image in range(batch):
-        score = _top_mean(distances[image][counted[image]], _worst_count(image_score))
-        if image_score == "reweighted":
-            row, index = worst_of[image]
-            score = reweighted_score(flat[row], index, score, bank, REWEIGHT_NEIGHBOURS)
-        results.append(PatchScores(score, distances[image].reshape(height, width)))
-    return results
+    if not counted.reshape(batch, patches).any(axis=1).all():
+        raise ValueError("every image needs at least one patch to score")
+    searchable = _Bank.of(bank, bank_norms)
+    worst = _worst_count(image_score)
+    if maps or bank.shape[0] < 2 * BOUND_SHARE:
+        squared, error = _approximate(flat, searchable)
+        rows = _contenders(squared - error, squared + error, counted, patches, worst)
+        exact, nearest = exact_nearest(flat[rows], searchable)
+    else:
+        rows, exact, nearest = _pruned_search(flat, searchable, counted, patches, worst)
+    scores = _image_scores(flat, bank, rows, exact, nearest, batch, patches, image_score)
+    if not maps:
+        return [PatchScores(score, None) for score in scores]
+    distances = np.sqrt(np.maximum(squared, 0.0))
+    distances[rows] = np.sqrt(exact)  # the patches the score is made of, exactly
+    distances = np.where(counted, distances, np.float32(0.0)).reshape(batch, height, width)
+    return [PatchScores(score, grid) for score, grid in zip(scores, distances, strict=True)]
 
 
-def _scores_only(
-    flat: np.ndarray,
-    bank: np.ndarray,
-    bank_norms: np.ndarray | None,
-    patches: int,
-    image_score: str,
-    counted: np.ndarray,
-) -> list[PatchScores]:
-    """Image scores as score_features gives them, searching in full only the patches that
-    could be their image's worst.
+def _contenders(
+    lower: np.ndarray, upper: np.ndarray, counted: np.ndarray, patches: int, worst: int
+) -> np.ndarray:
+    """Rows (patches) that may be among their image's `worst` largest, given bounds on each
+    patch's squared distance: those whose upper bound reaches the `worst`-th largest lower
+    bound in their image. Counted patches only; sorted."""
+    batch = len(counted) // patches
+    lower = np.where(counted, lower, -np.inf).reshape(batch, patches)
+    upper = np.where(counted, upper, -np.inf).reshape(batch, patches)
+    kth = min(worst, patches)
+    floor = np.partition(lower, patches - kth, axis=1)[:, patches - kth]
+    return np.flatnonzero(((upper >= floor[:, None]) & counted.reshape(batch, patches)).ravel())
 
-    A patch's distance to a subset of the bank is at least its distance to the whole bank
-    (the same float32 values, minimised over fewer rows). A patch whose bound is below the
-    k-th largest exact distance found in its image (k patches make the score) is therefore
-    strictly below the image's k worst and is never searched in full; nor is any patch that
-    is not `counted`.
+
+def _pruned_search(
+    flat: np.ndarray, bank: _Bank, counted: np.ndarray, patches: int, worst: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact results for a set of rows sure to hold each image's `worst` largest patches,
+    searching most patches against a prefix of the bank only.
+
+    A patch's true distance to the whole bank is at most its true distance to the prefix,
+    which is at most the prefix's BLAS value plus its error bound: an upper bound. The
+    exact distances of a few probe patches per image (those with the highest upper
+    bounds) give a lower bound on the image's `worst`-th largest. Patches whose upper bound
+    is below it cannot be among the worst, and are not searched in full.
     """
     batch = len(flat) // patches
-    augmented = _augmented_bank(bank, bank_norms)
-    prefix = augmented[: len(augmented) // BOUND_SHARE]
-    upper = np.concatenate(_map_blocks(flat, prefix, _nearest_distances))
-    upper = np.where(counted, upper, -np.inf).reshape(batch, patches)
-    worst = _worst_count(image_score)
+    squared, error = _approximate(flat, bank.prefix(len(bank.rows) // BOUND_SHARE))
+    upper = np.where(counted, squared + error, -np.inf).reshape(batch, patches)
     probes = min(PROBES * worst, patches)
     top = np.argpartition(upper, patches - probes, axis=1)[:, patches - probes :]
-    top_rows = (top + patches * np.arange(batch)[:, None]).ravel()
-    probed = np.concatenate(_map_blocks(flat[top_rows], augmented, _nearest_distances))
-    probed = np.where(counted[top_rows], probed, -np.inf)
-    lower = np.sort(probed.reshape(batch, probes), axis=1)[:, probes - min(worst, probes)]
-    rows = np.flatnonzero((upper.ravel() >= np.repeat(lower, patches)) & counted)
-    blocks = _map_blocks(flat[rows], augmented, _nearest_rows)
-    exact = np.concatenate([d for d, _ in blocks])
-    indices = np.concatenate([i for _, i in blocks])
+    probe_rows = np.sort((top + patches * np.arange(batch)[:, None]).ravel())
+    probe_rows = probe_rows[counted[probe_rows]]
+    probed, probe_nearest = exact_nearest(flat[probe_rows], bank)
+    # Each image's `worst`-th largest probed distance (-inf with fewer counted probes).
+    floor = np.full(batch, -np.inf)
+    for image in range(batch):
+        mine = probed[probe_rows // patches == image]
+        if len(mine) >= worst:
+            floor[image] = np.sort(mine)[len(mine) - worst]
+    keep = counted & (upper.ravel() >= np.repeat(floor, patches))
+    keep[probe_rows] = False  # searched already
+    rest = np.flatnonzero(keep)
+    exact, nearest = exact_nearest(flat[rest], bank)
+    rows = np.concatenate([probe_rows, rest])
+    order = np.argsort(rows, kind="stable")
+    return (
+        rows[order],
+        np.concatenate([probed, exact])[order],
+        np.concatenate([probe_nearest, nearest])[order],
+    )
+
+
+def _image_scores(
+    flat: np.ndarray,
+    bank: np.ndarray,
+    rows: np.ndarray,
+    exact: np.ndarray,
+    nearest: np.ndarray,
+    batch: int,
+    patches: int,
+    image_score: str,
+) -> list[float]:
+    """Each image's score from exact squared distances of sorted `rows`, a set that holds
+    its worst patches. The mean of the top ones is summed in a fixed order (ascending)."""
     images = rows // patches
-    results = []
+    scores = []
     for image in range(batch):
         first, last = np.searchsorted(images, [image, image + 1])
-        score = _top_mean(exact[first:last], worst)
+        distances = np.sqrt(exact[first:last])
+        count = min(_worst_count(image_score), len(distances))
+        score = float(np.sort(distances)[len(distances) - count :].mean())
         if image_score == "reweighted":
-            row = first + int(exact[first:last].argmax())  # rows are in order: first on ties
+            row = first + int(distances.argmax())  # rows are in order: the first on ties
             score = reweighted_score(
-                flat[rows[row]], int(indices[row]), score, bank, REWEIGHT_NEIGHBOURS
+                flat[rows[row]], int(nearest[row]), score, bank, REWEIGHT_NEIGHBOURS
             )
-        results.append(PatchScores(score, None))
-    return results
+        if not np.isfinite(score):
+            raise ValueError(f"a non-finite image score ({score}): the features or bank overflow")
+        scores.append(score)
+    return scores
 
 
 def anomaly_map(
