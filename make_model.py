@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ind_knn_ad import exit_codes
+from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.data import DATASETS_DIR, Dataset, DatasetError, load_dataset
 from ind_knn_ad.images import ImageError, Preprocess
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, METHODS
@@ -63,6 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="wide_resnet50_2", help="backbone name")
     parser.add_argument("--layers", type=int, nargs="+", help="backbone stages to use")
     parser.add_argument("--weights", type=Path, help="local backbone weights file")
+    parser.add_argument(
+        "--border",
+        choices=BORDERS,
+        default=DEFAULT_BORDER,
+        help="edge rule of the neighbourhood average: zero padding counted in the mean "
+        f"(zeros), left out of it (exclude) or mirrored (reflect); default: {DEFAULT_BORDER}",
+    )
     parser.add_argument("--coreset", type=_fraction, default=0.1, help="memory bank fraction")
     parser.add_argument(
         "--threshold", type=_threshold, default=AUTO, help="'auto' (default) or a number"
@@ -260,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
     settings = PatchCoreSettings(
         backbone=args.backbone,
         layers=tuple(args.layers) if args.layers else None,
+        border=args.border,
         coreset_fraction=args.coreset,
         image_score=args.image_score,
         preprocess=preprocess,

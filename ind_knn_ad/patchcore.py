@@ -21,6 +21,7 @@ import torch
 from . import __version__
 from .alignment import part_regions
 from .backbones import backbone_spec, build_backbone
+from .borders import DEFAULT_BORDER
 from .coreset import PROJECTION_DIM, coreset_size, greedy_coreset
 from .features import PatchFeatures
 from .images import ImageError, Preprocess
@@ -49,6 +50,7 @@ class PatchCoreSettings:
     backbone: str = "wide_resnet50_2"
     layers: tuple[int, ...] | None = None
     neighbourhood: int = 3
+    border: str = DEFAULT_BORDER
     coreset_fraction: float = 0.1
     projection_dim: int = PROJECTION_DIM
     image_score: str = "max"
@@ -68,7 +70,7 @@ class FeatureExtractor:
         backbone = build_backbone(settings.backbone, settings.resolved_layers(), weights)
         # Channels-last runs the convolutions (depthwise ones above all) a third faster on
         # the CPU, with the same results up to float rounding.
-        self.network = PatchFeatures(backbone, settings.neighbourhood).to(
+        self.network = PatchFeatures(backbone, settings.neighbourhood, settings.border).to(
             device, memory_format=torch.channels_last
         )
         self.device = device
@@ -235,6 +237,7 @@ def fit(
         "backbone": settings.backbone,
         "layers": list(settings.resolved_layers()),
         "neighbourhood": settings.neighbourhood,
+        "border": settings.border,
         "preprocess": settings.preprocess.to_dict(),
         "feature_dim": int(channels),
         "feature_grid": list(train.grid),

@@ -144,6 +144,7 @@ def fit_method(
         "backbone": settings.backbone,
         "layers": list(settings.resolved_layers()),
         "neighbourhood": settings.neighbourhood,
+        "border": settings.border,
         "preprocess": settings.preprocess.to_dict(),
         "feature_dim": int(channels),
         "feature_grid": list(features.grid),
