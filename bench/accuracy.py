@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Accuracy on real MVTec AD images (../shared/data/mvtec) for a grid of settings.
 
-Prints one row per (dataset, setting): image and pixel ROC AUC, misclassified test images at
-the automatic (good-images-only) threshold, best F1, fit seconds. The defaults of
-make_model.py are the row named `default`.
+Prints one row per (dataset, setting, backbone, border rule): image and pixel ROC AUC,
+misclassified test images at the automatic (good-images-only) threshold, best F1, fit
+seconds (features, bank, threshold and graph export; not the evaluation). The defaults of
+make_model.py are the row named `default`. `inner_rocauc` is the image ROC AUC when the
+image score is the largest patch distance off the outer ring of patches (computed here
+from the patch maps; the model itself scores every patch).
 
     python bench/accuracy.py                       # every dataset, every setting
     python bench/accuracy.py --datasets screw_512 --settings default size448
     python bench/accuracy.py --datasets screw_512 --settings align768/1%/top10 --seeds 0 1 2
+    python bench/accuracy.py --settings default --borders zeros exclude reflect
+    python bench/accuracy.py --settings default --backbones efficientnet_lite0 efficientnet_lite1
 
 Settings named `align...` cut the part out in one pose (make_model.py --align), with the
 box measured on each dataset's training images. With several --seeds (the coreset's
@@ -19,13 +24,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ind_knn_ad.alignment import measure_box  # noqa: E402
+from ind_knn_ad.borders import BORDERS  # noqa: E402
 from ind_knn_ad.data import load_dataset  # noqa: E402
 from ind_knn_ad.images import Preprocess  # noqa: E402
 from ind_knn_ad.patchcore import PatchCoreSettings  # noqa: E402
@@ -94,17 +103,65 @@ def misclassified(images: list[dict], threshold: float) -> int:
     return sum(int(i["score"] >= threshold) != int(i["defect_type"] != "good") for i in images)
 
 
+class PatchMaps:
+    """Collects each test image's label and patch map (as `evaluate`'s `each`)."""
+
+    def __init__(self) -> None:
+        self.labels: list[int] = []
+        self.maps: list[np.ndarray] = []
+
+    def __call__(self, image, result) -> None:
+        self.labels.append(int(image.defect_type != "good"))
+        self.maps.append(result.patch_map)
+
+    def inner_rocauc(self) -> float:
+        """Image ROC AUC of the largest patch distance off the outer ring of each map."""
+        from sklearn.metrics import roc_auc_score
+
+        inner = [float(m[1:-1, 1:-1].max()) for m in self.maps]
+        return float(roc_auc_score(self.labels, inner))
+
+
+class FitClock:
+    """A progress factory for `train` that notes when the evaluation starts."""
+
+    def __init__(self) -> None:
+        self.testing_started: float | None = None
+
+    @contextmanager
+    def __call__(self, description: str, total: int):
+        if description == "Testing":
+            self.testing_started = time.perf_counter()
+        yield None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--backbones", nargs="+", default=[BASE.backbone], help="each setting with each backbone"
+    )
+    parser.add_argument(
+        "--borders",
+        nargs="+",
+        choices=BORDERS,
+        help="each setting with each border rule (default: the setting's own)",
+    )
     args = parser.parse_args()
     print(
-        "dataset,setting,seed,image_rocauc,pixel_rocauc,misclassified,best_f1,fit_s,"
-        + ",".join(f"wrong@{rule}" for rule in RULES),
+        "dataset,setting,backbone,border,seed,image_rocauc,pixel_rocauc,misclassified,best_f1,"
+        "fit_s,inner_rocauc," + ",".join(f"wrong@{rule}" for rule in RULES),
         flush=True,
     )
+    variants = [
+        (label, backbone, border, seed)
+        for label in args.settings
+        for backbone in args.backbones
+        for border in args.borders or [None]
+        for seed in args.seeds
+    ]
     for name in args.datasets:
         folder = MVTEC / name
         if not folder.is_dir():
@@ -112,14 +169,17 @@ def main() -> None:
             continue
         dataset = load_dataset(folder, name)
         box = None  # measured once per dataset, for the align... settings
-        for label, seed in ((label, seed) for label in args.settings for seed in args.seeds):
-            start = time.perf_counter()
-            settings = replace(SETTINGS[label], seed=seed)
+        for label, backbone, border, seed in variants:
+            settings = replace(SETTINGS[label], seed=seed, backbone=backbone)
+            if border is not None:
+                settings = replace(settings, border=border)
             if label.startswith("align"):
                 box = box or measure_box(dataset.train)
                 settings = replace(settings, preprocess=replace(settings.preprocess, align=box))
-            result = train(dataset, settings, device="cpu")
-            seconds = time.perf_counter() - start
+            clock, maps = FitClock(), PatchMaps()
+            start = time.perf_counter()
+            result = train(dataset, settings, device="cpu", progress=clock, each=maps)
+            seconds = (clock.testing_started or time.perf_counter()) - start
             evaluation = result.evaluation
             (tn, fp), (fn, tp) = evaluation.confusion_matrix
             wrong = f"{fp + fn}/{tn + fp + fn + tp}"
@@ -129,8 +189,9 @@ def main() -> None:
             ]
             pixel = "" if evaluation.pixel_rocauc is None else f"{evaluation.pixel_rocauc:.4f}"
             print(
-                f"{name},{label},{seed},{evaluation.image_rocauc:.4f},{pixel},{wrong},"
-                f"{evaluation.best_f1:.3f},{seconds:.1f}," + ",".join(alternatives),
+                f"{name},{label},{backbone},{settings.border},{seed},"
+                f"{evaluation.image_rocauc:.4f},{pixel},{wrong},{evaluation.best_f1:.3f},"
+                f"{seconds:.1f},{maps.inner_rocauc():.4f}," + ",".join(alternatives),
                 flush=True,
             )
 
