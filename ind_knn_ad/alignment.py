@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 POSE_SIDE = 128  # the part is found on a copy this small across its shorter side
+POSE_LONGEST = 16 * POSE_SIDE  # and at most this long (thin images: shorter across)
 MARGIN = 0.1  # the box is this much longer and wider than the largest training part
 
 
@@ -89,6 +90,11 @@ def find_pose(image: Image.Image) -> Pose:
     width, height = image.size
     short = min(width, height)
     scale = POSE_SIDE / short
+    side = POSE_SIDE  # the small copy's pixels per shorter side of the image
+    if max(width, height) * scale > POSE_LONGEST:
+        # A thin image (10000x2) at 128 px across would be gigabytes long: cap its length.
+        scale = POSE_LONGEST / max(width, height)
+        side = short * scale
     small = image.convert("L").resize(
         (max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR
     )
@@ -113,8 +119,8 @@ def find_pose(image: Image.Image) -> Pose:
     across = dy * axis_x - dx * axis_y
     middle = (along.min() + along.max()) / 2
     centre = (float(cx + middle * axis_x) / scale, float(cy + middle * axis_y) / scale)
-    length = (along.max() - along.min() + 1.0) / POSE_SIDE
-    breadth = 2.0 * (np.abs(across).max() + 0.5) / POSE_SIDE
+    length = (along.max() - along.min() + 1.0) / side
+    breadth = 2.0 * (np.abs(across).max() + 0.5) / side
     return Pose(centre, math.atan2(axis_y, axis_x), float(length), float(breadth), background)
 
 

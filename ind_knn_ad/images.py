@@ -12,6 +12,8 @@ What the loader accepts, and why:
   is read as the PNG it is).
 - Images smaller than 2x2 or larger than MAX_PIXELS are refused from the header alone,
   before any pixel is decoded: a 20000x20000 PNG or a decompression bomb costs no memory.
+  Preprocessing resizes only what lands in the crop, so a thin image (50000x2) that
+  passes the pixel limit costs no more than a square one either.
 - Every failure, whatever Pillow raised, becomes one ImageError whose one-line message
   names the file: callers need to handle nothing else.
 """
@@ -182,10 +184,24 @@ class Preprocess:
         width, height = image.size
         scale = self.resize / min(width, height)
         size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
-        image = image.resize(size, resample)
         left = (size[0] - self.crop) // 2
         top = (size[1] - self.crop) // 2
-        return image.crop((left, top, left + self.crop, top + self.crop))
+        if size[0] * size[1] <= max(width * height, 4 * self.crop * self.crop):
+            # The resized frame is no larger than the decoded image (or a few crops).
+            image = image.resize(size, resample)
+            return image.crop((left, top, left + self.crop, top + self.crop))
+        # A thin image (10000x2) resized whole would take gigabytes for a crop of 224 px:
+        # resize only the source region that lands in the crop. Pillow's filter still
+        # reads the pixels around that region, so this is the same picture up to the
+        # rounding of its two passes; the branch above keeps every other image bit-exact.
+        x_step, y_step = width / size[0], height / size[1]
+        region = (
+            left * x_step,
+            top * y_step,
+            (left + self.crop) * x_step,
+            (top + self.crop) * y_step,
+        )
+        return image.resize((self.crop, self.crop), resample, box=region)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB image to a float32 CHW array ready for the backbone."""

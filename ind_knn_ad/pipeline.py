@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageError, Preprocess, is_image_file
+from .images import ImageError, Preprocess, is_image_file, shown_name
 
 Item = tuple[Path | str, "np.ndarray | ImageError"]
 
@@ -63,6 +63,8 @@ def _load(preprocess: Preprocess, path: Path | str) -> np.ndarray | ImageError:
         return preprocess.load(path)
     except ImageError as error:
         return error
+    except MemoryError:  # this image alone: the others are still scored
+        return ImageError(f"{shown_name(path)}: not enough memory to preprocess the image")
 
 
 def preprocessed_batches(

@@ -221,6 +221,39 @@ def test_every_case_in_one_call(sample_model: Path, inputs: Path) -> None:
         assert line.startswith(f"ERROR: {shown_name(case.name)}: ") and re.search(case.error, line)
 
 
+# Address space for one scoring process: about twice what it needs with a good image.
+BOUNDED = 1_500_000_000
+
+
+def bounded(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
+    """scorer() under `prlimit --as=BOUNDED`: more memory than that is a MemoryError."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    command = ["prlimit", f"--as={BOUNDED}", sys.executable, ROOT / "anomaly_detector.py"]
+    result = subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        **kwargs,
+    )
+    result.stdout = result.stdout.decode("utf-8", "surrogateescape")
+    result.stderr = result.stderr.decode("utf-8", "surrogateescape")
+    return result
+
+
+def test_thin_images_in_bounded_memory(sample_model: Path, inputs: Path, tmp_path: Path) -> None:
+    """Issue 13, item 1: a 50000x2 PNG (150 bytes) resized whole to 256 px across would be
+    12.8 M x 256 pixels, 2.4 GB; only the part that lands in the crop is resized now, so
+    it is scored within the limit, and so is the good image beside it."""
+    (tmp_path / "wide.png").write_bytes(zero_png(50000, 2))
+    (tmp_path / "tall.png").write_bytes(zero_png(2, 50000))
+    shutil.copy(inputs / "good.png", tmp_path / "good.png")
+    result = bounded("--model", sample_model, "good.png", "wide.png", "tall.png", cwd=tmp_path)
+    assert result.returncode == exit_codes.OK, result.stderr
+    assert error_lines(result.stderr) == []
+    assert [row[0] for row in records(result.stdout)] == ["good.png", "wide.png", "tall.png"]
+
+
 def _without_permission_override() -> None:
     """Drop root's power to read any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the
     capability bounding set, so that the process exec'd next is refused a mode-000 file."""

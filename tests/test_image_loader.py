@@ -331,3 +331,83 @@ def test_random_png_dimensions(
             load_image(scratch)
     else:
         loads_or_refuses(scratch)
+
+
+# --- bounded memory (issue 13, item 1) -----------------------------------------------------
+
+THIN = """
+import sys
+from PIL import Image
+from ind_knn_ad.alignment import Box, find_pose
+from ind_knn_ad.images import Preprocess
+for size in [(50000, 2), (2, 50000), (8192, 3)]:
+    image = Image.new("RGB", size, (200, 200, 200))
+    image.paste((20, 20, 20), (size[0] // 3, 0, size[0] // 2, size[1]))
+    for preprocess in [Preprocess(), Preprocess(1024, 1024), Preprocess(256, align=Box(1, 0.3))]:
+        assert preprocess(image).shape[1:] == preprocess.size[::-1]
+    find_pose(image)
+print("ok")
+"""
+
+
+def test_thin_images_preprocess_in_bounded_memory() -> None:
+    """A 50000x2 image resized whole to 1024 px across would take 150 GB, and found at
+    128 px across (alignment) 2.4 GB; each preprocess stays within 600 MB of address space."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    result = subprocess.run(
+        ["prlimit", "--as=600000000", sys.executable, "-c", THIN],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr
+
+
+def _whole_then_crop(image: Image.Image, resize: int, crop: int) -> Image.Image:
+    """The preprocessing geometry as it was: resize the whole image, then crop."""
+    width, height = image.size
+    scale = resize / min(width, height)
+    size = (max(crop, round(width * scale)), max(crop, round(height * scale)))
+    left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
+    return image.resize(size, Image.BICUBIC).crop((left, top, left + crop, top + crop))
+
+
+@pytest.mark.parametrize(
+    ("size", "resize", "crop"),
+    [
+        ((900, 900), 256, 224),
+        ((700, 900), 256, 224),
+        ((1024, 640), 1024, 1024),
+        ((64, 48), 256, 224),
+        ((281, 997), 241, 119),
+        ((3000, 40), 256, 224),
+    ],
+)
+def test_ordinary_images_preprocess_as_before(
+    size: tuple[int, int], resize: int, crop: int
+) -> None:
+    """Bounding memory changed no result: every image whose resized frame is no larger than
+    it (or than four crops) takes the old path, bit for bit."""
+    from ind_knn_ad.images import Preprocess
+
+    image = noise(*size)
+    expected = np.asarray(_whole_then_crop(image, resize, crop))
+    np.testing.assert_array_equal(np.asarray(Preprocess(resize, crop).geometry(image)), expected)
+
+
+def test_thin_image_matches_whole_resize_closely() -> None:
+    """The thin-image path resizes only the cropped region; Pillow may order its two passes
+    differently there, so values may differ by rounding, but the picture is the same."""
+    from ind_knn_ad.images import Preprocess
+
+    image = noise(4000, 12)
+    expected = np.asarray(_whole_then_crop(image, 64, 48)).astype(int)
+    got = np.asarray(Preprocess(64, 48).geometry(image)).astype(int)
+    assert got.shape == expected.shape and np.abs(got - expected).mean() < 2
