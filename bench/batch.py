@@ -6,7 +6,7 @@ process start to exit (start-up included).
 - the four 900 px bottle_fullres_samples PNGs, each listed 10 times (40 images), since
   decoding and resizing large PNGs is a cost of its own.
 
-    python bench/batch.py [--runs 5]
+    python bench/batch.py [--runs 5] [--backbone efficientnet_lite0]
 """
 
 from __future__ import annotations
@@ -14,7 +14,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import BOTTLE, FULLRES, PYTHON, ROOT, ensure_model, machine, report, run, spread
+from common import (
+    BOTTLE,
+    FULLRES,
+    OFFLINE,
+    PYTHON,
+    ROOT,
+    ensure_model,
+    machine,
+    report,
+    run,
+    spread,
+)
 
 
 def measure(name: str, model: Path, inputs: list[Path], images: int, runs: int) -> None:
@@ -39,9 +50,10 @@ def measure(name: str, model: Path, inputs: list[Path], images: int, runs: int) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default=OFFLINE, help=f"default: {OFFLINE}")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
-    model = ensure_model()
+    model = ensure_model(args.backbone)
     bottle = sorted((BOTTLE / "test").rglob("*.png"))
     measure("batch, 83 bottle_256 test images", model, bottle, len(bottle), args.runs)
     folder = [BOTTLE / "test"]

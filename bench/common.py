@@ -82,14 +82,22 @@ def report(name: str, command: list[str | Path], figures: dict[str, str]) -> Non
     sys.stdout.flush()
 
 
-def fit_command(data_dir: Path, model: Path) -> list[str | Path]:
+OFFLINE = "efficientnet_lite0"
+
+
+def model_path(backbone: str = OFFLINE) -> Path:
+    """Where the bottle_256 model of `backbone` is kept between scripts."""
+    return MODEL if backbone == OFFLINE else WORK / f"bottle_{backbone}.safetensors"
+
+
+def fit_command(data_dir: Path, model: Path, backbone: str = OFFLINE) -> list[str | Path]:
     return [
         PYTHON,
         ROOT / "make_model.py",
         "--data-dir",
         data_dir,
         "--backbone",
-        "efficientnet_lite0",
+        backbone,
         "--device",
         "cpu",
         "--model",
@@ -97,14 +105,15 @@ def fit_command(data_dir: Path, model: Path) -> list[str | Path]:
     ]
 
 
-def ensure_model() -> Path:
+def ensure_model(backbone: str = OFFLINE) -> Path:
     """The bottle_256 model the scoring benchmarks use, fitted once if missing."""
-    if not MODEL.is_file():
+    model = model_path(backbone)
+    if not model.is_file():
         if not (BOTTLE / "train" / "good").is_dir():
             raise SystemExit(f"benchmark data not found at {BOTTLE}")
-        print(f"fitting {MODEL} first ...", flush=True)
-        run(fit_command(BOTTLE, MODEL))
-    return MODEL
+        print(f"fitting {model} first ...", flush=True)
+        run(fit_command(BOTTLE, model, backbone))
+    return model
 
 
 def machine() -> str:

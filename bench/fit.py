@@ -5,25 +5,26 @@ Wall time from process start to the model file written (evaluation of the 83 tes
 included, as make_model.py does it), over several runs. The last run's model is kept for
 the scoring benchmarks.
 
-    python bench/fit.py [--runs 3]
+    python bench/fit.py [--runs 3] [--backbone efficientnet_lite0]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from common import BOTTLE, MODEL, WORK, fit_command, machine, report, run, spread
+from common import BOTTLE, OFFLINE, WORK, fit_command, machine, model_path, report, run, spread
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default=OFFLINE, help=f"default: {OFFLINE}")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
-    command = fit_command(BOTTLE, MODEL)
+    command = fit_command(BOTTLE, model_path(args.backbone), args.backbone)
     runs = [run(command) for _ in range(args.runs)]
     report(
-        "fit bottle_256, efficientnet_lite0, 10% coreset",
+        f"fit bottle_256, {args.backbone}, 10% coreset",
         command,
         {
             "wall time": spread([r.seconds for r in runs], "s", 1),

@@ -2,21 +2,22 @@
 """One-off call: `anomaly_detector.py one.png` from process start to exit, as a shell loop
 calls it. One untimed call first, so every timed run finds the files in the page cache.
 
-    python bench/one_off.py [--runs 10]
+    python bench/one_off.py [--runs 10] [--backbone efficientnet_lite0]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from common import BOTTLE, PYTHON, ROOT, ensure_model, machine, report, run, spread
+from common import BOTTLE, OFFLINE, PYTHON, ROOT, ensure_model, machine, report, run, spread
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default=OFFLINE, help=f"default: {OFFLINE}")
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args(argv)
-    model = ensure_model()
+    model = ensure_model(args.backbone)
     image = BOTTLE / "test" / "broken_large" / "000.png"
     command = [PYTHON, ROOT / "anomaly_detector.py", "--model", model, image]
     run(command)
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "wall time": spread([r.seconds for r in runs], "s"),
             "peak RSS": spread([r.peak_rss_mb for r in runs], "MB", 0),
+            "model file": f"{model.stat().st_size / 2**20:.1f} MiB ({args.backbone})",
             "machine": machine(),
         },
     )
