@@ -6,13 +6,14 @@ torch and timm would cost about three.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from .images import ImageError, Preprocess
+from .images import ImageError, Preprocess, shown_name
 from .methods import make_scorer
 from .model_file import Model, ModelFileError
 from .pipeline import images_per_batch, preprocessed_batches, stack
@@ -133,4 +134,9 @@ class Detector:
             share = (time.perf_counter() - start) / max(1, len(results))
             for index, (path, value) in enumerate(items):
                 result = results.get(index, value)
+                if isinstance(result, PatchScores) and not math.isfinite(result.score):
+                    # Never a flag from a score that is not a number.
+                    result = ImageError(
+                        f"{shown_name(path)}: its score is not a finite number ({result.score})"
+                    )
                 yield path, result, share if index in results else 0.0

@@ -43,9 +43,10 @@ def holdout_scores(
         others = bank[bank_sources != image]
         features = train_features[image].reshape(1, *grid, channels).transpose(0, 3, 1, 2)
         counted = None if regions is None else regions[image].reshape(1, *grid)
-        scores[slot] = score_features(features, others, image_score, maps=False, regions=counted)[
-            0
-        ].score
+        (result,) = score_features(features, others, image_score, maps=False, regions=counted)
+        scores[slot] = result.score
+    if not np.isfinite(scores).all():
+        raise ValueError("training images score as infinite: their features overflow float32")
     return scores
 
 

@@ -11,6 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
+_CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+# Forced OpenBLAS kernels (numpy picks one at run time from the CPU): SSE3, AVX2 and, where
+# the CPU has it, AVX-512. Each rounds a product its own way, as other users' CPUs would.
+BLAS_KERNELS = ["Prescott", "Haswell", *(["SkylakeX"] if "avx512f" in _CPUINFO else [])]
 
 
 def run_script(*args: str | Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:

@@ -12,18 +12,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import BLAS_KERNELS, ROOT
 
 from ind_knn_ad import scoring
 from ind_knn_ad.scoring import IMAGE_SCORES, REWEIGHT_NEIGHBOURS, reweighted_score, score_features
-
-# Forced OpenBLAS kernels (numpy picks one at run time from the CPU): SSE3 only, AVX2, and
-# AVX-512 where the CPU has it. Each sums a dot product in its own order.
-KERNELS = [
-    "Prescott",
-    "Haswell",
-    *(["SkylakeX"] if "avx512f" in open("/proc/cpuinfo").read() else []),
-]
 
 
 def exhaustive(features: np.ndarray, bank: np.ndarray, image_score: str, regions=None) -> list:
@@ -149,14 +141,15 @@ for seed in range(25):
     features, bank, regions = case(seed)
     for rule in IMAGE_SCORES:
         for maps in (True, False):
-            out.append([r.score for r in score_features(features, bank, rule, maps=maps, regions=regions)])
+            results = score_features(features, bank, rule, maps=maps, regions=regions)
+            out.append([r.score for r in results])
 print(json.dumps(out))
 """
 
 
 def test_every_blas_kernel_gives_the_same_bits() -> None:
     outputs = {}
-    for kernel in KERNELS:
+    for kernel in BLAS_KERNELS:
         result = subprocess.run(
             [sys.executable, "-c", SCRIPT, str(ROOT / "tests")],
             capture_output=True,
@@ -166,5 +159,5 @@ def test_every_blas_kernel_gives_the_same_bits() -> None:
             check=True,
         )
         outputs[kernel] = json.loads(result.stdout)
-    first = outputs[KERNELS[0]]
+    first = outputs[BLAS_KERNELS[0]]
     assert all(output == first for output in outputs.values()), list(outputs)
