@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model_file import ModelFileError
-from .scoring import PatchScores
+from .scoring import UNIT_ROUNDOFF, PatchScores
 
 CHANNELS = 100  # the paper's choice for ResNet-18; at most the backbone's channel count
 REGULARISATION = 0.01  # added to each covariance's diagonal, as in the paper
@@ -98,12 +98,23 @@ def fit_gaussians(
 
 class PadimScorer:
     """(B, C, h, w) features to each image's Mahalanobis map; the image score is the map's
-    maximum (unblurred, so that scoring needs no SciPy and matches the threshold's rule)."""
+    maximum (unblurred, so that scoring needs no SciPy and matches the threshold's rule).
+
+    The map comes from float32 BLAS products, whose rounding depends on the kernel. The
+    score does not: the positions that can hold the maximum, given a bound on that
+    rounding, are computed again in float64 in a fixed order, and the largest is the score.
+    """
 
     def __init__(self, channels: np.ndarray, mean: np.ndarray, inverse: np.ndarray) -> None:
         self.channels = channels
         self.mean = mean
         self.inverse = inverse
+        # |c^T A c| <= |c|^2 * ||abs(A)||_2 <= |c|^2 * max(row sums, column sums) of abs(A).
+        magnitude = np.abs(inverse)
+        self.spread = np.maximum(
+            magnitude.sum(axis=1, dtype=np.float64).max(axis=1),
+            magnitude.sum(axis=2, dtype=np.float64).max(axis=1),
+        )
 
     def __call__(self, features: np.ndarray) -> list[PatchScores]:
         batch, _, height, width = features.shape
@@ -113,12 +124,26 @@ class PadimScorer:
                 f"cover {len(self.mean)} positions"
             )
         rows = features[:, self.channels].reshape(batch, len(self.channels), -1)
+        # Two float32 sums of d terms and the rounding of x - mean, with a factor 2 to spare.
+        rounding = 4.0 * (len(self.channels) + 2) * UNIT_ROUNDOFF
         results = []
         with _blas().limit(limits=1, user_api="blas"):  # small products: as in the fit
             for image in rows:  # one image at a time, so a score never depends on its batch
                 centred = image.T.astype(np.float32) - self.mean  # (P, d)
                 product = np.matmul(centred[:, None, :], self.inverse)[:, 0]
-                squared = np.einsum("pd,pd->p", product, centred)
-                distances = np.sqrt(np.maximum(squared, 0.0)).reshape(height, width)
-                results.append(PatchScores(float(distances.max()), distances))
+                squared = np.einsum("pd,pd->p", product, centred).astype(np.float64)
+                error = rounding * np.einsum("pd,pd->p", centred, centred) * self.spread
+                candidates = np.flatnonzero(squared + error >= (squared - error).max())
+                exact = self._exact_squared(image.T[candidates], candidates)
+                squared[candidates] = exact
+                distances = np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
+                score = float(np.sqrt(max(exact.max(), 0.0)))
+                results.append(PatchScores(score, distances.reshape(height, width)))
         return results
+
+    def _exact_squared(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Mahalanobis distances squared of (n, d) rows at `positions`, in float64 with a
+        fixed order of operations (elementwise products, sums along the last axis)."""
+        centred = rows.astype(np.float64) - self.mean[positions].astype(np.float64)
+        inverse = self.inverse[positions].astype(np.float64)
+        return ((inverse * centred[:, None, :]).sum(axis=-1) * centred).sum(axis=-1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .model_file import ModelFileError
-from .scoring import PatchScores, nearest_neighbours
+from .scoring import PatchScores, exact_squared, nearest_neighbours
 
 # K of the image-level kNN, and the number of training images whose patches form the
 # pixel-level gallery. The library's default; the paper's K = 50 ranked worse with this
@@ -34,9 +34,8 @@ def image_vectors(patches: np.ndarray) -> np.ndarray:
 
 
 def _distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """(Q, N) Euclidean distances, in float64: there are few enough vectors to be exact."""
-    difference = queries[:, None, :].astype(np.float64) - vectors[None, :, :]
-    return np.sqrt(np.einsum("qnc,qnc->qn", difference, difference))
+    """(Q, N) Euclidean distances, exact in float64: there are few enough vectors."""
+    return np.sqrt(exact_squared(queries[:, None, :], vectors[None, :, :]))
 
 
 def holdout_scores(vectors: np.ndarray, neighbours: int) -> np.ndarray:
@@ -77,7 +76,7 @@ class SpadeScorer:
         results = []
         for image, to_train in zip(rows, distances, strict=True):
             nearest = np.sort(np.argpartition(to_train, self.neighbours - 1)[: self.neighbours])
-            score = float(to_train[nearest].mean())
+            score = float(np.sort(to_train)[: self.neighbours].mean())  # as holdout_scores
             if not self.maps:
                 results.append(PatchScores(score, None))
                 continue

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import BLAS_KERNELS, ROOT
 
-from ind_knn_ad import scoring
+from ind_knn_ad import padim, scoring, spade
 from ind_knn_ad.scoring import IMAGE_SCORES, REWEIGHT_NEIGHBOURS, reweighted_score, score_features
 
 
@@ -131,10 +131,49 @@ def test_an_image_with_no_patch_to_score_is_refused() -> None:
         score_features(features, bank, "max", regions=regions)
 
 
+def padim_case(seed: int) -> tuple[padim.PadimScorer, np.ndarray]:
+    """Gaussians fitted on random features, and a batch to score, with a common offset."""
+    rng = np.random.default_rng(seed)
+    offset = float(rng.choice([0.0, 50.0]))
+    train = (offset + rng.normal(size=(12, 6, 20))).astype(np.float32)  # (N, P, C)
+    channels = padim.choose_channels(20, 9, seed)
+    gaussians = padim.fit_gaussians(train, channels)
+    scorer = padim.PadimScorer(channels, gaussians.mean, gaussians.inverse_covariance)
+    features = (offset + rng.normal(size=(4, 20, 2, 3))).astype(np.float32)
+    features[1] = train[0].T.reshape(20, 2, 3)  # a training image: every position close
+    return scorer, features
+
+
+def test_padim_scores_equal_a_float64_computation() -> None:
+    for seed in range(10):
+        scorer, features = padim_case(seed)
+        rows = features[:, scorer.channels].reshape(len(features), len(scorer.channels), -1)
+        for image, result in zip(rows, scorer(features), strict=True):
+            centred = image.T.astype(np.float64) - scorer.mean.astype(np.float64)
+            inverse = scorer.inverse.astype(np.float64)
+            squared = ((inverse * centred[:, None, :]).sum(axis=-1) * centred).sum(axis=-1)
+            assert result.score == float(np.sqrt(squared.max()))
+        alone = [scorer(f[None])[0].score for f in features]
+        assert alone == [r.score for r in scorer(features)]
+
+
+def test_spade_scores_equal_a_float64_computation() -> None:
+    rng = np.random.default_rng(0)
+    train = (20.0 + rng.normal(size=(9, 12, 8))).astype(np.float32)  # (N, P, C)
+    vectors = spade.image_vectors(train)
+    scorer = spade.SpadeScorer(train, vectors, neighbours=3, maps=False)
+    features = (20.0 + rng.normal(size=(3, 8, 3, 4))).astype(np.float32)
+    queries = spade.image_vectors(features.reshape(3, 8, 12).transpose(0, 2, 1))
+    for query, result in zip(queries, scorer(features), strict=True):
+        difference = query.astype(np.float64) - vectors.astype(np.float64)
+        distances = np.sqrt((difference**2).sum(axis=-1))
+        assert result.score == float(np.sort(distances)[:3].mean())
+
+
 SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_exact_search import case
+from test_exact_search import case, padim_case
 from ind_knn_ad.scoring import IMAGE_SCORES, score_features
 out = []
 for seed in range(25):
@@ -143,6 +182,9 @@ for seed in range(25):
         for maps in (True, False):
             results = score_features(features, bank, rule, maps=maps, regions=regions)
             out.append([r.score for r in results])
+for seed in range(5):
+    scorer, features = padim_case(seed)
+    out.append([r.score for r in scorer(features)])
 print(json.dumps(out))
 """
 
