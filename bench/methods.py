@@ -9,7 +9,7 @@ anomaly_detector.py scores: ONNX Runtime, batches of 8 (`ms/image`, after `load 
 reading the file and starting the graph; no patch maps are made, as without `--heatmap`).
 ROC AUCs come from the same loaded model, with maps.
 
-    python bench/methods.py [--datasets bottle_256 hazelnut_reduced]
+    python bench/methods.py [--datasets bottle_256 hazelnut_reduced] [--border zeros]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER  # noqa: E402
 from ind_knn_ad.data import load_dataset  # noqa: E402
 from ind_knn_ad.evaluate import evaluate  # noqa: E402
 from ind_knn_ad.model_file import METHODS, load_model, save_model  # noqa: E402
@@ -38,6 +39,7 @@ from ind_knn_ad.train import fit_method  # noqa: E402
 
 MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
 DATASETS = ("bottle_256", "hazelnut_reduced")
+SHARED = (*DATASETS, "transistor_reduced", "screw_512")
 COLUMNS = (
     ("dataset", 17),
     ("method", 9),
@@ -56,9 +58,9 @@ def row(cells: list[str]) -> str:
     return " | ".join(cell.rjust(width) for cell, (_, width) in zip(cells, COLUMNS, strict=True))
 
 
-def bench(name: str, folder: Path) -> None:
+def bench(name: str, folder: Path, border: str) -> None:
     dataset = load_dataset(folder, name)
-    settings = PatchCoreSettings(backbone="efficientnet_lite0")
+    settings = PatchCoreSettings(backbone="efficientnet_lite0", border=border)
     extractor = FeatureExtractor(settings, select_device("cpu"))
     start = time.perf_counter()
     features = extract_features(extractor, dataset.train, settings.preprocess)
@@ -104,7 +106,8 @@ def bench(name: str, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=SHARED)
+    parser.add_argument("--border", choices=BORDERS, default=DEFAULT_BORDER)
     args = parser.parse_args(argv)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"{os.cpu_count()} cores, load average {load} at start; timings are single runs")
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = MVTEC / name
         if not (folder / "train" / "good").is_dir():
             raise SystemExit(f"benchmark data not found at {folder}")
-        bench(name, folder)
+        bench(name, folder, args.border)
 
 
 if __name__ == "__main__":
