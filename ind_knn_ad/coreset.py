@@ -76,6 +76,10 @@ def greedy_coreset(
     count = features.shape[0]
     if not 0 < size <= count:
         raise ValueError(f"coreset size must be in 1..{count}, not {size}")
+    if size == count:
+        # Every row is kept (--coreset 1.0): the greedy order would change nothing the bank
+        # is used for, and ordering all rows costs time quadratic in their number.
+        return np.arange(count)
     # Passed on without a name here, so greedy_k_center holds the only reference.
     return greedy_k_center(
         project(features, projection_dim, seed), size, start_index(count, seed), progress

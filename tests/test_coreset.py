@@ -100,3 +100,9 @@ def test_bad_sizes_are_refused() -> None:
     for size in (0, 11):
         with pytest.raises(ValueError, match="coreset size"):
             greedy_coreset(points, size)
+
+
+def test_the_full_fraction_keeps_every_row_without_ordering_them() -> None:
+    points = clustered(500, 16, 0)
+    assert coreset_size(len(points), 1.0) == len(points)
+    np.testing.assert_array_equal(greedy_coreset(points, len(points)), np.arange(len(points)))
