@@ -132,3 +132,8 @@ def test_a_file_written_without_the_key_still_loads_and_scores(
     detector = Detector(loaded, "cpu")
     np.testing.assert_allclose(detector.features(images), extractor(images), atol=1e-4)
     assert np.isfinite(detector.scorer(detector.features(images), images)[0].score)
+
+
+def test_new_fits_count_the_zero_padding_by_default() -> None:
+    """The references' rule, and the best of the three on the shared sets."""
+    assert DEFAULT_BORDER == "zeros"
