@@ -86,6 +86,7 @@ SETTINGS = {
     "neighbourhood5": replace(BASE, neighbourhood=5),
     "coreset0.01": replace(BASE, coreset_fraction=0.01),
     "coreset0.25": replace(BASE, coreset_fraction=0.25),
+    "coreset1.0": replace(BASE, coreset_fraction=1.0),
     "reweighted": replace(BASE, image_score="reweighted"),
 }
 
