@@ -15,13 +15,23 @@ A PatchCore file is exactly what it was in version 1, and a PaDiM or SPADE file 
 2, so that a tool which would ignore it refuses them. Nothing
 is ever unpickled: safetensors is a JSON header plus raw little-endian arrays, so a crafted
 file can at worst fail to load.
+
+Integrity: the settings hold `sha256`, the SHA-256 of every tensor (its name, type and
+shape, then its bytes), and the metadata key `ind_knn_ad.sha256` holds the SHA-256 of the
+settings text itself, so any flipped bit in the file is refused on load. Both are additive:
+the format version is unchanged, older tools read such files as before (unverified), and
+files written before the digests existed are still read, unverified. One record without
+the other is refused, so a single damaged byte cannot make a file pass for an old one.
+Settings are type-checked strictly (a JSON `true` is not a number).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
+import math
 import os
 import secrets
 import stat
@@ -38,6 +48,8 @@ FORMAT = "ind_knn_ad.model"
 # file without it is still written as version 1, which older tools read.
 FORMAT_VERSION = 2
 METADATA_KEY = "ind_knn_ad"
+DIGESTS = "sha256"  # settings key: tensor name -> SHA-256 (see tensor_digest)
+SETTINGS_DIGEST_KEY = "ind_knn_ad.sha256"  # metadata key: SHA-256 of the settings text
 DEFAULT_MODEL_PATH = Path("models/model.safetensors")
 
 METHODS = ("patchcore", "padim", "spade")
@@ -111,8 +123,54 @@ def validate_settings(settings: dict[str, Any], source: str = "model") -> None:
     if version < required_version(settings["preprocess"]):
         raise ModelFileError(f"{source}: preprocess 'align' needs model format version 2")
     threshold = settings["threshold"].get("value")
-    if not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
+    if not _number(threshold):
         raise ModelFileError(f"{source}: threshold value is missing or not a finite number")
+    _check_values(settings, source)
+
+
+def _number(value: object) -> bool:
+    """A finite JSON number; not a bool, which Python counts as an int."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_values(settings: dict[str, Any], source: str) -> None:
+    """The settings scoring reads, each of the JSON type and range it must have."""
+    for key in ("neighbourhood", "feature_dim", "train_images"):
+        if not _positive_int(settings[key]):
+            raise ModelFileError(f"{source}: setting {key!r} is not a positive whole number")
+    layers = settings["layers"]
+    if not layers or not all(_positive_int(layer) for layer in layers):
+        raise ModelFileError(f"{source}: setting 'layers' is not a list of stage numbers")
+    if "feature_grid" in settings:
+        _positions(settings, source)
+    problem = _preprocess_problem(settings["preprocess"])
+    if problem:
+        raise ModelFileError(f"{source}: bad preprocess settings ({problem})")
+
+
+def _preprocess_problem(preprocess: dict[str, Any]) -> str | None:
+    """What is wrong with the preprocess settings, or None."""
+    for key in ("resize", "crop"):
+        if not _positive_int(preprocess.get(key)):
+            return f"{key} is missing or not a positive whole number"
+    if preprocess["crop"] > preprocess["resize"]:
+        return f"crop {preprocess['crop']} is larger than resize {preprocess['resize']}"
+    for key in ("mean", "std"):
+        values = preprocess.get(key)
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) != 3
+            or not all(map(_number, values))
+        ):
+            return f"{key} is not three finite numbers, one per colour channel"
+    if not all(value > 0 for value in preprocess["std"]):
+        return "std is not positive"
+    if "align" in preprocess:
+        box = preprocess["align"]
+        sides = [box.get(key) for key in ("length", "breadth")] if isinstance(box, dict) else []
+        if len(sides) != 2 or not all(_number(side) and 0 < side <= 4 for side in sides):
+            return "align is not a length and breadth in (0, 4]"
+    return None
 
 
 def required_version(preprocess: dict[str, Any]) -> int:
@@ -134,19 +192,34 @@ def _method_tensors(model: Model) -> dict[str, np.ndarray]:
     return dict(model.tensors)
 
 
-def save_model(model: Model, path: Path) -> None:
-    """Validate, serialise and write the model atomically; an invalid model writes nothing."""
+def tensor_digest(name: str, array: np.ndarray) -> str:
+    """SHA-256 of a tensor's name, type and shape, then its bytes as stored."""
+    digest = hashlib.sha256(f"{name} {array.dtype.str} {list(array.shape)}\n".encode())
+    digest.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+    return digest.hexdigest()
+
+
+def serialise(model: Model) -> bytes:
+    """The model file's bytes, with the digests of every tensor and of the settings."""
     from safetensors.numpy import save
 
-    validate_settings(model.settings)
+    settings = {key: value for key, value in model.settings.items() if key != DIGESTS}
+    validate_settings(settings)
     arrays = _method_tensors(model)
-    validate_tensors(model.settings, arrays)
+    validate_tensors(settings, arrays)
     tensors = {
         **{name: np.ascontiguousarray(array) for name, array in arrays.items()},
         "feature_graph": np.frombuffer(model.feature_graph, dtype=np.uint8),
     }
-    payload = save(tensors, metadata={METADATA_KEY: json.dumps(model.settings, sort_keys=True)})
-    atomic_write(Path(path), payload)
+    settings[DIGESTS] = {name: tensor_digest(name, array) for name, array in tensors.items()}
+    text = json.dumps(settings, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return save(tensors, metadata={METADATA_KEY: text, SETTINGS_DIGEST_KEY: digest})
+
+
+def save_model(model: Model, path: Path) -> None:
+    """Validate, serialise and write the model atomically; an invalid model writes nothing."""
+    atomic_write(Path(path), serialise(model))
 
 
 def check_writable(path: Path) -> None:
@@ -225,13 +298,25 @@ def load_model(path: Path) -> Model:
             tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(f"{name}: not a readable model file ({error})") from None
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise ModelFileError(f"{name}: not an ind_knn_ad model file (no settings)")
+    declared = metadata.get(SETTINGS_DIGEST_KEY)
+    if declared is not None and hashlib.sha256(text.encode()).hexdigest() != declared:
+        raise ModelFileError(f"{name}: model file is damaged (its settings fail their SHA-256)")
     try:
-        settings = json.loads(metadata[METADATA_KEY])
-    except (KeyError, json.JSONDecodeError):
-        raise ModelFileError(f"{name}: not an ind_knn_ad model file (no settings)") from None
+        settings = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, MemoryError):
+        raise ModelFileError(f"{name}: not an ind_knn_ad model file (bad settings)") from None
     if not isinstance(settings, dict):
         raise ModelFileError(f"{name}: not an ind_knn_ad model file (bad settings)")
+    digests = settings.pop(DIGESTS, None)
+    if (digests is None) != (declared is None):
+        raise ModelFileError(f"{name}: model file is damaged (its SHA-256 record is incomplete)")
+    if digests is not None:
+        _verify_digests(digests, tensors, name)
     validate_settings(settings, name)
+    _check_fits_memory(settings, name)
     graph = tensors.pop("feature_graph", None)
     if graph is None:
         raise ModelFileError(f"{name}: model file lacks its feature graph")
@@ -240,6 +325,32 @@ def load_model(path: Path) -> Model:
         return Model(settings, tensors["memory_bank"], graph.tobytes())
     wanted = _tensor_specs(settings, name)
     return Model(settings, None, graph.tobytes(), {key: tensors[key] for key in wanted})
+
+
+def _verify_digests(digests: object, tensors: dict[str, np.ndarray], source: str) -> None:
+    """Every tensor in the file is one the writer recorded, with the bytes it wrote."""
+    if not isinstance(digests, dict) or set(digests) != set(tensors):
+        raise ModelFileError(
+            f"{source}: model file is damaged (its tensors are not those recorded)"
+        )
+    for key, array in tensors.items():
+        if digests[key] != tensor_digest(key, array):
+            label = "memory bank" if key == "memory_bank" else key.replace("_", " ")
+            raise ModelFileError(f"{source}: model file is damaged ({label} fails its SHA-256)")
+
+
+def _check_fits_memory(settings: dict[str, Any], source: str) -> None:
+    """Refuse a model whose input could not be scored in this machine's memory."""
+    from .images import Preprocess
+    from .limits import SCORE_BYTES_PER_PIXEL, input_too_large
+
+    try:
+        width, height = Preprocess.from_dict(settings["preprocess"]).size
+    except ValueError as error:  # the align box's own range check
+        raise ModelFileError(f"{source}: bad preprocess settings ({error})") from None
+    problem = input_too_large(width, height, SCORE_BYTES_PER_PIXEL)
+    if problem:
+        raise ModelFileError(f"{source}: cannot score with this model here: {problem}")
 
 
 def _positive_int(value: object) -> bool:
@@ -279,6 +390,14 @@ def _tensor_specs(
     }
 
 
+def largest_value(channels: int) -> float:
+    """The largest magnitude a stored float may have: a squared distance sums `channels`
+    squared differences in float32, which stays finite, with a margin of 2**20 for the
+    sums scoring builds on it, when no value exceeds this (7e14 for 152 channels; real
+    features are below 1e3)."""
+    return math.sqrt(float(np.finfo(np.float32).max) / (4 * channels)) / 2**10
+
+
 def validate_tensors(
     settings: dict[str, Any], tensors: dict[str, np.ndarray], source: str = "model"
 ) -> None:
@@ -286,6 +405,7 @@ def validate_tensors(
     its (already validated) settings say, and finite: scoring then trusts every shape and
     index without checking again."""
     specs = _tensor_specs(settings, source)
+    largest = largest_value(settings["feature_dim"])
     missing = [key for key in specs if key not in tensors]
     if missing:
         what = "memory bank" if missing == ["memory_bank"] else ", ".join(missing)
@@ -309,6 +429,11 @@ def validate_tensors(
             )
         if dtype is np.float32 and not np.isfinite(array).all():
             raise ModelFileError(f"{source}: {label} holds non-finite values")
+        if dtype is np.float32 and np.abs(array).max() > largest:
+            raise ModelFileError(
+                f"{source}: {label} holds values beyond +-{largest:.3g}, where distances "
+                "between features would overflow"
+            )
     if settings["method"] == "padim":
         channels = tensors["channels"]
         if channels.min() < 0 or channels.max() >= settings["feature_dim"]:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -303,9 +304,13 @@ ModelMaker = Callable[[Path, Path], None]  # (sample model, where to write the c
 
 
 def variant(
-    settings: Callable[[dict], object] | None = None, graph: bytes | None = None
+    settings: Callable[[dict], object] | None = None,
+    graph: bytes | None = None,
+    bank: Callable[[np.ndarray], object] | None = None,
 ) -> ModelMaker:
-    """A maker for the sample model with its settings changed or its graph replaced."""
+    """A maker for the sample model with its settings changed, its graph replaced or its
+    bank changed, written as a file from before the SHA-256 record (which the loader still
+    reads, unverified), so that what is checked is the change itself."""
 
     def make(model: Path, target: Path) -> None:
         from safetensors.numpy import save_file
@@ -313,13 +318,77 @@ def variant(
         loaded = load_model(model)
         if settings is not None:
             settings(loaded.settings)
+        memory_bank = loaded.memory_bank.copy()
+        if bank is not None:
+            bank(memory_bank)
         tensors = {
-            "memory_bank": loaded.memory_bank,
+            "memory_bank": memory_bank,
             "feature_graph": np.frombuffer(graph or loaded.feature_graph, np.uint8),
         }
         save_file(tensors, target, metadata={METADATA_KEY: json.dumps(loaded.settings)})
 
     return make
+
+
+def raw(change: Callable[[dict, dict], object]) -> ModelMaker:
+    """A maker for the sample model's own metadata and tensors, SHA-256 record included,
+    changed by `change(metadata, tensors)` as a tool that ignores the record would."""
+
+    def make(model: Path, target: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.numpy import save_file
+
+        with safe_open(str(model), framework="numpy") as reader:
+            metadata = reader.metadata()
+            tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
+        change(metadata, tensors)
+        save_file(tensors, target, metadata=metadata)
+
+    return make
+
+
+def flipped(tensor: str) -> ModelMaker:
+    """One bit flipped in the middle of a tensor's bytes, in place in the file."""
+
+    def make(model: Path, target: Path) -> None:
+        data = bytearray(model.read_bytes())
+        (size,) = struct.unpack("<Q", data[:8])
+        start, end = json.loads(data[8 : 8 + size])[tensor]["data_offsets"]
+        data[8 + size + (start + end) // 2] ^= 0x10
+        target.write_bytes(bytes(data))
+
+    return make
+
+
+def flipped_threshold(model: Path, target: Path) -> None:
+    """One bit flipped in the threshold's first digit (2 -> 3, say): still valid JSON."""
+    data = bytearray(model.read_bytes())
+    at = data.index(b'\\"value\\": ') + len(b'\\"value\\": ')
+    assert chr(data[at]).isdigit()
+    data[at] ^= 0x01
+    target.write_bytes(bytes(data))
+
+
+def other_graph(metadata: dict, tensors: dict) -> None:
+    """Another valid graph computing the same features: only its producer name differs."""
+    import onnx
+
+    graph = onnx.load_from_string(tensors["feature_graph"].tobytes())
+    graph.producer_name = "someone else"
+    tensors["feature_graph"] = np.frombuffer(graph.SerializeToString(), np.uint8)
+
+
+def nested_settings(metadata: dict, _tensors: dict) -> None:
+    """Settings nested 100,000 lists deep (json.loads: RecursionError), no SHA-256 record."""
+    metadata.clear()
+    metadata[METADATA_KEY] = "[" * 100000 + "]" * 100000
+
+
+def set_bank_value(value: float) -> Callable[[np.ndarray], None]:
+    def change(bank: np.ndarray) -> None:
+        bank[0, 0] = value
+
+    return change
 
 
 def foreign_safetensors(_model: Path, target: Path) -> None:
@@ -353,6 +422,53 @@ MODEL_CASES: list[tuple[str, ModelMaker, str]] = [
         "bad preprocess",
     ),
     ("bad-image-score", variant(lambda s: s.update(image_score="mean")), "unknown image score"),
+    # issue 13, item 9: integrity and strict JSON types
+    ("flipped-bit-in-graph", flipped("feature_graph"), "feature graph fails its SHA-256"),
+    ("flipped-bit-in-bank", flipped("memory_bank"), "memory bank fails its SHA-256"),
+    ("flipped-bit-in-settings", flipped_threshold, "settings fail their SHA-256"),
+    ("other-graph", raw(other_graph), "feature graph fails its SHA-256"),
+    ("extra-tensor", raw(lambda _m, t: t.update(extra=np.zeros(1))), "not those recorded"),
+    (
+        "settings-record-lost",
+        raw(lambda m, _t: m.pop("ind_knn_ad.sha256")),
+        "SHA-256 record is incomplete",
+    ),
+    (
+        "threshold-true",
+        variant(lambda s: s["threshold"].update(value=True)),
+        "threshold value is missing or not a finite number",
+    ),
+    (
+        "layers-true",
+        variant(lambda s: s.update(layers=[True, 3])),
+        "'layers' is not a list of stage numbers",
+    ),
+    # issue 13, item 10: crafted settings and values
+    (
+        "two-value-mean",
+        variant(lambda s: s["preprocess"].update(mean=[0.5, 0.5])),
+        r"bad preprocess settings \(mean is not three finite numbers",
+    ),
+    (
+        "string-std",
+        variant(lambda s: s["preprocess"].update(std=["1", 1, 1])),
+        r"bad preprocess settings \(std is not three finite numbers",
+    ),
+    (
+        "huge-input",
+        variant(lambda s: s["preprocess"].update(resize=100000, crop=100000)),
+        r"cannot score with this model here: a 100000x100000 px input needs about",
+    ),
+    (
+        "huge-bank-value",
+        variant(bank=set_bank_value(3e38)),
+        "memory bank holds values beyond",
+    ),
+    (
+        "nested-json",
+        raw(nested_settings),
+        r"not an ind_knn_ad model file \(bad settings\)",
+    ),
 ]
 
 

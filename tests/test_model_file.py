@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -131,3 +132,68 @@ def test_save_then_load_small_model(tmp_path: Path) -> None:
     np.testing.assert_array_equal(model.memory_bank, bank)
     assert model.feature_graph == b"\x00graph\xff" and model.threshold == 1.5
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+# --- integrity (issue 13, item 9) ----------------------------------------------------------
+
+
+def test_files_carry_sha256_of_every_tensor_and_the_settings(sample_model: Path) -> None:
+    from safetensors import safe_open
+
+    from ind_knn_ad.model_file import DIGESTS, SETTINGS_DIGEST_KEY, tensor_digest
+
+    with safe_open(str(sample_model), framework="numpy") as reader:
+        metadata = reader.metadata()
+        tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
+    settings = json.loads(metadata[METADATA_KEY])
+    assert settings[DIGESTS] == {key: tensor_digest(key, value) for key, value in tensors.items()}
+    assert (
+        metadata[SETTINGS_DIGEST_KEY] == hashlib.sha256(metadata[METADATA_KEY].encode()).hexdigest()
+    )
+    assert DIGESTS not in load_model(sample_model).settings  # the record is the file's own
+
+
+def test_files_from_before_the_digests_still_load(sample_model: Path, tmp_path: Path) -> None:
+    """Written without the SHA-256 record (as every file was before): read, unverified."""
+    model = load_model(sample_model)
+    old = tmp_path / "old.safetensors"
+    save_file(
+        {
+            "memory_bank": model.memory_bank,
+            "feature_graph": np.frombuffer(model.feature_graph, np.uint8),
+        },
+        old,
+        metadata={METADATA_KEY: json.dumps(model.settings)},
+    )
+    again = load_model(old)
+    assert again.settings == model.settings and again.feature_graph == model.feature_graph
+
+
+def test_resaving_records_fresh_digests(sample_model: Path, tmp_path: Path) -> None:
+    """A loaded model, changed and saved again, loads: its digests are recomputed."""
+    model = load_model(sample_model)
+    save_model(
+        Model(model.settings, model.memory_bank[::2].copy(), model.feature_graph), tmp_path / "m"
+    )
+    assert load_model(tmp_path / "m").memory_bank.shape[0] == len(model.memory_bank[::2])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["threshold"].update(value=True), "threshold value"),
+        (lambda s: s.update(neighbourhood=True), "'neighbourhood' is missing or not a int"),
+        (lambda s: s.update(feature_dim=0), "'feature_dim' is not a positive whole number"),
+        (lambda s: s.update(layers=[]), "'layers' is not a list"),
+        (lambda s: s["preprocess"].update(resize=True), r"bad preprocess settings \(resize"),
+        (lambda s: s["preprocess"].update(crop=300), "crop 300 is larger than resize 256"),
+        (lambda s: s["preprocess"].update(mean=[0, 0, float("nan")]), "mean is not three finite"),
+        (lambda s: s["preprocess"].update(std=[1, 1, 0]), "std is not positive"),
+        (lambda s: s["preprocess"].update(align={"length": True}), "align is not a length"),
+    ],
+)
+def test_settings_types_are_strict(change, message: str) -> None:
+    settings = copy.deepcopy(_settings())
+    change(settings)
+    with pytest.raises(ModelFileError, match=message):
+        validate_settings(settings)
