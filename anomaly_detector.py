@@ -18,6 +18,7 @@ when they are not valid UTF-8. Exit codes: see ind_knn_ad/exit_codes.py.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("anomaly_detector")
 _NEEDS_QUOTES = frozenset(',"\r\n')
+# Write errors of the whole folder or disk: the run stops at the first. Any other (a name
+# the file system refuses, a FIFO where the PNG goes) costs that image's heatmap alone.
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES})
 
 
 def _threshold(text: str) -> float:
@@ -162,6 +166,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
             log.error("cannot write heatmaps to %s: %s", shown_name(args.heatmap), error)
             return exit_codes.WRITE_ERROR
     status = exit_codes.OK
+    failed_write = False
     try:
         for path, result, seconds in detector.score_files_timed(expand_inputs(args.imagefile)):
             if isinstance(result, ImageError):
@@ -181,7 +186,10 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
                     continue
                 except OSError as error:
                     log.error("cannot write heatmap for %s: %s", shown_name(path), error)
-                    return exit_codes.WRITE_ERROR
+                    if error.errno in _DISK_ERRORS:  # every other heatmap would fail too
+                        return exit_codes.WRITE_ERROR
+                    failed_write = True  # this image alone (its name, what is there)
+                    continue
             if args.format == "csv":
                 record = csv_record([path, printed, flag])
             else:
@@ -196,7 +204,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
     except ModelFileError as error:
         log.error("%s: %s", shown_name(args.model), error)
         return exit_codes.MODEL_ERROR
-    return status
+    return exit_codes.WRITE_ERROR if failed_write else status
 
 
 def write_heatmap(

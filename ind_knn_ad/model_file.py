@@ -228,19 +228,60 @@ def check_writable(path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+    _refuse_special(path)
     probe = _temporary_beside(path)
     with open(probe, "xb"):
         pass
     os.unlink(probe)
 
 
+_SPECIAL_KINDS = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _refuse_special(path: Path) -> None:
+    """Raise OSError if `path` (followed through links) exists and is not a regular file:
+    a rename would replace the device node, FIFO or socket itself (`--model /dev/full` as
+    root turned the device into a 3 MB file)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+    if not stat.S_ISREG(mode):
+        kind = _SPECIAL_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise OSError(
+            errno.EEXIST, f"is {kind}, not a regular file: refusing to replace it", str(path)
+        )
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that `folder`'s file system takes."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def _temporary_beside(path: Path) -> Path:
     """A fresh hidden name in the target's folder (created if missing), so that the final
-    rename stays on one file system and is atomic."""
+    rename stays on one file system and is atomic. It is never longer than the target's
+    own name allows: a name near the limit is cut short in the temporary name, whose
+    random part keeps it unique."""
     if path.parent.exists() and not path.parent.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "parent is not a folder", str(path.parent))
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    token = secrets.token_hex(8)
+    room = _name_max(path.parent) - len(f"..{token}.tmp")
+    name = os.fsencode(path.name)
+    if len(name) > room:
+        name = name[: max(room, 0)]
+    return path.parent / os.fsdecode(b"." + name + b"." + token.encode() + b".tmp")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -252,6 +293,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     users can read a model as they could any file this user writes.
     """
     path = Path(path)
+    _refuse_special(path)
     temporary = _temporary_beside(path)
     try:
         with open(temporary, "xb") as stream:

@@ -588,6 +588,35 @@ def test_stdout_closed_early(sample_model: Path, inputs: Path) -> None:
     assert error_lines(stderr) == ["ERROR: cannot write results to stdout: Broken pipe"]
 
 
+def test_heatmaps_for_long_names_and_one_that_cannot_be_written(
+    sample_model: Path, inputs: Path, tmp_path: Path
+) -> None:
+    """Issue 13, items 4 and 5: a heatmap name of 254 bytes, and one hashed down to 255,
+    are written (their temporary names fit too); a FIFO where a heatmap goes is left as it
+    is and costs that image alone: the others are scored, and the exit code is 6."""
+    from ind_knn_ad.heatmap import heatmap_name
+
+    names = ["n" * 250, "d" * 200 + "/" + "h" * 200, "blocked.png", "good.png"]
+    (tmp_path / ("d" * 200)).mkdir()
+    for name in names:
+        shutil.copy(inputs / "good.png", tmp_path / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / heatmap_name("blocked.png"))
+    result = scorer("--model", sample_model, "--heatmap", out, *names, cwd=tmp_path)
+    assert result.returncode == exit_codes.WRITE_ERROR, result.stderr
+    assert [row[0] for row in records(result.stdout)] == [names[0], names[1], names[3]]
+    [line] = error_lines(result.stderr)
+    assert line == (
+        f"ERROR: cannot write heatmap for blocked.png: [Errno 17] is a FIFO, not a regular "
+        f"file: refusing to replace it: '{out / 'blocked.png.png'}'"
+    )
+    assert len(heatmap_name(names[1]).encode()) > 250  # hashed down to fit
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(heatmap_name(name) for name in names)  # no temporary left
+    assert (out / "blocked.png.png").is_fifo()
+
+
 # --- make_model.py: backbone weights and output folder --------------------------------------
 
 MAKE_MODEL_CASES = [
@@ -617,6 +646,12 @@ MAKE_MODEL_CASES = [
         "cannot write .*is a directory",
     ),
     (
+        "output-is-a-fifo",
+        ["--model", "{tmp}/fifo"],
+        exit_codes.WRITE_ERROR,
+        "cannot write .*fifo: .*is a FIFO, not a regular file: refusing to replace it",
+    ),
+    (
         "batch-size-zero",
         ["--batch-size", "0"],
         exit_codes.USAGE,
@@ -633,6 +668,7 @@ def make_model_results(
     and its caches empty, as on a machine without network."""
     tmp = tmp_path_factory.mktemp("make_model")
     (tmp / "garbage.pt").write_bytes(b"this is not a weights file\n")
+    os.mkfifo(tmp / "fifo")
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf"), "TORCH_HOME": str(tmp / "th")}
 
     def run(case: tuple) -> subprocess.CompletedProcess:

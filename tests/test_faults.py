@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -177,6 +178,48 @@ def test_new_file_gets_ordinary_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def _special(kind: str, path: Path) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        import socket
+
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    else:
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # another /dev/null
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "socket"])
+def test_a_special_file_is_never_replaced(tmp_path: Path, kind: str) -> None:
+    """Issue 13, item 4: `--model /dev/full` as root turned the device into a file."""
+    target = tmp_path / "model.safetensors"
+    _special(kind, target)
+    before = os.stat(target)
+    with pytest.raises(OSError, match="not a regular file: refusing to replace it"):
+        atomic_write(target, b"new model")
+    after = os.stat(target)
+    assert (after.st_ino, after.st_mode, after.st_rdev) == (
+        before.st_ino,
+        before.st_mode,
+        before.st_rdev,
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("length", [200, 233, 234, 250, 255])
+def test_names_up_to_the_limit_are_written(tmp_path: Path, length: int) -> None:
+    """Issue 13, item 5: the temporary name fits whenever the final name does."""
+    target = tmp_path / ("m" * (length - 4) + ".png")
+    atomic_write(target, b"data")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert target.read_bytes() == b"data"
 
 
 FULL_DISK_SCRIPT = """
