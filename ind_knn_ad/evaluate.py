@@ -2,19 +2,61 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .data import GOOD, Dataset, TestImage
-from .images import Preprocess, load_image
+from .images import ImageError, Preprocess, load_image, shown_name
 from .pipeline import preprocessed_batches, stack
 from .scoring import PatchScores, anomaly_map
 
 # (B, 3, H, W) preprocessed images to their results, whichever method made the model.
 ScoreFn = Callable[[np.ndarray], list[PatchScores]]
+log = logging.getLogger(__name__)
+
+
+def _image_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of an image as load_image gives it (EXIF orientation applied),
+    from its header alone."""
+    with Image.open(path) as image:
+        width, height = image.size
+        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+    return (height, width) if turned else (width, height)
+
+
+def mask_labels(mask: Path, photo_path: Path | str, preprocess: Preprocess) -> np.ndarray | None:
+    """A ground-truth mask cut as its photo was, as 0/1 labels per pixel; None, with a
+    warning line naming the mask, when it cannot be read or is not the photo's size: that
+    image then counts in the image metrics but not in the pixel ROC AUC."""
+    try:
+        truth = load_image(mask)
+        size = _image_size(photo_path)
+    except ImageError as error:
+        log.warning("warning: %s; left out of the pixel ROC AUC", error)
+        return None
+    except (OSError, SyntaxError, ValueError) as error:  # the photo, read again: it changed
+        log.warning("warning: %s: %s; left out of the pixel ROC AUC", shown_name(photo_path), error)
+        return None
+    if truth.size != size:
+        log.warning(
+            "warning: %s: mask is %dx%d, its image %dx%d; left out of the pixel ROC AUC",
+            shown_name(mask),
+            *truth.size,
+            *size,
+        )
+        return None
+    try:  # an aligned cut follows the part's pose, found on the photo
+        photo = load_image(photo_path) if preprocess.align is not None else None
+    except ImageError as error:
+        log.warning("warning: %s; left out of the pixel ROC AUC", error)
+        return None
+    cut = preprocess.geometry(truth.convert("L"), photo)
+    return (np.asarray(cut) > 127).ravel().astype(np.uint8)
 
 
 @dataclass
@@ -76,15 +118,13 @@ def evaluate(
                 each(by_path[path], result)
             mask = by_path[path].mask
             if dataset.has_masks:
-                pixel_scores.append(anomaly_map(result.patch_map, preprocess.size).ravel())
                 if mask is None:
-                    pixel_labels.append(np.zeros(width * height, dtype=np.uint8))
+                    labels = np.zeros(width * height, dtype=np.uint8)
                 else:
-                    # An aligned cut follows the part's pose, found on the photo.
-                    photo = load_image(path) if preprocess.align is not None else None
-                    with Image.open(mask) as image:
-                        truth = preprocess.geometry(image.convert("L"), photo)
-                    pixel_labels.append((np.asarray(truth) > 127).ravel().astype(np.uint8))
+                    labels = mask_labels(mask, path, preprocess)
+                if labels is not None:
+                    pixel_labels.append(labels)
+                    pixel_scores.append(anomaly_map(result.patch_map, preprocess.size).ravel())
         done += len(items)
         if progress is not None:
             progress(done)

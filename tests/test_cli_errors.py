@@ -702,3 +702,36 @@ def test_make_model_errors(
     assert "Model written" not in result.stdout
     text = " ".join(result.stderr.split())  # rich wraps long lines at 80 columns
     assert re.search(f"error: .*{message}", text), text
+
+
+def test_bad_masks_cost_only_their_pixel_metric(
+    sample_model: Path, sample_dataset: Path, tmp_path: Path
+) -> None:
+    """Issue 13, item 6: a mask that is not an image, and one of the wrong size, each get
+    a warning line naming them and are left out of the pixel ROC AUC; the evaluation still
+    completes, with both images in the image metrics."""
+    data = tmp_path / "data"
+    shutil.copytree(sample_dataset, data)
+    masks = sorted((data / "ground_truth").rglob("*_mask.png"))
+    garbage, small = masks[0], masks[1]
+    garbage.write_bytes(b"not a PNG at all\n")
+    Image.new("L", (10, 10), 255).save(small)
+    model = tmp_path / "model.safetensors"
+    shutil.copy(sample_model, model)
+    result = subprocess.run(
+        [sys.executable, "make_model.py", "--data-dir", data, "--model", model, "--evaluate-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == exit_codes.OK, result.stderr
+    warnings_ = [line for line in error_lines(result.stderr) if line.startswith("warning: ")]
+    assert warnings_ == [
+        f"warning: {garbage}: not an image file (or an unsupported format); left out of the "
+        "pixel ROC AUC",
+        f"warning: {small}: mask is 10x10, its image 256x256; left out of the pixel ROC AUC",
+    ]
+    results = json.loads(model.with_suffix(".results.json").read_text())
+    assert results["pixel_rocauc"] is not None
+    assert len(results["images"]) == len(list((data / "test").rglob("*.png")))
