@@ -15,6 +15,7 @@ from ind_knn_ad import exit_codes
 from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.data import DATASETS_DIR, Dataset, DatasetError, load_dataset
 from ind_knn_ad.images import ImageError, Preprocess
+from ind_knn_ad.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, METHODS
 from ind_knn_ad.scoring import IMAGE_SCORES
 from ind_knn_ad.threshold import AUTO, parse_threshold
@@ -106,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--crop ({args.crop}) must be between 1 and --image-size ({args.image_size})")
     if args.method != "patchcore" and args.image_score != "max":
         parser.error(f"--image-score {args.image_score} is for --method patchcore only")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be a whole number from 0 to {2**32 - 1}, not {args.seed}")
+    if not args.align:  # an aligned cut's size is known once the parts are measured
+        problem = input_too_large(args.crop, args.crop, FIT_BYTES_PER_PIXEL)
+        if problem:
+            parser.error(f"--crop {args.crop} (from --image-size {args.image_size}): {problem}")
     return args
 
 
@@ -233,6 +240,70 @@ def make_preprocess(args: argparse.Namespace, dataset: Dataset, console: Console
     return preprocess
 
 
+class UsageError(Exception):
+    """An option that cannot work with this backbone, dataset or machine (exit code 2)."""
+
+
+def backbone_strides(args: argparse.Namespace) -> list[int]:
+    """The strides of the chosen backbone stages, from the architecture alone (no weights,
+    nothing downloaded); UsageError for a stage the backbone does not have."""
+    import timm
+
+    from ind_knn_ad.backbones import backbone_spec
+
+    spec = backbone_spec(args.backbone)
+    try:
+        network = timm.create_model(spec.timm_name, pretrained=False, features_only=True)
+    except Exception:  # the fit itself reports what is wrong with the backbone
+        return []
+    strides = network.feature_info.reduction()
+    layers = args.layers or list(spec.layers)
+    wrong = [layer for layer in layers if not 0 <= layer < len(strides)]
+    if wrong:
+        default = " ".join(map(str, spec.layers))
+        raise UsageError(
+            f"--layers {' '.join(map(str, wrong))}: backbone {args.backbone} has stages 0 to "
+            f"{len(strides) - 1} (default: {default})"
+        )
+    return [strides[layer] for layer in layers]
+
+
+def check_fit(args: argparse.Namespace, dataset: Dataset, preprocess: Preprocess) -> None:
+    """What would fail only after feature extraction, said up front in the user's terms:
+    DatasetError for too few training images, UsageError for options."""
+    from ind_knn_ad.coreset import coreset_size
+
+    count = len(dataset.train)
+    if count < 2:
+        raise DatasetError(
+            f"{dataset.root}: {count} training image; a fit needs at least 2 (the threshold "
+            "and the methods compare each training image with the others)"
+        )
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+    width, height = preprocess.size
+    problem = input_too_large(width, height, FIT_BYTES_PER_PIXEL)
+    if problem:
+        raise UsageError(f"--image-size {args.image_size} with --align: {problem}")
+    strides = backbone_strides(args)
+    if args.method != "patchcore" or args.threshold != AUTO or not strides:
+        return
+    step = min(strides)
+    per_image = -(-width // step) * -(-height // step)
+    total = count * per_image
+    if coreset_size(total, args.coreset) <= per_image:
+        least = 2 * per_image / total  # a bank of two images' patches, at the least
+        raise UsageError(
+            f"--coreset {args.coreset:g} keeps {coreset_size(total, args.coreset)} of about "
+            f"{total} patches, no more than one image's {per_image}: the automatic threshold "
+            f"scores each training image against the bank without its own patches. Use "
+            f"--coreset {least:.2g} or more, or a fixed --threshold"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from functools import partial
 
@@ -265,6 +336,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print_error(f"{dataset.root}: {error}; fit without --align")
         return exit_codes.DATA_ERROR
+    try:
+        check_fit(args, dataset, preprocess)
+    except DatasetError as error:
+        print_error(str(error))
+        return exit_codes.DATA_ERROR
+    except UsageError as error:
+        print_error(str(error))
+        return exit_codes.USAGE
+    except BackboneError as error:
+        print_error(str(error))
+        return exit_codes.BACKBONE_ERROR
     settings = PatchCoreSettings(
         backbone=args.backbone,
         layers=tuple(args.layers) if args.layers else None,
@@ -296,9 +378,9 @@ def run(args: argparse.Namespace) -> int:
     except ImageError as error:
         print_error(str(error))
         return exit_codes.DATA_ERROR
-    except ValueError as error:
-        print_error(str(error))
-        return exit_codes.USAGE
+    except (ValueError, ArithmeticError) as error:  # options were checked: the data is at fault
+        print_error(f"{dataset.root}: cannot fit on these images ({error})")
+        return exit_codes.DATA_ERROR
     model = result.model
     rule = model.settings["threshold"]["rule"]
     console.print(f"{summary(model)}; threshold {model.threshold:.4g} ({rule}).")

@@ -651,6 +651,39 @@ MAKE_MODEL_CASES = [
         exit_codes.WRITE_ERROR,
         "cannot write .*fifo: .*is a FIFO, not a regular file: refusing to replace it",
     ),
+    # issue 13, items 2, 7, 8, 12: said up front, in the user's terms, with the table's code
+    (
+        "one-training-image",
+        ["--data-dir", "{tmp}/one"],
+        exit_codes.DATA_ERROR,
+        "one: 1 training image; a fit needs at least 2",
+    ),
+    (
+        "coreset-too-small",
+        ["--backbone", "efficientnet_lite0", "--coreset", "1e-9"],
+        exit_codes.USAGE,
+        "--coreset 1e-09 keeps 1 of about 31360 patches, no more than one image's 784.*"
+        "Use --coreset 0.05 or more, or a fixed --threshold",
+    ),
+    (
+        "layers-out-of-range",
+        ["--backbone", "efficientnet_lite0", "--layers", "2", "9"],
+        exit_codes.USAGE,
+        r"--layers 9: backbone efficientnet_lite0 has stages 0 to 4 \(default: 2 3\)",
+    ),
+    ("negative-seed", ["--seed", "-1"], exit_codes.USAGE, "--seed must be a whole number from 0"),
+    (
+        "input-too-large",
+        ["--image-size", "100000", "--crop", "100000"],
+        exit_codes.USAGE,
+        "--crop 100000 .*: a 100000x100000 px input needs about .* GB per image, more than",
+    ),
+    (
+        "aligned-input-too-large",
+        ["--backbone", "efficientnet_lite0", "--image-size", "100000", "--align"],
+        exit_codes.USAGE,
+        "--image-size 100000 with --align: a .* px input needs about .* GB per image",
+    ),
     (
         "batch-size-zero",
         ["--batch-size", "0"],
@@ -669,6 +702,8 @@ def make_model_results(
     tmp = tmp_path_factory.mktemp("make_model")
     (tmp / "garbage.pt").write_bytes(b"this is not a weights file\n")
     os.mkfifo(tmp / "fifo")
+    (tmp / "one" / "train" / "good").mkdir(parents=True)
+    shutil.copy(sample_dataset / "train" / "good" / "000.png", tmp / "one" / "train" / "good")
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf"), "TORCH_HOME": str(tmp / "th")}
 
     def run(case: tuple) -> subprocess.CompletedProcess:
