@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Scoring speed of an earlier revision against the working tree, runs interleaved so that
+both see the same machine load: one-off call, batch of 83 bottle_256 images, and the
+nearest-neighbour search alone (ms/image with and without maps).
+
+The earlier revision is checked out in a temporary git worktree and fits the model both
+trees score, so an older loader can read it.
+
+    python bench/compare.py [--before REV] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from common import BOTTLE, PYTHON, ROOT, fit_command, machine, run, shown
+
+# Run in each tree: features once, then the search alone, best of 3, in ms per image.
+NEAREST = """
+import sys, time
+import numpy as np
+from pathlib import Path
+from ind_knn_ad.model_file import load_model
+from ind_knn_ad.runtime import Detector
+from ind_knn_ad.scoring import score_features
+model = load_model(sys.argv[1])
+detector = Detector(model, "cpu")
+paths = sorted(Path(sys.argv[2]).rglob("*.png"))
+images = np.stack([detector.preprocess.load(path) for path in paths])
+batches = [detector.features(images[i : i + 8]) for i in range(0, len(images), 8)]
+bank = model.memory_bank
+norms = np.einsum("ij,ij->i", bank, bank)
+for maps in (True, False):
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for features in batches:
+            score_features(features, bank, model.settings["image_score"], norms, maps=maps)
+        best = min(best, (time.perf_counter() - start) / len(paths) * 1e3)
+    print(best)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="HEAD", help="git revision to compare with")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        before = Path(work) / "before"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(before), args.before],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        try:
+            compare(before, Path(work) / "bottle.safetensors", args.runs, args.before)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT)
+
+
+def compare(before: Path, model: Path, runs: int, revision: str) -> None:
+    fit = fit_command(BOTTLE, model)
+    fit[1] = before / "make_model.py"
+    run(fit)
+    images = sorted((BOTTLE / "test").rglob("*.png"))
+    one = images[0]
+    figures: dict[str, dict[str, list[float]]] = {}
+
+    def add(name: str, tree: str, value: float) -> None:
+        figures.setdefault(name, {"before": [], "after": []})[tree].append(value)
+
+    for _ in range(runs):
+        for tree, root in (("before", before), ("after", ROOT)):
+            score = [PYTHON, root / "anomaly_detector.py", "--model", model]
+            add("one-off call (s)", tree, run([*score, one]).seconds)
+            add("batch, 83 images (images/s)", tree, len(images) / run([*score, *images]).seconds)
+            nearest = subprocess.run(
+                [PYTHON, "-c", NEAREST, str(model), str(BOTTLE / "test")],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            with_maps, scores_only = map(float, nearest.stdout.split())
+            add("nearest, with maps (ms/image)", tree, with_maps)
+            add("nearest, scores only (ms/image)", tree, scores_only)
+    print(f"\n== before ({revision}) and after (working tree), interleaved, {runs} runs each")
+    print(f"$ python bench/compare.py --before {revision} --runs {runs}")
+    print(f"  model: {shown(fit)}")
+    print(f"  machine: {machine()}")
+    print("| figure (median) | before | after | change |\n|---|---|---|---|")
+    for name, trees in figures.items():
+        old, new = statistics.median(trees["before"]), statistics.median(trees["after"])
+        print(f"| {name} | {old:.3g} | {new:.3g} | {100 * (new - old) / old:+.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
