@@ -25,12 +25,15 @@ PYTHON = sys.executable
 
 @dataclass(frozen=True)
 class Run:
-    """One finished command: wall seconds from start to exit, its peak RSS, its output."""
+    """One finished command: wall seconds from start to exit, its peak RSS, its output, and
+    the CPU seconds (user + system) it used, which other processes on the machine inflate
+    far less than the wall time."""
 
     seconds: float
     peak_rss_mb: float
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0
 
 
 def run(command: list[str | Path]) -> Run:
@@ -51,7 +54,8 @@ def run(command: list[str | Path]) -> Run:
         stdout, stderr = out.read(), err.read()
     if process.returncode != 0:
         raise SystemExit(f"{shown(command)} exited {process.returncode}:\n{stderr[-2000:]}")
-    return Run(seconds, usage.ru_maxrss / 1024, stdout, stderr)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(seconds, usage.ru_maxrss / 1024, stdout, stderr, cpu)
 
 
 def shown(command: list[str | Path]) -> str:
