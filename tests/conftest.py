@@ -12,9 +12,27 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
 _CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-# Forced OpenBLAS kernels (numpy picks one at run time from the CPU): SSE3, AVX2 and, where
-# the CPU has it, AVX-512. Each rounds a product its own way, as other users' CPUs would.
-BLAS_KERNELS = ["Prescott", "Haswell", *(["SkylakeX"] if "avx512f" in _CPUINFO else [])]
+
+
+def _numpy_dispatch_targets() -> str:
+    """NumPy's run-time SIMD targets on this CPU (AVX2, AVX-512, ...), space-separated."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__
+    except ImportError:  # NumPy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__
+    return " ".join(__cpu_dispatch__)
+
+
+# Arithmetic other users' CPUs would do, forced on this one: OpenBLAS kernels for SSE3 (with
+# NumPy's own loops held to its baseline too), AVX2 and, where the CPU has it, AVX-512.
+ARITHMETIC = {
+    "Prescott, NumPy baseline": {
+        "OPENBLAS_CORETYPE": "Prescott",
+        "NPY_DISABLE_CPU_FEATURES": _numpy_dispatch_targets(),
+    },
+    "Haswell": {"OPENBLAS_CORETYPE": "Haswell"},
+    **({"SkylakeX": {"OPENBLAS_CORETYPE": "SkylakeX"}} if "avx512f" in _CPUINFO else {}),
+}
 
 
 def run_script(*args: str | Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:

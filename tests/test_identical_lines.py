@@ -1,6 +1,6 @@
 """The printed lines are a function of the model file and the image bytes: the same bytes,
 in CSV and JSON, whether an image is scored alone, in a list, in a directory, with or
-without --heatmap, on one thread or two, and under every BLAS kernel numpy may pick."""
+without --heatmap, on one thread or two, and under the BLAS and NumPy kernels of other CPUs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BLAS_KERNELS, ROOT, fit_efficientnet, mvtec_folder
+from conftest import ARITHMETIC, ROOT, fit_efficientnet, mvtec_folder
 
 
 def score(model: Path, *args: str | Path, env: dict[str, str] | None = None, prefix=()) -> str:
@@ -46,8 +46,8 @@ def check_identical(model: Path, images: list[Path], folder: Path, tmp_path: Pat
     csv_rows = [tuple(line.rsplit(",", 2)) for line in listed.splitlines()]
     jsonl = scores_of_jsonl(score(model, "--format", "jsonl", *images))
     assert [(f, s, str(flag)) for f, s, flag in jsonl] == csv_rows
-    for kernel in BLAS_KERNELS:
-        assert score(model, *images, env={"OPENBLAS_CORETYPE": kernel}) == listed, kernel
+    for name, environment in ARITHMETIC.items():
+        assert score(model, *images, env=environment) == listed, name
     assert score(model, *images, env={"OMP_NUM_THREADS": "1"}) == listed
     if shutil.which("taskset"):
         assert score(model, *images, prefix=("taskset", "-c", "0")) == listed
