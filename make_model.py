@@ -176,22 +176,48 @@ def evaluate_only(
         print_error(str(error))
         return exit_codes.DATA_ERROR
     report(out, dataset.name, evaluation, model.method)
+    from ind_knn_ad.model_file import write_together
+
     try:
-        write_results(args.model, evaluation)
-        write_contact_sheet(args.model, sheet.entries, model, threshold, dataset.name)
+        model_bytes = args.model.read_bytes()
+        files = evaluation_files(
+            args.model, model_bytes, evaluation, sheet.entries, model, threshold, dataset.name
+        )
+        write_together(files)
     except OSError as error:
         print_error(f"cannot write results beside {args.model}: {error}")
         return exit_codes.WRITE_ERROR
     return exit_codes.OK
 
 
-def write_results(model_path: Path, evaluation: Evaluation) -> Path:
-    """The evaluation as JSON beside the model: `<model>.results.json`."""
-    from ind_knn_ad.model_file import atomic_write
+def evaluation_files(
+    model_path: Path,
+    model_bytes: bytes,
+    evaluation: Evaluation,
+    entries: list[SheetEntry],
+    model: Model,
+    threshold: float,
+    dataset: str,
+) -> list[tuple[Path, bytes]]:
+    """`<model>.results.json` and `<model>.contact_sheet.png`, as (path, bytes). The
+    results name the model they belong to by its SHA-256 (`model_sha256`), so a results
+    file that does not match its model can be told."""
+    import hashlib
 
-    path = model_path.with_suffix(".results.json")
-    atomic_write(path, (json.dumps(evaluation.to_dict(), indent=2) + "\n").encode())
-    return path
+    from ind_knn_ad.heatmap import contact_sheet, png_bytes
+
+    results = {"model_sha256": hashlib.sha256(model_bytes).hexdigest(), **evaluation.to_dict()}
+    title = (
+        f"{model.method} on {dataset}: {len(entries)} test images by score, "
+        f"threshold {threshold:.4g}; red captions: wrong verdicts"
+    )
+    return [
+        (model_path.with_suffix(".results.json"), (json.dumps(results, indent=2) + "\n").encode()),
+        (
+            model_path.with_suffix(".contact_sheet.png"),
+            png_bytes(contact_sheet(entries, threshold, title)),
+        ),
+    ]
 
 
 class SheetCollector:
@@ -210,21 +236,6 @@ class SheetCollector:
                 item.path, result.patch_map, self.preprocess, result.score, item.defect_type
             )
         )
-
-
-def write_contact_sheet(
-    model_path: Path, entries: list[SheetEntry], model: Model, threshold: float, dataset: str
-) -> Path:
-    """Every test image with its map, highest score first: `<model>.contact_sheet.png`."""
-    from ind_knn_ad.heatmap import contact_sheet, write_png
-
-    path = model_path.with_suffix(".contact_sheet.png")
-    title = (
-        f"{model.method} on {dataset}: {len(entries)} test images by score, "
-        f"threshold {threshold:.4g}; red captions: wrong verdicts"
-    )
-    write_png(contact_sheet(entries, threshold, title), path)
-    return path
 
 
 def make_preprocess(args: argparse.Namespace, dataset: Dataset, console: Console) -> Preprocess:
@@ -292,16 +303,23 @@ def check_fit(args: argparse.Namespace, dataset: Dataset, preprocess: Preprocess
     if args.method != "patchcore" or args.threshold != AUTO or not strides:
         return
     step = min(strides)
-    per_image = -(-width // step) * -(-height // step)
-    total = count * per_image
-    if coreset_size(total, args.coreset) <= per_image:
-        least = 2 * per_image / total  # a bank of two images' patches, at the least
+    total = count * -(-width // step) * -(-height // step)
+    if coreset_size(total, args.coreset) < 2:
+        least = _round_up(2 / total)
         raise UsageError(
-            f"--coreset {args.coreset:g} keeps {coreset_size(total, args.coreset)} of about "
-            f"{total} patches, no more than one image's {per_image}: the automatic threshold "
-            f"scores each training image against the bank without its own patches. Use "
-            f"--coreset {least:.2g} or more, or a fixed --threshold"
+            f"--coreset {args.coreset:g} keeps 1 of about {total} patches: the automatic "
+            "threshold scores each training image against the bank without its own "
+            f"patches, so the bank needs at least 2. Use --coreset {least:g} or more, or a "
+            "fixed --threshold"
         )
+
+
+def _round_up(value: float) -> float:
+    """`value` rounded up to two significant digits."""
+    import math
+
+    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return math.ceil(value / scale) * scale
 
 
 def run(args: argparse.Namespace) -> int:
@@ -323,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         return evaluate_only(args, dataset, console, out)
     out.print(f"█│ Running {args.method} on {dataset.name} dataset.")
 
-    from ind_knn_ad.model_file import save_model
+    from ind_knn_ad.model_file import serialise, write_together
     from ind_knn_ad.patchcore import PatchCoreSettings
     from ind_knn_ad.reporting import progress_bar
     from ind_knn_ad.train import train
@@ -386,11 +404,22 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"{summary(model)}; threshold {model.threshold:.4g} ({rule}).")
     if result.evaluation is not None:
         report(out, dataset.name, result.evaluation, model.method)
+    # The model, results and contact sheet are replaced together: an interrupt leaves all
+    # three old files or all three new ones.
+    payload = serialise(model)
+    files = [(args.model, payload)]
+    if result.evaluation is not None:
+        files += evaluation_files(
+            args.model,
+            payload,
+            result.evaluation,
+            sheet.entries,
+            model,
+            model.threshold,
+            dataset.name,
+        )
     try:
-        save_model(model, args.model)
-        if result.evaluation is not None:
-            write_results(args.model, result.evaluation)
-            write_contact_sheet(args.model, sheet.entries, model, model.threshold, dataset.name)
+        write_together(files)
     except OSError as error:
         print_error(f"cannot write {args.model}: {error}")
         return exit_codes.WRITE_ERROR

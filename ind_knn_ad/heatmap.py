@@ -151,11 +151,15 @@ def image_heatmap(
     return heatmap_picture(image, amap, low, high, title)
 
 
-def write_png(picture: Image.Image, path: Path) -> None:
-    """Encode, then write atomically: a reader never sees half a PNG."""
+def png_bytes(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_png(picture: Image.Image, path: Path) -> None:
+    """Encode, then write atomically: a reader never sees half a PNG."""
+    atomic_write(path, png_bytes(picture))
 
 
 @dataclass

@@ -34,7 +34,9 @@ import json
 import math
 import os
 import secrets
+import signal
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,20 +294,50 @@ def atomic_write(path: Path, data: bytes) -> None:
     file behind. The new file gets the usual permissions (0666 less the umask), so other
     users can read a model as they could any file this user writes.
     """
-    path = Path(path)
-    _refuse_special(path)
-    temporary = _temporary_beside(path)
+    write_together([(Path(path), data)])
+
+
+def write_together(files: list[tuple[Path, bytes]]) -> None:
+    """Write several files as one unit (a model, its results and its contact sheet).
+
+    Each goes to a temporary file beside its target, flushed to disk; only when all are
+    written are they renamed over their targets, one after another with SIGINT and SIGTERM
+    held back, so that an interrupt leaves either every old file or every new one (the
+    interrupt then arrives just after). A failure or interrupt before the renames removes
+    the temporaries and leaves the old files.
+    """
+    pending: list[tuple[Path, Path]] = []
     try:
-        with open(temporary, "xb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        for path, data in files:
+            path = Path(path)
+            _refuse_special(path)
+            temporary = _temporary_beside(path)
+            pending.append((temporary, path))
+            with open(temporary, "xb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+        with _interrupts_held():
+            for temporary, path in pending:
+                os.replace(temporary, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        for temporary, _ in pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
         raise
-    _fsync_folder(path.parent)
+    for folder in dict.fromkeys(path.parent for _, path in pending):
+        _fsync_folder(folder)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (they are then delivered)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -222,6 +222,69 @@ def test_names_up_to_the_limit_are_written(tmp_path: Path, length: int) -> None:
     assert target.read_bytes() == b"data"
 
 
+def test_model_results_and_sheet_are_replaced_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13, item 3: Ctrl-C right after the model's rename used to leave a new model
+    beside old results. A real SIGINT sent during the first rename is held back until all
+    three are renamed: the three files are all new, and the interrupt still arrives."""
+    import ind_knn_ad.model_file as model_file
+
+    names = ["model.safetensors", "model.results.json", "model.contact_sheet.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"old " + name.encode())
+    real_replace = os.replace
+
+    def replace_then_interrupt(source, target) -> None:
+        real_replace(source, target)
+        if Path(target).name == names[0]:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(model_file.os, "replace", replace_then_interrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model_file.write_together([(tmp_path / n, b"new " + n.encode()) for n in names])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {
+        name: b"new " + name.encode() for name in names
+    }
+
+
+def test_interrupt_before_the_renames_keeps_every_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt while the third file is being written: all three old files stay, and
+    no temporary file is left."""
+    names = ["model.safetensors", "model.results.json", "model.contact_sheet.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"old")
+    import ind_knn_ad.model_file as model_file
+
+    real_open = open
+    opened = []
+
+    def failing_open(path, mode):
+        opened.append(path)
+        if len(opened) == 3:
+            return _FailingStream(path, KeyboardInterrupt())
+        return real_open(path, mode)
+
+    monkeypatch.setattr(model_file, "open", failing_open, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        model_file.write_together([(tmp_path / n, b"new") for n in names])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {n: b"old" for n in names}
+
+
+def test_results_name_their_model_by_sha256(sample_model: Path) -> None:
+    """The results file beside a model says which model it belongs to."""
+    import json
+
+    results = json.loads(sample_model.with_suffix(".results.json").read_text())
+    assert results["model_sha256"] == hashlib.sha256(sample_model.read_bytes()).hexdigest()
+
+
 FULL_DISK_SCRIPT = """
 import sys
 from pathlib import Path
