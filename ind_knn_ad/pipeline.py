@@ -43,19 +43,37 @@ def expand_inputs(paths: Iterable[Path | str]) -> list[Path | str]:
         if not Path(path).is_dir():
             files.append(path)
             continue
-        errors: list[OSError] = []
-        found = [
-            Path(folder) / name
-            for folder, _, names in os.walk(path, onerror=errors.append)
-            for name in names
-            if is_image_file(Path(name))
-        ]
-        unreadable = [error.filename for error in errors]
+        found, unreadable = _image_files_under(path)
         files.extend(sorted(found))
         files.extend(unreadable)  # the loader reports each: permission denied
         if not found and not unreadable:
             files.append(path)  # the loader reports: no image files
     return files
+
+
+def _image_files_under(top: Path | str) -> tuple[list[Path], list[str]]:
+    """The image files under `top` and the folders that could not be listed. A loop with
+    its own stack, not os.walk, whose recursion fails on folders nested 1,000 deep."""
+    found: list[Path] = []
+    unreadable: list[str] = []
+    stack = [os.fspath(top)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        is_folder = entry.is_dir()
+                    except OSError:
+                        is_folder = False
+                    if is_folder:
+                        if not entry.is_symlink():  # links to folders are not followed
+                            stack.append(entry.path)
+                    elif is_image_file(Path(entry.name)):
+                        found.append(Path(entry.path))
+        except OSError as error:
+            unreadable.append(error.filename if error.filename is not None else folder)
+    return found, unreadable
 
 
 def _load(preprocess: Preprocess, path: Path | str) -> np.ndarray | ImageError:

@@ -255,6 +255,46 @@ def test_thin_images_in_bounded_memory(sample_model: Path, inputs: Path, tmp_pat
     assert [row[0] for row in records(result.stdout)] == ["good.png", "wide.png", "tall.png"]
 
 
+def _remove_chain(top: Path, depth: int) -> None:
+    """Remove top/d/d/.../d (depth deep, files at the bottom) without recursion, which
+    shutil.rmtree (and so pytest's clean-up) would need."""
+    folders = [os.open(top, os.O_RDONLY)]
+    for _ in range(depth):
+        folders.append(os.open("d", os.O_RDONLY, dir_fd=folders[-1]))
+    for name in os.listdir(folders[-1]):
+        os.unlink(name, dir_fd=folders[-1])
+    os.close(folders.pop())
+    while folders:
+        os.rmdir("d", dir_fd=folders[-1])
+        os.close(folders.pop())
+
+
+def test_folder_nested_1500_deep(sample_model: Path, inputs: Path, tmp_path: Path) -> None:
+    """Issue 13, item 11: os.walk's recursion failed 1,000 folders down, and nothing was
+    scored; the image at the bottom and the file after the folder are both scored."""
+    (tmp_path / "top").mkdir()
+    folder = os.open(tmp_path / "top", os.O_RDONLY)
+    for _ in range(1500):  # not mkdir(parents=True): pathlib recurses too
+        os.mkdir("d", dir_fd=folder)
+        inner = os.open("d", os.O_RDONLY, dir_fd=folder)
+        os.close(folder)
+        folder = inner
+    image = os.open("deep.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=folder)
+    os.write(image, (inputs / "good.png").read_bytes())
+    os.close(image)
+    os.close(folder)
+    shutil.copy(inputs / "good.png", tmp_path / "good.png")
+    try:
+        result = scorer("--model", sample_model, "top", "good.png", cwd=tmp_path)
+    finally:
+        _remove_chain(tmp_path / "top", 1500)
+    assert result.returncode == exit_codes.OK, result.stderr
+    assert error_lines(result.stderr) == []
+    rows = records(result.stdout)
+    assert [row[0] for row in rows] == [os.path.join("top", *["d"] * 1500, "deep.png"), "good.png"]
+    assert rows[0][1:] == rows[1][1:]
+
+
 def _without_permission_override() -> None:
     """Drop root's power to read any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the
     capability bounding set, so that the process exec'd next is refused a mode-000 file."""
