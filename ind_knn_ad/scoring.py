@@ -157,27 +157,33 @@ def exact_nearest(queries: np.ndarray, bank: _Bank) -> tuple[np.ndarray, np.ndar
 
     The BLAS block only picks candidates: every row whose approximate distance lies within
     twice the error bound of the smallest one. The true nearest rows are always among them.
+    Near-duplicate bank rows (a bank fitted on blank images) can make most rows candidates,
+    so they are measured in chunks of at most BLOCK_ELEMENTS values.
     """
+    channels = bank.rows.shape[1]
 
-    def candidates(
+    def nearest(
         start: int, squared: np.ndarray, query_norms: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         limit = squared.min(axis=1) + 2.0 * bank.error_bound(query_norms)
         # Rounded up to float32, so that the comparison cannot lose a row on the boundary.
         limit = np.nextafter(limit.astype(np.float32), np.float32(np.inf))
-        query, row = np.nonzero(squared <= limit[:, None])
-        return start + query, row
+        query, row = np.nonzero(squared <= limit[:, None])  # sorted by query, then row
+        distances = np.empty(len(query))
+        step = max(1, BLOCK_ELEMENTS // channels)
+        for first in range(0, len(query), step):
+            pairs = slice(first, first + step)
+            distances[pairs] = exact_squared(queries[start + query[pairs]], bank.rows[row[pairs]])
+        # The smallest distance of each query, the first row on ties.
+        order = np.lexsort((row, distances, query))
+        chosen = order[np.r_[True, query[order][1:] != query[order][:-1]]]
+        return distances[chosen], row[chosen]
 
-    blocks = _map_blocks(queries, bank, candidates)
-    query = np.concatenate([np.empty(0, np.int64), *(q for q, _ in blocks)])
-    row = np.concatenate([np.empty(0, np.int64), *(r for _, r in blocks)])
-    distances = exact_squared(queries[query], bank.rows[row])
-    # Sorted by query, then distance, then row: the first entry of each query is its answer.
-    order = np.lexsort((row, distances, query))
-    first = np.ones(len(order), bool)
-    first[1:] = query[order][1:] != query[order][:-1]
-    chosen = order[first]
-    return distances[chosen], row[chosen]
+    blocks = _map_blocks(queries, bank, nearest)
+    return (
+        np.concatenate([np.empty(0), *(d for d, _ in blocks)]),
+        np.concatenate([np.empty(0, np.int64), *(r for _, r in blocks)]),
+    )
 
 
 def nearest_neighbours(

@@ -118,6 +118,19 @@ def test_the_pruned_search_keeps_the_worst_patch_when_bounds_round_low(
         assert fast == exhaustive(features, bank, rule)[0]
 
 
+def test_a_bank_of_identical_rows_scores_exactly() -> None:
+    """What a fit on blank images gives: every bank row ties for every patch."""
+    rng = np.random.default_rng(12)
+    bank = np.repeat(rng.normal(size=(1, 64)).astype(np.float32), 5000, axis=0)
+    bank[4321] += 3.0  # one row apart
+    features = np.repeat(bank[:1].T[None, :, :, None], 14 * 14, axis=3).reshape(1, 64, 14, 14)
+    features = features + np.float32(1e-3) * rng.normal(size=features.shape).astype(np.float32)
+    for rule in IMAGE_SCORES:
+        expected = exhaustive(features, bank, rule)
+        for maps in (True, False):
+            assert [r.score for r in score_features(features, bank, rule, maps=maps)] == expected
+
+
 def test_maps_are_exact_where_the_score_is_made() -> None:
     features, bank, _ = case(3)
     result = score_features(features, bank, "max")[0]
