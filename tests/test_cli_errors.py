@@ -255,12 +255,15 @@ def test_thin_images_in_bounded_memory(sample_model: Path, inputs: Path, tmp_pat
     assert [row[0] for row in records(result.stdout)] == ["good.png", "wide.png", "tall.png"]
 
 
-def _remove_chain(top: Path, depth: int) -> None:
-    """Remove top/d/d/.../d (depth deep, files at the bottom) without recursion, which
-    shutil.rmtree (and so pytest's clean-up) would need."""
+def _remove_chain(top: Path) -> None:
+    """Remove top/d/d/.../d, however deep, files at the bottom included, without the
+    recursion that shutil.rmtree (and so pytest's clean-up of old runs) would need."""
     folders = [os.open(top, os.O_RDONLY)]
-    for _ in range(depth):
-        folders.append(os.open("d", os.O_RDONLY, dir_fd=folders[-1]))
+    while True:
+        try:
+            folders.append(os.open("d", os.O_RDONLY, dir_fd=folders[-1]))
+        except FileNotFoundError:
+            break
     for name in os.listdir(folders[-1]):
         os.unlink(name, dir_fd=folders[-1])
     os.close(folders.pop())
@@ -272,22 +275,22 @@ def _remove_chain(top: Path, depth: int) -> None:
 def test_folder_nested_1500_deep(sample_model: Path, inputs: Path, tmp_path: Path) -> None:
     """Issue 13, item 11: os.walk's recursion failed 1,000 folders down, and nothing was
     scored; the image at the bottom and the file after the folder are both scored."""
-    (tmp_path / "top").mkdir()
-    folder = os.open(tmp_path / "top", os.O_RDONLY)
-    for _ in range(1500):  # not mkdir(parents=True): pathlib recurses too
-        os.mkdir("d", dir_fd=folder)
-        inner = os.open("d", os.O_RDONLY, dir_fd=folder)
-        os.close(folder)
-        folder = inner
-    image = os.open("deep.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=folder)
-    os.write(image, (inputs / "good.png").read_bytes())
-    os.close(image)
-    os.close(folder)
     shutil.copy(inputs / "good.png", tmp_path / "good.png")
+    (tmp_path / "top").mkdir()
     try:
+        folder = os.open(tmp_path / "top", os.O_RDONLY)
+        for _ in range(1500):  # not mkdir(parents=True): pathlib recurses too
+            os.mkdir("d", dir_fd=folder)
+            inner = os.open("d", os.O_RDONLY, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        image = os.open("deep.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=folder)
+        os.write(image, (inputs / "good.png").read_bytes())
+        os.close(image)
+        os.close(folder)
         result = scorer("--model", sample_model, "top", "good.png", cwd=tmp_path)
     finally:
-        _remove_chain(tmp_path / "top", 1500)
+        _remove_chain(tmp_path / "top")
     assert result.returncode == exit_codes.OK, result.stderr
     assert error_lines(result.stderr) == []
     rows = records(result.stdout)
