@@ -1,0 +1,56 @@
+"""Synthetic defects: each kind changes exactly the pixels its mask names, about the size
+asked for, the same for the same seed, on bright and dark surfaces alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ind_knn_ad.synthetic import DEFECTS, smooth_noise
+
+
+def surface(seed: int, level: int) -> np.ndarray:
+    """A plain textured surface around grey level `level`, with a border of another tone."""
+    rng = np.random.default_rng(seed)
+    image = np.clip(level + rng.normal(0, 6, size=(96, 128, 3)), 0, 255).astype(np.uint8)
+    image[:4], image[-4:], image[:, :4], image[:, -4:] = 30, 30, 30, 30
+    return image
+
+
+@pytest.mark.parametrize("kind", DEFECTS)
+@pytest.mark.parametrize("level", [40, 200])
+@pytest.mark.parametrize("size", [1, 8, 24])
+def test_the_mask_is_what_changed(kind: str, level: int, size: int) -> None:
+    image = surface(size, level)
+    damaged, mask = DEFECTS[kind](image.copy(), size, np.random.default_rng(size + level))
+    assert damaged.shape == image.shape and damaged.dtype == np.uint8
+    assert mask.shape == image.shape[:2] and mask.dtype == bool
+    assert mask.any(), "a defect that changes nothing"
+    np.testing.assert_array_equal(mask, (damaged != image).any(axis=2))
+    area = int(mask.sum())
+    assert area <= 2 * size * size + 8 * size + 16  # about the size asked for, not more
+
+
+@pytest.mark.parametrize("kind", DEFECTS)
+def test_the_same_seed_gives_the_same_defect(kind: str) -> None:
+    image = surface(0, 120)
+    first = DEFECTS[kind](image, 12, np.random.default_rng(5))
+    again = DEFECTS[kind](image, 12, np.random.default_rng(5))
+    other = DEFECTS[kind](image, 12, np.random.default_rng(6))
+    np.testing.assert_array_equal(first[0], again[0])
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_larger_defects_cover_more() -> None:
+    image = surface(1, 120)
+    for kind, defect in DEFECTS.items():
+        small = defect(image, 6, np.random.default_rng(0))[1].sum()
+        large = defect(image, 30, np.random.default_rng(0))[1].sum()
+        assert large > 2 * small, kind
+
+
+def test_smooth_noise_is_smooth_and_in_range() -> None:
+    noise = smooth_noise((64, 80), 16, np.random.default_rng(0))
+    assert noise.shape == (64, 80) and noise.min() >= 0 and noise.max() <= 1
+    assert np.abs(np.diff(noise, axis=1)).max() < 0.2  # no jumps between neighbours
+    assert noise.std() > 0.05
