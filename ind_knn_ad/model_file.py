@@ -433,7 +433,7 @@ def _positive_int(value: object) -> bool:
 
 def _positions(settings: dict[str, Any], source: str) -> int:
     grid = settings["feature_grid"]
-    if len(grid) != 2 or not all(_positive_int(side) for side in grid):
+    if not isinstance(grid, list) or len(grid) != 2 or not all(map(_positive_int, grid)):
         raise ModelFileError(f"{source}: feature grid {grid!r} is not two positive integers")
     return grid[0] * grid[1]
 

@@ -411,3 +411,21 @@ def test_thin_image_matches_whole_resize_closely() -> None:
     expected = np.asarray(_whole_then_crop(image, 64, 48)).astype(int)
     got = np.asarray(Preprocess(64, 48).geometry(image)).astype(int)
     assert got.shape == expected.shape and np.abs(got - expected).mean() < 2
+
+
+def test_fuzzed_images_load_or_are_refused(tmp_path: Path) -> None:
+    """The image-loader fuzz target (tests/fuzzing.py), 300 seeded cases, through the
+    loader and the preprocessing; bench/fuzz.py runs thousands."""
+    import random
+    from collections import Counter
+
+    from fuzzing import check_image_case, image_seeds, mutate_image
+
+    from ind_knn_ad.images import Preprocess
+
+    rng, seeds, preprocess = random.Random(13), image_seeds(), Preprocess()
+    outcomes = Counter(
+        check_image_case(mutate_image(rng, seeds), tmp_path / "case.img", preprocess)
+        for _ in range(300)
+    )
+    assert outcomes["refused"] > 0 and outcomes["loaded"] > 0, outcomes

@@ -197,3 +197,24 @@ def test_settings_types_are_strict(change, message: str) -> None:
     change(settings)
     with pytest.raises(ModelFileError, match=message):
         validate_settings(settings)
+
+
+def test_fuzzed_model_files_give_the_same_score_or_a_refusal(
+    sample_model: Path, sample_dataset: Path, tmp_path: Path
+) -> None:
+    """The model-loader fuzz target (tests/fuzzing.py), 80 seeded cases; bench/fuzz.py
+    runs thousands."""
+    import random
+    from collections import Counter
+
+    from fuzzing import check_model_case, score_model
+
+    images = sorted((sample_dataset / "test").rglob("*.png"))[:2]
+    expected = score_model(sample_model, images)
+    original = sample_model.read_bytes()
+    rng = random.Random(13)
+    outcomes = Counter(
+        check_model_case(rng, original, expected, tmp_path / "case.safetensors", images)
+        for _ in range(80)
+    )
+    assert sum(n for kind, n in outcomes.items() if kind.endswith("refused")) > 40, outcomes
