@@ -205,9 +205,14 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB image to a float32 CHW array ready for the backbone."""
-        array = np.asarray(self.geometry(image.convert("RGB")), dtype=np.float32) / 255.0
+        return self.normalise(np.asarray(self.geometry(image.convert("RGB"))))
+
+    def normalise(self, cut: np.ndarray) -> np.ndarray:
+        """The (H, W, 3) uint8 cut that `geometry` gives to the backbone's float32 CHW input."""
+        array = cut.astype(np.float32) / 255.0
         array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
+
 
     def load(self, path: str | Path) -> np.ndarray:
         """Decode and preprocess one file."""

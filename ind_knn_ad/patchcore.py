@@ -11,20 +11,21 @@ import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, detectability
 from .alignment import part_regions
 from .backbones import backbone_spec, build_backbone
 from .borders import DEFAULT_BORDER
 from .coreset import PROJECTION_DIM, coreset_size, greedy_coreset
 from .features import PatchFeatures
 from .images import ImageError, Preprocess
+from .methods import make_scorer
 from .model_file import FORMAT, Model, required_version
 from .pipeline import cpu_count, preprocessed_batches, stack
 from .threshold import AUTO, auto_threshold, holdout_scores
@@ -147,6 +148,7 @@ class TrainFeatures:
     features: np.ndarray
     grid: tuple[int, int]
     regions: np.ndarray | None = None
+    paths: list[Path] = field(default_factory=list)
 
 
 def extract_features(
@@ -189,7 +191,7 @@ def extract_features(
         if progress is not None:
             progress(done)
     assert features is not None  # paths is not empty
-    return TrainFeatures(features, grid, regions)
+    return TrainFeatures(features, grid, regions, paths)
 
 
 def package_versions() -> dict[str, str]:
@@ -254,5 +256,23 @@ def fit(
         "dataset": dataset,
         "versions": package_versions(),
     }
-    graph = extractor.export_onnx(settings.preprocess.size)
-    return Model(model_settings, bank, graph)
+    model = Model(model_settings, bank, extractor.export_onnx(settings.preprocess.size))
+    if train.paths:
+        model_settings["detectability"] = _detectability(model, extractor, train, chosen // patches)
+    return model
+
+
+def _detectability(
+    model: Model, extractor: FeatureExtractor, train: TrainFeatures, sources: np.ndarray
+) -> list[dict]:
+    """Synthetic defects on held-out training images, scored as the threshold's held-out
+    images are: against the bank without the image's own patches."""
+    preprocess = Preprocess.from_dict(model.settings["preprocess"])
+
+    def held_out(features: np.ndarray, images: np.ndarray, image: int) -> list[float]:
+        bank = np.ascontiguousarray(model.memory_bank[sources != image])
+        scorer = make_scorer(replace(model, memory_bank=bank), preprocess, maps=False)
+        return [result.score for result in scorer(features, images)]
+
+    threshold, seed = model.threshold, model.settings["coreset"]["seed"]
+    return detectability.measure(train.paths, preprocess, extractor, held_out, threshold, seed)

@@ -54,3 +54,26 @@ def test_smooth_noise_is_smooth_and_in_range() -> None:
     assert noise.shape == (64, 80) and noise.min() >= 0 and noise.max() <= 1
     assert np.abs(np.diff(noise, axis=1)).max() < 0.2  # no jumps between neighbours
     assert noise.std() > 0.05
+
+
+def test_a_fit_records_what_it_can_see(sample_model) -> None:
+    """Every kind at every size on held-out training images; large defects are caught more
+    often than small ones, and the largest blotches and missing regions always."""
+    from ind_knn_ad.model_file import load_model
+
+    model = load_model(sample_model)
+    rows = model.settings["detectability"]
+    sizes = sorted({row["size_px"] for row in rows})
+    assert {(row["defect"], row["size_px"]) for row in rows} == {
+        (kind, size) for kind in DEFECTS for size in sizes
+    }
+    assert len(sizes) == 3 and sizes[-1] > 4 * sizes[0]
+    assert all(row["tried"] == min(6, model.settings["train_images"]) for row in rows)
+
+    def caught(size: int) -> int:
+        return sum(row["caught"] for row in rows if row["size_px"] == size)
+
+    assert caught(sizes[-1]) >= caught(sizes[0])
+    largest = {row["defect"]: row for row in rows if row["size_px"] == sizes[-1]}
+    for kind in ("blotch", "missing"):
+        assert largest[kind]["caught"] == largest[kind]["tried"], kind
