@@ -87,6 +87,7 @@ SETTINGS = {
     "coreset0.01": replace(BASE, coreset_fraction=0.01),
     "coreset0.25": replace(BASE, coreset_fraction=0.25),
     "coreset1.0": replace(BASE, coreset_fraction=1.0),
+    "noprojection": replace(BASE, projection_dim=1 << 16),
     "reweighted": replace(BASE, image_score="reweighted"),
 }
 
