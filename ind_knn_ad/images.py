@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,21 +59,39 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+_BLOCK_PIXELS = 1 << 22  # deep images are scaled in blocks of rows of about this many pixels
+
+
+def _row_blocks(image: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 rows) of a deep image, a block at a time, NaN and infinities
+    made finite: a float copy of a whole 8192x8192 image would take 256 MB at once."""
+    width, height = image.size
+    rows = max(1, _BLOCK_PIXELS // width)
+    for top in range(0, height, rows):
+        block = image.crop((0, top, width, min(height, top + rows)))
+        yield top, np.nan_to_num(np.asarray(block, dtype=np.float32))
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB. Deeper images are scaled, not clipped: 16-bit modes
     (and 32-bit integer images with values above 255) by 65535, float images by 1, 255 or
-    65535, whichever first holds their maximum."""
+    65535, whichever first holds their maximum. An RGB image is returned as it is."""
+    if image.mode == "RGB":
+        return image
     if image.mode.startswith("I") or image.mode == "F":
-        array = np.nan_to_num(np.asarray(image, dtype=np.float32))
-        top = float(array.max())
+        top = max(float(block.max()) for _, block in _row_blocks(image))
         if image.mode.startswith("I;16") or top > 255:
             full_scale = 65535.0
         elif image.mode == "F" and top <= 1:
             full_scale = 1.0
         else:
             full_scale = 255.0
-        array = np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array).convert("RGB")
+        grey = np.empty(image.size[::-1], dtype=np.uint8)
+        for first, block in _row_blocks(image):
+            scaled = np.clip(block / full_scale * 255.0 + 0.5, 0, 255)
+            grey[first : first + len(block)] = scaled.astype(np.uint8)
+        image.close()  # the deep pixels are no longer needed: free them before the RGB copy
+        return Image.fromarray(grey).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
@@ -109,7 +128,8 @@ def load_image(path: str | Path) -> Image.Image:
             if width < MIN_SIDE or height < MIN_SIDE:
                 raise ImageError(f"{name}: image is {width}x{height}, too small to inspect")
             image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # a copy would double the memory
+            return _to_rgb(image)
     except ImageError:
         raise
     except (FileNotFoundError, NotADirectoryError):
@@ -212,7 +232,6 @@ class Preprocess:
         array = cut.astype(np.float32) / 255.0
         array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
-
 
     def load(self, path: str | Path) -> np.ndarray:
         """Decode and preprocess one file."""
