@@ -225,7 +225,8 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB image to a float32 CHW array ready for the backbone."""
-        return self.normalise(np.asarray(self.geometry(image.convert("RGB"))))
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # no copy of an RGB image
+        return self.normalise(np.asarray(self.geometry(rgb)))
 
     def normalise(self, cut: np.ndarray) -> np.ndarray:
         """The (H, W, 3) uint8 cut that `geometry` gives to the backbone's float32 CHW input."""
