@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from ind_knn_ad.heatmap import SheetEntry
     from ind_knn_ad.model_file import Model
     from ind_knn_ad.scoring import PatchScores
+
+
+# As in anomaly_detector.py: no ONNX Runtime telemetry, nor its warning on stderr.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def _threshold(text: str) -> float | str:
@@ -322,8 +327,27 @@ def _round_up(value: float) -> float:
     return math.ceil(value / scale) * scale
 
 
+WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
+
+
+def offline_unless_reachable(args: argparse.Namespace) -> None:
+    """Without network, the Hugging Face hub retried a missing download for about 53 s
+    before failing: when its host cannot be reached in 3 s, tell it to stay offline (it
+    then uses cached weights or fails at once, and the fit says what to do instead)."""
+    if args.weights is not None or args.evaluate_only or os.environ.get("HF_HUB_OFFLINE"):
+        return
+    import socket
+
+    try:
+        socket.create_connection(WEIGHTS_HOST, timeout=3).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported
+
+
 def run(args: argparse.Namespace) -> int:
     from functools import partial
+
+    offline_unless_reachable(args)
 
     from rich.console import Console
 
