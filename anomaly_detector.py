@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from ind_knn_ad import exit_codes
+from ind_knn_ad import environment, exit_codes  # noqa: F401 - environment first: see there
 from ind_knn_ad.images import ImageError, shown_name
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, ModelFileError, load_model
 from ind_knn_ad.pipeline import expand_inputs

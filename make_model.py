@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ind_knn_ad import exit_codes
+from ind_knn_ad import environment, exit_codes  # noqa: F401 - environment first: see there
 from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.data import DATASETS_DIR, Dataset, DatasetError, load_dataset
 from ind_knn_ad.images import ImageError, Preprocess

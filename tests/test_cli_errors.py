@@ -851,3 +851,29 @@ def test_bad_masks_cost_only_their_pixel_metric(
     results = json.loads(model.with_suffix(".results.json").read_text())
     assert results["pixel_rocauc"] is not None
     assert len(results["images"]) == len(list((data / "test").rglob("*.png")))
+
+
+def test_the_readme_command_runs_with_any_python3_on_path(sample_model: Path, inputs: Path) -> None:
+    """Issue 13, item 14: `./anomaly_detector.py IMAGE` as the README writes it, with a
+    python3 on PATH that lacks the dependencies: the script runs itself again with the
+    project's venv and scores; where that cannot be, one line says what to do (exit 2)."""
+    bare = {"PATH": "/usr/bin:/bin"}
+    probe = subprocess.run(
+        ["/usr/bin/env", "python3", "-c", "import numpy"], env=bare, capture_output=True
+    )
+    if probe.returncode == 0 or not (ROOT / ".venv" / "bin" / "python").is_file():
+        pytest.skip("needs a python3 on PATH without NumPy, and the project's .venv")
+    command = [ROOT / "anomaly_detector.py", "--model", sample_model, "good.png"]
+    result = subprocess.run(command, cwd=inputs, env=bare, capture_output=True, text=True)
+    assert result.returncode == exit_codes.OK, result.stderr
+    assert result.stdout.startswith("good.png,") and result.stderr == ""
+    stuck = subprocess.run(
+        command,
+        cwd=inputs,
+        env={**bare, "IND_KNN_AD_RESTARTED": "1"},  # as if there were no venv to run
+        capture_output=True,
+        text=True,
+    )
+    assert stuck.returncode == exit_codes.USAGE and stuck.stdout == ""
+    [line] = error_lines(stuck.stderr)
+    assert line.startswith("anomaly_detector.py: this Python (") and "run `make demo`" in line
