@@ -7,9 +7,18 @@ record for every image that could be read, and each one that could not has its o
 
 OK = 0
 SOME_INPUTS_FAILED = 1  # anomaly_detector.py: at least one image could not be scored
-USAGE = 2  # bad command line (argparse's own code), or --device cuda without CUDA
-MODEL_ERROR = 3  # model file missing, unreadable, invalid, from a newer version, or won't run
-DATA_ERROR = 4  # make_model.py: dataset missing, cannot be downloaded, or unusable
+# bad command line (argparse's own code); an option this backbone, dataset or machine cannot
+# take, checked before the fit (--layers, --coreset, a size beyond memory); --device cuda
+# without CUDA; the scripts run by a Python that lacks their dependencies, with no venv
+USAGE = 2
+# model file missing, unreadable, invalid, damaged (fails its SHA-256), from a newer
+# version, too large for this machine's memory, or won't run
+MODEL_ERROR = 3
+# make_model.py: dataset missing, cannot be downloaded, or unusable (fewer than 2 training
+# images, an unreadable image, a fit that fails on these images)
+DATA_ERROR = 4
 BACKBONE_ERROR = 5  # make_model.py: pretrained weights unavailable, or a bad --weights file
-WRITE_ERROR = 6  # the model, results file or stdout could not be written (full disk, ...)
+# the model, results file, contact sheet, a heatmap or stdout could not be written (full
+# disk, unwritable folder, a device, FIFO or socket where the file goes, closed pipe)
+WRITE_ERROR = 6
 INTERRUPTED = 130  # Ctrl-C or SIGTERM; any earlier model file is left as it was
