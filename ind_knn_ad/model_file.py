@@ -141,7 +141,7 @@ def _check_values(settings: dict[str, Any], source: str) -> None:
         if not _positive_int(settings[key]):
             raise ModelFileError(f"{source}: setting {key!r} is not a positive whole number")
     layers = settings["layers"]
-    if not layers or not all(_positive_int(layer) for layer in layers):
+    if not layers or not all(_stage(layer) for layer in layers):
         raise ModelFileError(f"{source}: setting 'layers' is not a list of stage numbers")
     if "feature_grid" in settings:
         _positions(settings, source)
@@ -425,6 +425,11 @@ def _check_fits_memory(settings: dict[str, Any], source: str) -> None:
     problem = input_too_large(width, height, SCORE_BYTES_PER_PIXEL)
     if problem:
         raise ModelFileError(f"{source}: cannot score with this model here: {problem}")
+
+
+def _stage(value: object) -> bool:
+    """A backbone stage number: a whole number from 0 (the stem) up."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _positive_int(value: object) -> bool:

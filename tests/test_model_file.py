@@ -100,6 +100,7 @@ def test_invalid_settings_are_rejected(change, message: str) -> None:
 
 def test_valid_settings_pass() -> None:
     validate_settings(_settings())
+    validate_settings({**_settings(), "layers": [0, 1]})  # the stem is a stage too
     aligned = _settings()
     aligned["preprocess"]["align"] = {"length": 1.0, "breadth": 0.3}
     validate_settings(aligned)
@@ -185,6 +186,7 @@ def test_resaving_records_fresh_digests(sample_model: Path, tmp_path: Path) -> N
         (lambda s: s.update(neighbourhood=True), "'neighbourhood' is missing or not a int"),
         (lambda s: s.update(feature_dim=0), "'feature_dim' is not a positive whole number"),
         (lambda s: s.update(layers=[]), "'layers' is not a list"),
+        (lambda s: s.update(layers=[-1]), "'layers' is not a list"),
         (lambda s: s["preprocess"].update(resize=True), r"bad preprocess settings \(resize"),
         (lambda s: s["preprocess"].update(crop=300), "crop 300 is larger than resize 256"),
         (lambda s: s["preprocess"].update(mean=[0, 0, float("nan")]), "mean is not three finite"),
