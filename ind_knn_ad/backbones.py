@@ -119,8 +119,9 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 def _no_weights_message(name: str, error: Exception) -> str:
     return (
         f"cannot get pretrained weights for backbone {name!r} ({type(error).__name__}: "
-        f"{error}). Either use the offline backbone (--backbone efficientnet_lite0) or "
-        "pass a local weights file (--weights FILE)."
+        f"{error}). Either use an offline backbone (--backbone efficientnet_lite0, "
+        "efficientnet_lite1 or efficientnet_lite2) or pass a local weights file "
+        "(--weights FILE)."
     )
 
 
