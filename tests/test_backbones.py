@@ -116,4 +116,5 @@ def test_unavailable_pretrained_weights_name_the_alternatives(
     with pytest.raises(BackboneError) as error:
         build_backbone("wide_resnet50_2")
     assert "--backbone efficientnet_lite0" in str(error.value)
+    assert "efficientnet_lite1 or efficientnet_lite2" in str(error.value)
     assert "--weights FILE" in str(error.value)
