@@ -204,14 +204,15 @@ def evaluation_files(
     threshold: float,
     dataset: str,
 ) -> list[tuple[Path, bytes]]:
-    """`<model>.results.json` and `<model>.contact_sheet.png`, as (path, bytes). The
-    results name the model they belong to by its SHA-256 (`model_sha256`), so a results
-    file that does not match its model can be told."""
+    """`<model>.results.json` and `<model>.contact_sheet.png`, as (path, bytes). Both name
+    the model they belong to by its SHA-256 (`model_sha256`: a JSON field, a PNG text
+    chunk), so files that do not match their model can be told."""
     import hashlib
 
     from ind_knn_ad.heatmap import contact_sheet, png_bytes
 
-    results = {"model_sha256": hashlib.sha256(model_bytes).hexdigest(), **evaluation.to_dict()}
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    results = {"model_sha256": digest, **evaluation.to_dict()}
     title = (
         f"{model.method} on {dataset}: {len(entries)} test images by score, "
         f"threshold {threshold:.4g}; red captions: wrong verdicts"
@@ -220,7 +221,7 @@ def evaluation_files(
         (model_path.with_suffix(".results.json"), (json.dumps(results, indent=2) + "\n").encode()),
         (
             model_path.with_suffix(".contact_sheet.png"),
-            png_bytes(contact_sheet(entries, threshold, title)),
+            png_bytes(contact_sheet(entries, threshold, title), {"model_sha256": digest}),
         ),
     ]
 

@@ -151,9 +151,15 @@ def image_heatmap(
     return heatmap_picture(image, amap, low, high, title)
 
 
-def png_bytes(picture: Image.Image) -> bytes:
+def png_bytes(picture: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """The picture as PNG bytes, with `text` as tEXt chunks (key, value)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    picture.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 

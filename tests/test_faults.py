@@ -278,11 +278,16 @@ def test_interrupt_before_the_renames_keeps_every_old_file(
 
 
 def test_results_name_their_model_by_sha256(sample_model: Path) -> None:
-    """The results file beside a model says which model it belongs to."""
+    """The results file and contact sheet beside a model say which model they belong to."""
     import json
 
+    from PIL import Image
+
+    digest = hashlib.sha256(sample_model.read_bytes()).hexdigest()
     results = json.loads(sample_model.with_suffix(".results.json").read_text())
-    assert results["model_sha256"] == hashlib.sha256(sample_model.read_bytes()).hexdigest()
+    assert results["model_sha256"] == digest
+    with Image.open(sample_model.with_suffix(".contact_sheet.png")) as sheet:
+        assert sheet.text["model_sha256"] == digest
 
 
 FULL_DISK_SCRIPT = """
