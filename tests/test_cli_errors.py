@@ -877,3 +877,31 @@ def test_the_readme_command_runs_with_any_python3_on_path(sample_model: Path, in
     assert stuck.returncode == exit_codes.USAGE and stuck.stdout == ""
     [line] = error_lines(stuck.stderr)
     assert line.startswith("anomaly_detector.py: this Python (") and "run `make demo`" in line
+
+
+def test_fuzzed_model_files_through_the_tool(
+    sample_model: Path, inputs: Path, tmp_path: Path
+) -> None:
+    """A few cases of the model-loader fuzz target (tests/fuzzing.py) through the real
+    command line: the original's output exactly, or one line and exit code 3."""
+    import random
+
+    from fuzzing import mutate_model
+
+    expected = scorer("--model", sample_model, "good.png", cwd=inputs)
+    assert expected.returncode == exit_codes.OK
+    rng, original = random.Random(7), sample_model.read_bytes()
+    for case in range(10):
+        kind, data = mutate_model(rng, original)
+        target = tmp_path / f"case{case}.safetensors"
+        target.write_bytes(data)
+        result = scorer("--model", target, "good.png", cwd=inputs)
+        if result.returncode == exit_codes.OK and kind != "settings-unprotected":
+            assert result.stdout == expected.stdout, kind
+            continue
+        if result.returncode == exit_codes.OK:  # an old-style file with a valid change
+            records(result.stdout)
+            continue
+        assert result.returncode == exit_codes.MODEL_ERROR, (kind, result.stderr)
+        [line] = error_lines(result.stderr)
+        assert line.startswith(f"ERROR: {target}: "), (kind, line)
