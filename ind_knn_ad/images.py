@@ -147,6 +147,12 @@ def load_image(path: str | Path) -> Image.Image:
     except _DECODE_ERRORS as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ImageError(f"{name}: cannot decode image ({reason})") from None
+    except Exception as error:  # a damaged file trips Pillow's own code too
+        # (a TIFF whose strip offset is a fraction: TypeError), and is still just a bad file.
+        reason = " ".join(str(error).split())
+        raise ImageError(
+            f"{name}: cannot decode image ({type(error).__name__}: {reason})"
+        ) from None
 
 
 @dataclass(frozen=True)

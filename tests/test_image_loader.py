@@ -180,9 +180,37 @@ def test_exif_orientation_is_honoured(write, orientation: int, red_corner: str) 
 # --- refusals: each bad file is one ImageError naming it ---------------------------------
 
 
+def tiff_with_rational_strip_offset() -> bytes:
+    """A 4x4 grey TIFF whose StripOffsets is a RATIONAL (3/2): Pillow raised TypeError
+    (found by bench/fuzz.py)."""
+    entries = [  # tag, type (3 SHORT, 4 LONG, 5 RATIONAL), count, value
+        (256, 3, 1, 4),
+        (257, 3, 1, 4),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 5, 1, None),
+        (277, 3, 1, 1),
+        (278, 3, 1, 4),
+        (279, 4, 1, 16),
+    ]
+    after_ifd = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if value is None:
+            ifd += struct.pack("<HHII", tag, kind, count, after_ifd)
+        elif kind == 3:
+            ifd += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            ifd += struct.pack("<HHII", tag, kind, count, value)
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<II", 3, 2) + bytes(16)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
+        (tiff_with_rational_strip_offset(), "cannot decode image .*TypeError"),
         (b"", "not an image file"),
         (b"hello, world\n", "not an image file"),
         (half(encoded(noise(), "PNG")), "cannot decode image .*truncated"),
@@ -192,7 +220,17 @@ def test_exif_orientation_is_honoured(write, orientation: int, red_corner: str) 
         (png_header(0, 0) + png_chunk(b"IEND", b""), "not an image file"),
         (png_header(20000, 20000, 8, 2) + png_chunk(b"IDAT", b""), "more than the 67108864 pixel"),
     ],
-    ids=["empty", "text", "truncated-png", "truncated-jpeg", "1x1", "1x50", "0x0", "20000^2"],
+    ids=[
+        "rational-strip-offset",
+        "empty",
+        "text",
+        "truncated-png",
+        "truncated-jpeg",
+        "1x1",
+        "1x50",
+        "0x0",
+        "20000^2",
+    ],
 )
 def test_bad_files(write, data: bytes, message: str) -> None:
     path = write(data)
