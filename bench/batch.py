@@ -6,7 +6,7 @@ process start to exit (start-up included).
 - the four 900 px bottle_fullres_samples PNGs, each listed 10 times (40 images), since
   decoding and resizing large PNGs is a cost of its own.
 
-    python bench/batch.py [--runs 5] [--backbone efficientnet_lite0]
+    python bench/batch.py [--runs 5] [--backbone efficientnet_lite0 | --model FILE]
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ def measure(name: str, model: Path, inputs: list[Path], images: int, runs: int) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default=OFFLINE, help=f"default: {OFFLINE}")
+    parser.add_argument(
+        "--model", type=Path, help="score with this model file instead (--backbone unused)"
+    )
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
-    model = ensure_model(args.backbone)
+    model = args.model or ensure_model(args.backbone)
     bottle = sorted((BOTTLE / "test").rglob("*.png"))
     measure("batch, 83 bottle_256 test images", model, bottle, len(bottle), args.runs)
     folder = [BOTTLE / "test"]
