@@ -195,6 +195,9 @@ def evaluate_only(
     return exit_codes.OK
 
 
+OUTPUT_SUFFIXES = (".results.json", ".contact_sheet.png")  # beside the model, as evaluated
+
+
 def evaluation_files(
     model_path: Path,
     model_bytes: bytes,
@@ -218,9 +221,12 @@ def evaluation_files(
         f"threshold {threshold:.4g}; red captions: wrong verdicts"
     )
     return [
-        (model_path.with_suffix(".results.json"), (json.dumps(results, indent=2) + "\n").encode()),
         (
-            model_path.with_suffix(".contact_sheet.png"),
+            model_path.with_suffix(OUTPUT_SUFFIXES[0]),
+            (json.dumps(results, indent=2) + "\n").encode(),
+        ),
+        (
+            model_path.with_suffix(OUTPUT_SUFFIXES[1]),
             png_bytes(contact_sheet(entries, threshold, title), {"model_sha256": digest}),
         ),
     ]
@@ -475,11 +481,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ind_knn_ad.model_file import check_writable
 
-    try:  # now, not after a long fit
-        check_writable(args.model)
-    except OSError as error:
-        print_error(f"cannot write {args.model}: {error}")
-        return exit_codes.WRITE_ERROR
+    # Now, not after a long fit: the model and the two files written beside it, whose
+    # names are up to 6 bytes longer.
+    beside = [args.model.with_suffix(s) for s in OUTPUT_SUFFIXES] if args.model.name else []
+    for path in (args.model, *beside):
+        try:
+            check_writable(path)
+        except OSError as error:
+            print_error(f"cannot write {path}: {error}")
+            return exit_codes.WRITE_ERROR
     # SIGTERM unwinds like Ctrl-C, so the atomic save cleans up its temporary file.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

@@ -707,6 +707,12 @@ MAKE_MODEL_CASES = [
         exit_codes.WRITE_ERROR,
         "cannot write .*fifo: .*is a FIFO, not a regular file: refusing to replace it",
     ),
+    (
+        "contact-sheet-name-too-long",  # 252 bytes: fits, but not with .contact_sheet.png
+        ["--model", "{tmp}/" + "m" * 240 + ".safetensors"],
+        exit_codes.WRITE_ERROR,
+        r"cannot write .*m\.contact_sheet\.png: .*File name too long",
+    ),
     # issue 13, items 2, 7, 8, 12: said up front, in the user's terms, with the table's code
     (
         "one-training-image",
