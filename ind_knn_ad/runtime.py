@@ -86,6 +86,12 @@ class Detector:
                 f"the model's feature graph gives features of shape {features.shape}, but "
                 f"the model was fitted on {channels} channels"
             )
+        grid = self.model.settings.get("feature_grid")  # early PatchCore files lack it
+        if grid is not None and list(features.shape[2:]) != list(grid):
+            raise ModelFileError(
+                f"the model's feature graph gives a {features.shape[2]}x{features.shape[3]} "
+                f"grid, but the model was fitted on {grid[0]}x{grid[1]}"
+            )
         if not np.isfinite(features).all():
             raise ModelFileError("the model's feature graph gives non-finite features")
         return features

@@ -41,6 +41,12 @@ def holdout_scores(
     scores = np.empty(len(images), dtype=np.float64)
     for slot, image in enumerate(images):
         others = bank[bank_sources != image]
+        if not len(others):
+            raise ValueError(
+                "every patch of the memory bank comes from one training image, so that image "
+                "cannot be held out for the automatic threshold: use a larger --coreset or a "
+                "fixed --threshold"
+            )
         features = train_features[image].reshape(1, *grid, channels).transpose(0, 3, 1, 2)
         counted = None if regions is None else regions[image].reshape(1, *grid)
         (result,) = score_features(features, others, image_score, maps=False, regions=counted)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ind_knn_ad.model_file import load_model
+from ind_knn_ad.model_file import ModelFileError, load_model
 from ind_knn_ad.pipeline import expand_inputs
 from ind_knn_ad.runtime import Detector
 from ind_knn_ad.scoring import IMAGE_SCORES, score_features
@@ -111,3 +111,15 @@ def test_scores_without_maps_are_the_same_bits(
     ]
     assert [r.score for r in fast] == full == single
     assert all(r.patch_map is None for r in fast)
+
+
+def test_a_graph_whose_grid_differs_from_the_model_is_refused(
+    sample_model: Path, test_images: list[Path]
+) -> None:
+    """Files from before the digests can still pair a bank with another graph."""
+    model = load_model(sample_model)
+    model.settings["feature_grid"] = [7, 7]
+    detector = Detector(model, "cpu")
+    image = detector.preprocess.load(test_images[0])
+    with pytest.raises(ModelFileError, match="grid, but the model was fitted on 7x7"):
+        detector.features(image[None])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ind_knn_ad.threshold import auto_threshold, holdout_scores
 
@@ -40,3 +41,10 @@ def test_auto_threshold_is_mean_plus_three_std() -> None:
     value, details = auto_threshold(scores)
     assert value == scores.mean() + 3 * scores.std()
     assert details["holdout"]["count"] == 4 and details["holdout"]["max"] == 4.0
+
+
+def test_a_bank_from_one_image_says_what_to_change() -> None:
+    features = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
+    bank, sources = features[0], np.zeros(4, dtype=np.int64)  # every row from image 0
+    with pytest.raises(ValueError, match=r"one training image.*--coreset"):
+        holdout_scores(features, (2, 2), bank, sources, "max")
