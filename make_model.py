@@ -216,6 +216,8 @@ def evaluation_files(
 
     digest = hashlib.sha256(model_bytes).hexdigest()
     results = {"model_sha256": digest, **evaluation.to_dict()}
+    if "detectability" in model.settings:
+        results["detectability"] = model.settings["detectability"]
     title = (
         f"{model.method} on {dataset}: {len(entries)} test images by score, "
         f"threshold {threshold:.4g}; red captions: wrong verdicts"
@@ -435,6 +437,10 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"{summary(model)}; threshold {model.threshold:.4g} ({rule}).")
     if result.evaluation is not None:
         report(out, dataset.name, result.evaluation, model.method)
+    if "detectability" in model.settings:
+        from ind_knn_ad.reporting import detectability_table
+
+        out.print(detectability_table(model.settings["detectability"], model.threshold))
     # The model, results and contact sheet are replaced together: an interrupt leaves all
     # three old files or all three new ones.
     payload = serialise(model)

@@ -56,3 +56,16 @@ def results_tables(category: str, evaluation: Evaluation, method: str = "patchco
     matrix.add_row("good", str(tn), str(fp))
     matrix.add_row("defective", str(fn), str(tp))
     return [metrics, matrix]
+
+
+def detectability_table(rows: list[dict], threshold: float) -> Table:
+    """Synthetic defects caught at the threshold, by kind (rows) and size (columns)."""
+    sizes = sorted({row["size_px"] for row in rows})
+    table = Table(title=f"Synthetic defects on held-out good images, caught at {threshold:.4g}")
+    table.add_column("defect")
+    for size in sizes:
+        table.add_column(f"{size} px", justify="right")
+    cells = {(row["defect"], row["size_px"]): f"{row['caught']}/{row['tried']}" for row in rows}
+    for kind in dict.fromkeys(row["defect"] for row in rows):
+        table.add_row(kind, *(cells.get((kind, size), "") for size in sizes))
+    return table

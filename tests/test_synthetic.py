@@ -77,3 +77,14 @@ def test_a_fit_records_what_it_can_see(sample_model) -> None:
     largest = {row["defect"]: row for row in rows if row["size_px"] == sizes[-1]}
     for kind in ("blotch", "missing"):
         assert largest[kind]["caught"] == largest[kind]["tried"], kind
+
+
+def test_the_fit_shows_and_saves_what_it_can_see(sample_model) -> None:
+    import json
+
+    printed = sample_model.with_suffix(".stdout").read_text()
+    assert "Synthetic defects on held-out good images, caught at" in printed
+    assert "scratch" in printed and "px" in printed
+    assert printed.rstrip().endswith("Model file creation is complete.")
+    results = json.loads(sample_model.with_suffix(".results.json").read_text())
+    assert {row["defect"] for row in results["detectability"]} == set(DEFECTS)
