@@ -19,27 +19,28 @@ from pathlib import Path
 
 from common import BOTTLE, PYTHON, ROOT, fit_command, machine, run, shown
 
-# Run in each tree: features once, then the search alone, best of 3, in ms per image.
+# Run in each tree: features once, then the method's scorer alone (as the command line
+# builds it, once per model), best of 3, in ms per image.
 NEAREST = """
 import sys, time
 import numpy as np
 from pathlib import Path
+from ind_knn_ad.methods import make_scorer
 from ind_knn_ad.model_file import load_model
 from ind_knn_ad.runtime import Detector
-from ind_knn_ad.scoring import score_features
 model = load_model(sys.argv[1])
 detector = Detector(model, "cpu")
 paths = sorted(Path(sys.argv[2]).rglob("*.png"))
 images = np.stack([detector.preprocess.load(path) for path in paths])
-batches = [detector.features(images[i : i + 8]) for i in range(0, len(images), 8)]
-bank = model.memory_bank
-norms = np.einsum("ij,ij->i", bank, bank)
+chunks = [images[i : i + 8] for i in range(0, len(images), 8)]
+batches = [(detector.features(chunk), chunk) for chunk in chunks]
 for maps in (True, False):
+    scorer = make_scorer(model, detector.preprocess, maps)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        for features in batches:
-            score_features(features, bank, model.settings["image_score"], norms, maps=maps)
+        for features, inputs in batches:
+            scorer(features, inputs)
         best = min(best, (time.perf_counter() - start) / len(paths) * 1e3)
     print(best)
 """

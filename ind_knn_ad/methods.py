@@ -16,7 +16,7 @@ from .alignment import part_regions
 from .images import Preprocess
 from .model_file import Model, ModelFileError
 from .padim import PadimScorer
-from .scoring import IMAGE_SCORES, PatchScores, score_features
+from .scoring import IMAGE_SCORES, PatchScores, SearchBank, score_features
 from .spade import SpadeScorer
 
 Scorer = Callable[[np.ndarray, np.ndarray], list[PatchScores]]
@@ -55,10 +55,7 @@ def make_scorer(model: Model, preprocess: Preprocess, maps: bool = True) -> Scor
         )
     bank = model.memory_bank
     assert bank is not None  # load_model guarantees it for PatchCore
-    norms = np.einsum("ij,ij->i", bank, bank)
-    score = functools.partial(
-        score_features, bank=bank, image_score=rule, bank_norms=norms, maps=maps
-    )
+    score = functools.partial(score_features, bank=SearchBank.of(bank), image_score=rule, maps=maps)
     if preprocess.align is None:
         return _features_only(score)
 

@@ -58,26 +58,29 @@ def _blas():  # -> threadpoolctl.ThreadpoolController, imported only when scorin
 
 
 @dataclass(frozen=True)
-class _Bank:
+class SearchBank:
     """A memory bank ready for search: rows [b, |b|^2] for the BLAS product, and what the
-    rounding bound of that product needs."""
+    rounding bound of that product needs. Made once per model (`methods.make_scorer`):
+    building it copies the bank."""
 
     rows: np.ndarray  # (K, C) float32, as stored
     augmented: np.ndarray  # (K, C + 1) float32
     largest_norm: float  # max |b|
 
     @classmethod
-    def of(cls, bank: np.ndarray, bank_norms: np.ndarray | None) -> _Bank:
+    def of(cls, bank: np.ndarray | SearchBank) -> SearchBank:
         """One product with rows [-2 q, 1] gives |b|^2 - 2 q.b, so the block needs no
         separate pass to add the norms."""
+        if isinstance(bank, SearchBank):
+            return bank
         augmented = np.empty((bank.shape[0], bank.shape[1] + 1), dtype=np.float32)
         augmented[:, :-1] = bank
-        augmented[:, -1] = np.einsum("ij,ij->i", bank, bank) if bank_norms is None else bank_norms
+        augmented[:, -1] = np.einsum("ij,ij->i", bank, bank)
         largest = float(np.sqrt(augmented[:, -1].astype(np.float64).max(initial=0.0)))
         return cls(bank, augmented, largest)
 
-    def prefix(self, rows: int) -> _Bank:
-        return _Bank(self.rows[:rows], self.augmented[:rows], self.largest_norm)
+    def prefix(self, rows: int) -> SearchBank:
+        return SearchBank(self.rows[:rows], self.augmented[:rows], self.largest_norm)
 
     def error_bound(self, query_norms: np.ndarray) -> np.ndarray:
         """A bound on |approximate - true| squared distance for queries with these |q|^2.
@@ -93,7 +96,7 @@ class _Bank:
 
 def _map_blocks(
     queries: np.ndarray,
-    bank: _Bank,
+    bank: SearchBank,
     work: Callable[[int, np.ndarray, np.ndarray], Result],
 ) -> list[Result]:
     """`work(first row, |b|^2 - 2 q.b block, |q|^2 of its rows)` for each block of query
@@ -103,7 +106,7 @@ def _map_blocks(
     busy without BLAS's hand-offs between threads inside each call, which cost
     milliseconds when another process holds the other core. The block's values are
     approximate (their rounding depends on the BLAS kernel); callers use them only within
-    `_Bank.error_bound`. Adding |q|^2 is left to `work`: it does not change which bank row
+    `SearchBank.error_bound`. Adding |q|^2 is left to `work`: it does not change which bank row
     is nearest, so it is added once per query.
     """
     if len(queries) == 0:
@@ -126,16 +129,19 @@ def _map_blocks(
         return list(_pool().map(one, starts))
 
 
-def _approximate_squared(start: int, squared: np.ndarray, query_norms: np.ndarray) -> np.ndarray:
-    """_map_blocks work: each row's approximate squared distance to its nearest bank row."""
-    return squared.min(axis=1) + query_norms
-
-
-def _approximate(queries: np.ndarray, bank: _Bank) -> tuple[np.ndarray, np.ndarray]:
+def _approximate(queries: np.ndarray, bank: SearchBank) -> tuple[np.ndarray, np.ndarray]:
     """Approximate squared nearest distances (float32) and a bound on their error."""
-    blocks = _map_blocks(queries, bank, _approximate_squared)
-    squared = np.concatenate([np.empty(0, np.float32), *blocks])
-    return squared, bank.error_bound(np.einsum("ij,ij->i", queries, queries))
+
+    def nearest(
+        start: int, squared: np.ndarray, query_norms: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return squared.min(axis=1) + query_norms, bank.error_bound(query_norms)
+
+    blocks = _map_blocks(queries, bank, nearest)
+    return (
+        np.concatenate([np.empty(0, np.float32), *(s for s, _ in blocks)]),
+        np.concatenate([np.empty(0), *(e for _, e in blocks)]),
+    )
 
 
 def exact_squared(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -151,7 +157,7 @@ def exact_squared(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return difference.sum(axis=-1)
 
 
-def exact_nearest(queries: np.ndarray, bank: _Bank) -> tuple[np.ndarray, np.ndarray]:
+def exact_nearest(queries: np.ndarray, bank: SearchBank) -> tuple[np.ndarray, np.ndarray]:
     """Each query's true squared distance to its nearest bank row (float64, exact_squared's
     arithmetic) and that row (the first on ties), as a search of every row would give.
 
@@ -187,12 +193,12 @@ def exact_nearest(queries: np.ndarray, bank: _Bank) -> tuple[np.ndarray, np.ndar
 
 
 def nearest_neighbours(
-    queries: np.ndarray, bank: np.ndarray, bank_norms: np.ndarray | None = None
+    queries: np.ndarray, bank: np.ndarray | SearchBank
 ) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distance from each query row to its nearest bank row (float64, exact) and
     that row's index (the first on ties)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    squared, rows = exact_nearest(queries, _Bank.of(bank, bank_norms))
+    squared, rows = exact_nearest(queries, SearchBank.of(bank))
     return np.sqrt(squared), rows
 
 
@@ -233,9 +239,8 @@ class PatchScores:
 
 def score_features(
     features: np.ndarray,
-    bank: np.ndarray,
+    bank: np.ndarray | SearchBank,
     image_score: str = "max",
-    bank_norms: np.ndarray | None = None,
     maps: bool = True,
     regions: np.ndarray | None = None,
 ) -> list[PatchScores]:
@@ -260,15 +265,15 @@ def score_features(
     counted = np.ones(batch * patches, bool) if regions is None else regions.reshape(-1)
     if not counted.reshape(batch, patches).any(axis=1).all():
         raise ValueError("every image needs at least one patch to score")
-    searchable = _Bank.of(bank, bank_norms)
+    searchable = SearchBank.of(bank)
     worst = _worst_count(image_score)
-    if maps or bank.shape[0] < 2 * BOUND_SHARE:
+    if maps or len(searchable.rows) < 2 * BOUND_SHARE:
         squared, error = _approximate(flat, searchable)
         rows = _contenders(squared - error, squared + error, counted, patches, worst)
         exact, nearest = exact_nearest(flat[rows], searchable)
     else:
         rows, exact, nearest = _pruned_search(flat, searchable, counted, patches, worst)
-    scores = _image_scores(flat, bank, rows, exact, nearest, batch, patches, image_score)
+    scores = _image_scores(flat, searchable.rows, rows, exact, nearest, batch, patches, image_score)
     if not maps:
         return [PatchScores(score, None) for score in scores]
     distances = np.sqrt(np.maximum(squared, 0.0))
@@ -292,7 +297,7 @@ def _contenders(
 
 
 def _pruned_search(
-    flat: np.ndarray, bank: _Bank, counted: np.ndarray, patches: int, worst: int
+    flat: np.ndarray, bank: SearchBank, counted: np.ndarray, patches: int, worst: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact results for a set of rows sure to hold each image's `worst` largest patches,
     searching most patches against a prefix of the bank only.
