@@ -257,17 +257,23 @@ def fit(
         "versions": package_versions(),
     }
     model = Model(model_settings, bank, extractor.export_onnx(settings.preprocess.size))
-    if train.paths:
-        model_settings["detectability"] = _detectability(model, extractor, train, chosen // patches)
+    # Each damaged image is scored without its own patches: the bank must hold others'.
+    if train.paths and len(np.unique(chosen // patches)) > 1:
+        model_settings["detectability"] = _detectability(
+            model, extractor, train, chosen // patches, settings.preprocess
+        )
     return model
 
 
 def _detectability(
-    model: Model, extractor: FeatureExtractor, train: TrainFeatures, sources: np.ndarray
+    model: Model,
+    extractor: FeatureExtractor,
+    train: TrainFeatures,
+    sources: np.ndarray,
+    preprocess: Preprocess,
 ) -> list[dict]:
     """Synthetic defects on held-out training images, scored as the threshold's held-out
     images are: against the bank without the image's own patches."""
-    preprocess = Preprocess.from_dict(model.settings["preprocess"])
 
     def held_out(features: np.ndarray, images: np.ndarray, image: int) -> list[float]:
         bank = np.ascontiguousarray(model.memory_bank[sources != image])
