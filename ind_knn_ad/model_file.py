@@ -36,6 +36,7 @@ import os
 import secrets
 import signal
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,13 +332,27 @@ def write_together(files: list[tuple[Path, bytes]]) -> None:
 
 @contextlib.contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done (they are then delivered)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """SIGINT and SIGTERM wait until the block is done, then take effect as they would have.
+
+    Their Python handlers are swapped for ones that only note the signal. A signal mask
+    would not do: it holds back the calling thread alone, and the kernel may hand the
+    process's signal to any thread (fits run thread pools), whose delivery Python then
+    acts on in the main thread at once. Handlers can only be set from the main thread;
+    elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda got, _: caught.append(got)) for number in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        for number in caught:
+            signal.raise_signal(number)
 
 
 def _fsync_folder(folder: Path) -> None:
