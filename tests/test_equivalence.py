@@ -68,14 +68,16 @@ def test_onnx_scores_match_torch(
 
 def test_batch_and_single_scores_are_identical(sample_model: Path, test_images: list[Path]) -> None:
     """Not just close: a score must not depend on which other images share its batch.
-    Maps are BLAS distances, exact only where the score is made, so they are compared with
-    a float32 tolerance."""
+    Maps are BLAS distances, exact only where the score is made, so they are compared as
+    the ONNX and torch maps are."""
     detector = Detector(load_model(sample_model), "cpu")
     single = [detector.score_arrays(detector.preprocess.load(p)[None])[0] for p in test_images]
     batched = [result for _, result in detector.score_files(test_images, batch_size=6)]
     for one, many in zip(single, batched, strict=True):
         assert one.score == many.score
-        np.testing.assert_allclose(one.patch_map, many.patch_map, rtol=1e-5)
+        np.testing.assert_allclose(
+            one.patch_map, many.patch_map, rtol=RTOL, atol=RTOL * many.patch_map.max()
+        )
 
 
 def test_a_directory_expands_to_its_images_in_order(
