@@ -75,12 +75,12 @@ class SpadeScorer:
         distances = _distances(image_vectors(rows), self.vectors)
         results = []
         for image, to_train in zip(rows, distances, strict=True):
-            nearest = np.sort(np.argpartition(to_train, self.neighbours - 1)[: self.neighbours])
-            score = float(np.sort(to_train)[: self.neighbours].mean())  # as holdout_scores
+            nearest = np.argsort(to_train, kind="stable")[: self.neighbours]
+            score = float(to_train[nearest].mean())  # nearest first, as holdout_scores sums
             if not self.maps:
                 results.append(PatchScores(score, None))
                 continue
-            gallery = self.train_patches[nearest].reshape(-1, channels)
+            gallery = self.train_patches[np.sort(nearest)].reshape(-1, channels)
             patch_distances, _ = nearest_neighbours(image, gallery)
             results.append(PatchScores(score, patch_distances.reshape(height, width)))
         return results
