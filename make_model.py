@@ -374,8 +374,8 @@ def run(args: argparse.Namespace) -> int:
         return evaluate_only(args, dataset, console, out)
     out.print(f"█│ Running {args.method} on {dataset.name} dataset.")
 
+    from ind_knn_ad.extractor import FitSettings
     from ind_knn_ad.model_file import serialise, write_together
-    from ind_knn_ad.patchcore import PatchCoreSettings
     from ind_knn_ad.reporting import progress_bar
     from ind_knn_ad.train import train
 
@@ -398,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
     except BackboneError as error:
         print_error(str(error))
         return exit_codes.BACKBONE_ERROR
-    settings = PatchCoreSettings(
+    settings = FitSettings(
         backbone=args.backbone,
         layers=tuple(args.layers) if args.layers else None,
         border=args.border,

@@ -36,16 +36,16 @@ sys.path.insert(0, str(ROOT))
 from ind_knn_ad.alignment import measure_box  # noqa: E402
 from ind_knn_ad.borders import BORDERS  # noqa: E402
 from ind_knn_ad.data import load_dataset  # noqa: E402
+from ind_knn_ad.extractor import FitSettings  # noqa: E402
 from ind_knn_ad.images import Preprocess  # noqa: E402
-from ind_knn_ad.patchcore import PatchCoreSettings  # noqa: E402
 from ind_knn_ad.train import train  # noqa: E402
 
 MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
 DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512")
-BASE = PatchCoreSettings(backbone="efficientnet_lite0")
+BASE = FitSettings(backbone="efficientnet_lite0")
 
 
-def small_defects(size: int) -> PatchCoreSettings:
+def small_defects(size: int) -> FitSettings:
     """`size` px per shorter side (the whole frame; the part's cut for `align...` settings),
     a 1% coreset and the top10 score."""
     return replace(

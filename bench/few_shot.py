@@ -21,7 +21,7 @@ from common import MVTEC, PYTHON, ROOT, machine, report
 
 from ind_knn_ad.coreset import coreset_size, greedy_coreset
 from ind_knn_ad.data import load_dataset
-from ind_knn_ad.patchcore import FeatureExtractor, PatchCoreSettings, extract_features
+from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
 from ind_knn_ad.scoring import score_features
 from ind_knn_ad.threshold import auto_threshold, holdout_scores
 
@@ -34,7 +34,7 @@ def scores(features: np.ndarray, grid: tuple[int, int], bank: np.ndarray) -> np.
 
 def run(name: str, shots: list[int], draws: int, coreset: float) -> dict[str, str]:
     dataset = load_dataset(MVTEC / name, name)
-    settings = PatchCoreSettings(backbone="efficientnet_lite0", coreset_fraction=coreset)
+    settings = FitSettings(backbone="efficientnet_lite0", coreset_fraction=coreset)
     extractor = FeatureExtractor(settings, torch.device("cpu"))
     train = extract_features(extractor, dataset.train, settings.preprocess)
     test = extract_features(extractor, [t.path for t in dataset.test], settings.preprocess)

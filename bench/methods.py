@@ -26,14 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER  # noqa: E402
 from ind_knn_ad.data import load_dataset  # noqa: E402
+from ind_knn_ad.device import select_device  # noqa: E402
 from ind_knn_ad.evaluate import evaluate  # noqa: E402
+from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features  # noqa: E402
 from ind_knn_ad.model_file import METHODS, load_model, save_model  # noqa: E402
-from ind_knn_ad.patchcore import (  # noqa: E402
-    FeatureExtractor,
-    PatchCoreSettings,
-    extract_features,
-    select_device,
-)
 from ind_knn_ad.runtime import Detector  # noqa: E402
 from ind_knn_ad.train import fit_method  # noqa: E402
 
@@ -60,7 +56,7 @@ def row(cells: list[str]) -> str:
 
 def bench(name: str, folder: Path, border: str) -> None:
     dataset = load_dataset(folder, name)
-    settings = PatchCoreSettings(backbone="efficientnet_lite0", border=border)
+    settings = FitSettings(backbone="efficientnet_lite0", border=border)
     extractor = FeatureExtractor(settings, select_device("cpu"))
     start = time.perf_counter()
     features = extract_features(extractor, dataset.train, settings.preprocess)

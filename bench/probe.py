@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from ind_knn_ad.coreset import greedy_coreset, project  # noqa: E402
 from ind_knn_ad.data import load_dataset  # noqa: E402
+from ind_knn_ad.extractor import FeatureExtractor, FitSettings  # noqa: E402
 from ind_knn_ad.images import ImageError, Preprocess  # noqa: E402
-from ind_knn_ad.patchcore import FeatureExtractor, PatchCoreSettings  # noqa: E402
 from ind_knn_ad.pipeline import preprocessed_batches, stack  # noqa: E402
 
 AUGMENTATIONS = {
@@ -132,7 +132,7 @@ def main() -> None:
         size, stages, neighbourhood, augmentation = spec.split("/")
         resize, _, crop = size.partition(":")
         preprocess = Preprocess(int(resize), int(crop or resize))
-        settings = PatchCoreSettings(
+        settings = FitSettings(
             backbone="efficientnet_lite0",
             layers=tuple(int(s) for s in stages.split(",")),
             neighbourhood=int(neighbourhood),

@@ -23,9 +23,9 @@ import torch
 from common import MVTEC, PYTHON, ROOT, fit_command, machine, report, run
 
 from ind_knn_ad.borders import fitted_border
+from ind_knn_ad.extractor import FeatureExtractor, FitSettings
 from ind_knn_ad.methods import make_scorer
 from ind_knn_ad.model_file import load_model
-from ind_knn_ad.patchcore import FeatureExtractor, PatchCoreSettings
 from ind_knn_ad.runtime import Detector
 
 
@@ -42,7 +42,7 @@ def onnx_features(model, images: np.ndarray, **options) -> np.ndarray:
 
 def torch_features(model, images: np.ndarray, dtype: torch.dtype, onednn: bool) -> np.ndarray:
     s = model.settings
-    settings = PatchCoreSettings(
+    settings = FitSettings(
         backbone=s["backbone"],
         layers=tuple(s["layers"]),
         neighbourhood=s["neighbourhood"],

@@ -19,19 +19,14 @@ import numpy as np
 from . import padim, spade
 from .coreset import coreset_size
 from .data import Dataset, TestImage
+from .device import select_device
 from .evaluate import Evaluation, evaluate
+from .extractor import FeatureExtractor, FitSettings, TrainFeatures, extract_features
 from .methods import make_scorer
 from .model_file import FORMAT, METHODS, Model, required_version
-from .patchcore import (
-    FeatureExtractor,
-    PatchCoreSettings,
-    TrainFeatures,
-    extract_features,
-    fit,
-    package_versions,
-    select_device,
-)
+from .patchcore import fit
 from .pipeline import images_per_batch
+from .provenance import package_versions
 from .scoring import PatchScores
 from .threshold import AUTO, auto_threshold
 
@@ -51,7 +46,7 @@ class TrainResult:
 
 def train(
     dataset: Dataset,
-    settings: PatchCoreSettings,
+    settings: FitSettings,
     threshold: float | str = AUTO,
     device: str = "auto",
     weights: Path | None = None,
@@ -99,7 +94,7 @@ def fit_method(
     method: str,
     extractor: FeatureExtractor,
     features: TrainFeatures,
-    settings: PatchCoreSettings,
+    settings: FitSettings,
     threshold: float | str = AUTO,
     dataset: str = "custom",
     progress: ProgressFactory = no_progress,

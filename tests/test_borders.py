@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER, UNRECORDED_BORDER, fitted_border
+from ind_knn_ad.extractor import FeatureExtractor, FitSettings, TrainFeatures
 from ind_knn_ad.features import PatchFeatures
 from ind_knn_ad.images import Preprocess
 from ind_knn_ad.model_file import load_model, save_model
-from ind_knn_ad.patchcore import FeatureExtractor, PatchCoreSettings, TrainFeatures
 from ind_knn_ad.runtime import Detector
 from ind_knn_ad.train import fit_method
 
@@ -72,7 +72,7 @@ def test_an_unknown_rule_is_refused() -> None:
 
 
 def test_the_settings_default_is_the_module_default() -> None:
-    assert PatchCoreSettings().border == DEFAULT_BORDER in BORDERS
+    assert FitSettings().border == DEFAULT_BORDER in BORDERS
 
 
 def test_files_without_the_key_mean_the_old_rule() -> None:
@@ -95,7 +95,7 @@ def train_features() -> TrainFeatures:
 def test_the_model_carries_its_rule_in_settings_and_graph(
     method: str, border: str, train_features: TrainFeatures, tmp_path: Path
 ) -> None:
-    settings = PatchCoreSettings(
+    settings = FitSettings(
         backbone="efficientnet_lite0", border=border, preprocess=Preprocess(64, 64)
     )
     extractor = FeatureExtractor(settings, torch.device("cpu"))
@@ -117,7 +117,7 @@ def test_the_model_carries_its_rule_in_settings_and_graph(
 def test_a_file_written_without_the_key_still_loads_and_scores(
     train_features: TrainFeatures, tmp_path: Path
 ) -> None:
-    settings = PatchCoreSettings(
+    settings = FitSettings(
         backbone="efficientnet_lite0", border="exclude", preprocess=Preprocess(64, 64)
     )
     extractor = FeatureExtractor(settings, torch.device("cpu"))

@@ -30,10 +30,10 @@ def torch_scores(sample_model: Path, test_images: list[Path]) -> tuple[np.ndarra
     fit itself takes, one image at a time."""
     import torch
 
-    from ind_knn_ad.patchcore import FeatureExtractor, PatchCoreSettings
+    from ind_knn_ad.extractor import FeatureExtractor, FitSettings
 
     model = load_model(sample_model)
-    settings = PatchCoreSettings(
+    settings = FitSettings(
         backbone=model.settings["backbone"],
         layers=tuple(model.settings["layers"]),
         neighbourhood=model.settings["neighbourhood"],

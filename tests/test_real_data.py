@@ -10,12 +10,12 @@ import pytest
 from conftest import mvtec_folder
 
 from ind_knn_ad.data import load_dataset
-from ind_knn_ad.patchcore import PatchCoreSettings
+from ind_knn_ad.extractor import FitSettings
 from ind_knn_ad.train import train
 
 pytestmark = pytest.mark.slow
 
-OFFLINE = PatchCoreSettings(backbone="efficientnet_lite0")
+OFFLINE = FitSettings(backbone="efficientnet_lite0")
 
 
 def test_hazelnut_reduced() -> None:
