@@ -399,11 +399,14 @@ def test_thin_images_preprocess_in_bounded_memory() -> None:
 
     if shutil.which("prlimit") is None:
         pytest.skip("prlimit (util-linux) is not installed")
+    # One BLAS thread: OpenBLAS reserves buffers per thread, which on a 16-core machine
+    # alone overran the limit before any image was opened (seen on the CUDA check host).
+    threads = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     result = subprocess.run(
         ["prlimit", "--as=600000000", sys.executable, "-c", THIN],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **threads},
     )
     assert result.returncode == 0 and result.stdout == "ok\n", result.stderr
 
