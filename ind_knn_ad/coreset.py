@@ -22,7 +22,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+
+from .threads import one_blas_thread
 
 PROJECTION_DIM = 128
 # Points are regrouped into the cells of the centres chosen so far at steps 8, 16, 32, ...
@@ -169,7 +170,7 @@ def greedy_k_center(
     # Each step's matrix-vector products are far too small to share between threads; a
     # multi-threaded BLAS only adds a wait for the other thread, which on a busy machine
     # can take milliseconds per call.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         greedy = _Greedy(points, size, start)
         del points  # regrouping copies the points; a projection made for us can go then
         for step in range(size):

@@ -23,7 +23,8 @@ from .borders import DEFAULT_BORDER
 from .coreset import PROJECTION_DIM
 from .features import PatchFeatures
 from .images import ImageError, Preprocess
-from .pipeline import cpu_count, preprocessed_batches, stack
+from .pipeline import preprocessed_batches, stack
+from .threads import cpu_count
 
 Progress = Callable[[int], None]
 

@@ -8,7 +8,6 @@ model file at P * d * d floats.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from .model_file import ModelFileError
 from .scoring import UNIT_ROUNDOFF, PatchScores
+from .threads import one_blas_thread
 
 CHANNELS = 100  # the paper's choice for ResNet-18; at most the backbone's channel count
 REGULARISATION = 0.01  # added to each covariance's diagonal, as in the paper
@@ -24,13 +24,6 @@ POSITION_BLOCK = 32
 # The closed-form held-out distance divides by 1 - c q, which is positive in exact
 # arithmetic; this keeps rounding from turning it into a division by zero.
 _TINY = 1e-12
-
-
-@functools.cache
-def _blas():  # -> threadpoolctl.ThreadpoolController, made once: inspecting libraries costs ms
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
 
 
 def choose_channels(total: int, count: int, seed: int) -> np.ndarray:
@@ -76,7 +69,7 @@ def fit_gaussians(
     # Single-threaded BLAS: the matrices are small, and on a busy machine the hand-offs
     # between BLAS threads made this fit 30 times slower (27 s instead of 0.9 s for 209
     # images of 784 positions).
-    with _blas().limit(limits=1, user_api="blas"):
+    with one_blas_thread():
         for start in range(0, positions, POSITION_BLOCK):
             block = slice(start, min(start + POSITION_BLOCK, positions))
             # (b, N, d): one matrix of training rows per position, contiguous so that the
@@ -127,7 +120,7 @@ class PadimScorer:
         # Two float32 sums of d terms and the rounding of x - mean, with a factor 2 to spare.
         rounding = 4.0 * (len(self.channels) + 2) * UNIT_ROUNDOFF
         results = []
-        with _blas().limit(limits=1, user_api="blas"):  # small products: as in the fit
+        with one_blas_thread():  # small products: as in the fit
             for image in rows:  # one image at a time, so a score never depends on its batch
                 centred = image.T.astype(np.float32) - self.mean  # (P, d)
                 product = np.matmul(centred[:, None, :], self.inverse)[:, 0]

@@ -15,14 +15,6 @@ from .images import ImageError, Preprocess, is_image_file, shown_name
 Item = tuple[Path | str, "np.ndarray | ImageError"]
 
 
-def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask where there is one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def images_per_batch(size: tuple[int, int], at_224: int, least: int = 1) -> int:
     """Images of (width, height) per network batch holding the pixels of `at_224` images
     of 224 px, and at least `least`: activation memory grows with pixels per batch (16

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .pipeline import cpu_count
+from .threads import cpu_count, one_blas_thread
 
 # max: the worst patch (PatchCore). reweighted: eq. 7 of Roth et al. 2022. top10: the mean
 # of the TOP_PATCHES worst patches, which one noisy patch cannot decide alone.
@@ -48,13 +48,6 @@ Result = TypeVar("Result")
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="nearest")
-
-
-@functools.cache
-def _blas():  # -> threadpoolctl.ThreadpoolController, imported only when scoring starts
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
 
 
 @dataclass(frozen=True)
@@ -123,7 +116,7 @@ def _map_blocks(
         return work(start, scaled @ bank.augmented.T, np.einsum("ij,ij->i", chunk, chunk))
 
     starts: Sequence[int] = range(0, len(queries), block)
-    with _blas().limit(limits=1, user_api="blas"):
+    with one_blas_thread():
         if len(starts) == 1:
             return [one(0)]
         return list(_pool().map(one, starts))

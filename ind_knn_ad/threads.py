@@ -1,0 +1,33 @@
+"""How many threads the library runs, in one place: cores for its own pools, and one BLAS
+thread where products are too small to share.
+
+Small matrix products split between BLAS threads only add a wait for the other thread, which
+on a busy machine costs milliseconds per call; the callers run many of them, each on one
+thread, and get their parallelism from their own pools.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from contextlib import AbstractContextManager
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask where there is one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@functools.cache
+def _controller():  # -> threadpoolctl.ThreadpoolController; finding the libraries costs ms
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_blas_thread() -> AbstractContextManager[object]:
+    """BLAS on one thread inside the `with` block (every BLAS library loaded so far)."""
+    return _controller().limit(limits=1, user_api="blas")
