@@ -476,11 +476,8 @@ def summary(model: Model) -> str:
         )
     if model.method == "spade":
         return f"{settings['train_images']} training images, K = {settings['spade']['neighbours']}"
-    assert model.memory_bank is not None
-    return (
-        f"Memory bank: {model.memory_bank.shape[0]} of {settings['coreset']['total_patches']}"
-        " patches"
-    )
+    kept, total = model.tensors["memory_bank"].shape[0], settings["coreset"]["total_patches"]
+    return f"Memory bank: {kept} of {total} patches"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,9 +53,8 @@ def make_scorer(model: Model, preprocess: Preprocess, maps: bool = True) -> Scor
                 model.tensors["train_patches"], model.tensors["image_vectors"], neighbours, maps
             )
         )
-    bank = model.memory_bank
-    assert bank is not None  # load_model guarantees it for PatchCore
-    score = functools.partial(score_features, bank=SearchBank.of(bank), image_score=rule, maps=maps)
+    bank = SearchBank.of(model.tensors["memory_bank"])
+    score = functools.partial(score_features, bank=bank, image_score=rule, maps=maps)
     if preprocess.align is None:
         return _features_only(score)
 

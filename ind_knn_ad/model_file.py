@@ -88,12 +88,11 @@ class ModelFileError(Exception):
 class Model:
     """Everything scoring needs, plus the provenance recorded at fit time.
 
-    `memory_bank` is PatchCore's (None for the other methods); `tensors` holds the other
-    methods' arrays by their names in the file.
+    `tensors` holds the method's arrays by their names in the file; the feature graph is
+    kept apart, as every method has one.
     """
 
     settings: dict[str, Any]
-    memory_bank: np.ndarray | None
     feature_graph: bytes
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -188,13 +187,6 @@ def _check_types(settings: dict[str, Any], required: dict[str, type], source: st
             raise ModelFileError(f"{source}: setting {key!r} is missing or not a {kind.__name__}")
 
 
-def _method_tensors(model: Model) -> dict[str, np.ndarray]:
-    """The arrays a method stores, by name (PatchCore's bank lives in its own field)."""
-    if model.method == "patchcore":
-        return {} if model.memory_bank is None else {"memory_bank": model.memory_bank}
-    return dict(model.tensors)
-
-
 def tensor_digest(name: str, array: np.ndarray) -> str:
     """SHA-256 of a tensor's name, type and shape, then its bytes as stored."""
     digest = hashlib.sha256(f"{name} {array.dtype.str} {list(array.shape)}\n".encode())
@@ -208,7 +200,7 @@ def serialise(model: Model) -> bytes:
 
     settings = {key: value for key, value in model.settings.items() if key != DIGESTS}
     validate_settings(settings)
-    arrays = _method_tensors(model)
+    arrays = dict(model.tensors)
     validate_tensors(settings, arrays)
     tensors = {
         **{name: np.ascontiguousarray(array) for name, array in arrays.items()},
@@ -410,10 +402,8 @@ def load_model(path: Path) -> Model:
     if graph is None:
         raise ModelFileError(f"{name}: model file lacks its feature graph")
     validate_tensors(settings, tensors, name)
-    if settings["method"] == "patchcore":
-        return Model(settings, tensors["memory_bank"], graph.tobytes())
     wanted = _tensor_specs(settings, name)
-    return Model(settings, None, graph.tobytes(), {key: tensors[key] for key in wanted})
+    return Model(settings, graph.tobytes(), {key: tensors[key] for key in wanted})
 
 
 def _verify_digests(digests: object, tensors: dict[str, np.ndarray], source: str) -> None:

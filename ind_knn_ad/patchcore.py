@@ -71,7 +71,8 @@ def fit(
         "dataset": dataset,
         "versions": package_versions(),
     }
-    model = Model(model_settings, bank, extractor.export_onnx(settings.preprocess.size))
+    graph = extractor.export_onnx(settings.preprocess.size)
+    model = Model(model_settings, graph, {"memory_bank": bank})
     # Each damaged image is scored without its own patches: the bank must hold others'.
     if train.paths and len(np.unique(chosen // patches)) > 1:
         model_settings["detectability"] = _detectability(
@@ -91,8 +92,9 @@ def _detectability(
     images are: against the bank without the image's own patches."""
 
     def held_out(features: np.ndarray, images: np.ndarray, image: int) -> list[float]:
-        bank = np.ascontiguousarray(model.memory_bank[sources != image])
-        scorer = make_scorer(replace(model, memory_bank=bank), preprocess, maps=False)
+        bank = np.ascontiguousarray(model.tensors["memory_bank"][sources != image])
+        without = replace(model, tensors={"memory_bank": bank})
+        scorer = make_scorer(without, preprocess, maps=False)
         return [result.score for result in scorer(features, images)]
 
     threshold, seed = model.threshold, model.settings["coreset"]["seed"]

@@ -151,6 +151,4 @@ def fit_method(
         "versions": package_versions(),
     }
     graph = extractor.export_onnx(settings.preprocess.size)
-    return Model(
-        model_settings, None, graph, {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    )
+    return Model(model_settings, graph, {k: np.ascontiguousarray(v) for k, v in tensors.items()})

@@ -362,7 +362,7 @@ def variant(
         loaded = load_model(model)
         if settings is not None:
             settings(loaded.settings)
-        memory_bank = loaded.memory_bank.copy()
+        memory_bank = loaded.tensors["memory_bank"].copy()
         if bank is not None:
             bank(memory_bank)
         tensors = {

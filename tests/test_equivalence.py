@@ -44,7 +44,7 @@ def torch_scores(sample_model: Path, test_images: list[Path]) -> tuple[np.ndarra
     scores, maps = [], []
     for path in test_images:
         features = extractor(detector.preprocess.load(path)[None])
-        (result,) = score_features(features, model.memory_bank, settings.image_score)
+        (result,) = score_features(features, model.tensors["memory_bank"], settings.image_score)
         scores.append(result.score)
         maps.append(result.patch_map)
     return np.array(scores), np.stack(maps)
@@ -104,7 +104,7 @@ def test_scores_without_maps_are_the_same_bits(
     model = load_model(sample_model)
     detector = Detector(model, "cpu")
     features = detector.features(np.stack([detector.preprocess.load(p) for p in test_images]))
-    bank = model.memory_bank
+    bank = model.tensors["memory_bank"]
     full = [r.score for r in score_features(features, bank, image_score)]
     fast = score_features(features, bank, image_score, maps=False)
     single = [

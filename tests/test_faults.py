@@ -350,8 +350,8 @@ def _other_model(sample_model: Path, target: Path) -> None:
     it (with the rows alone, a defective image's nearest rows could all be kept)."""
     model = load_model(sample_model)
     settings = {**model.settings, "threshold": {**model.settings["threshold"], "value": 1.0}}
-    bank = np.ascontiguousarray(model.memory_bank[::2] + np.float32(0.25))
-    save_model(Model(settings, bank, model.feature_graph), target)
+    bank = np.ascontiguousarray(model.tensors["memory_bank"][::2] + np.float32(0.25))
+    save_model(Model(settings, model.feature_graph, {"memory_bank": bank}), target)
 
 
 def test_readers_never_see_a_torn_model(

@@ -33,7 +33,7 @@ def test_round_trip_gives_bit_identical_scores(
     reloaded = load_model(copy_path)
     assert reloaded.settings == original.settings
     assert reloaded.feature_graph == original.feature_graph
-    np.testing.assert_array_equal(reloaded.memory_bank, original.memory_bank)
+    np.testing.assert_array_equal(reloaded.tensors["memory_bank"], original.tensors["memory_bank"])
     images = sorted((sample_dataset / "test").rglob("*.png"))
     before = [r.score for _, r in Detector(original, "cpu").score_files(images)]
     after = [r.score for _, r in Detector(reloaded, "cpu").score_files(images)]
@@ -48,7 +48,7 @@ def test_settings_record_what_scoring_needs(sample_model: Path) -> None:
     assert settings["preprocess"]["resize"] >= settings["preprocess"]["crop"] > 0
     assert settings["threshold"]["value"] > 0 and "rule" in settings["threshold"]
     assert settings["threshold"]["holdout"]["count"] == settings["train_images"]
-    assert settings["coreset"]["size"] == load_model(sample_model).memory_bank.shape[0]
+    assert settings["coreset"]["size"] == load_model(sample_model).tensors["memory_bank"].shape[0]
     assert {"torch", "timm", "ind_knn_ad"} <= set(settings["versions"])
 
 
@@ -122,15 +122,18 @@ def test_save_refuses_invalid_settings_and_writes_nothing(tmp_path: Path) -> Non
     settings = _settings()
     del settings["dataset"]
     with pytest.raises(ModelFileError):
-        save_model(Model(settings, np.zeros((3, 4), np.float32), b"graph"), tmp_path / "m")
+        bank = np.zeros((3, 4), np.float32)
+        save_model(Model(settings, b"graph", {"memory_bank": bank}), tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_save_then_load_small_model(tmp_path: Path) -> None:
     bank = np.arange(12, dtype=np.float32).reshape(3, 4)
-    save_model(Model(_settings(), bank, b"\x00graph\xff"), tmp_path / "m.safetensors")
+    save_model(
+        Model(_settings(), b"\x00graph\xff", {"memory_bank": bank}), tmp_path / "m.safetensors"
+    )
     model = load_model(tmp_path / "m.safetensors")
-    np.testing.assert_array_equal(model.memory_bank, bank)
+    np.testing.assert_array_equal(model.tensors["memory_bank"], bank)
     assert model.feature_graph == b"\x00graph\xff" and model.threshold == 1.5
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
@@ -160,7 +163,7 @@ def test_files_from_before_the_digests_still_load(sample_model: Path, tmp_path: 
     old = tmp_path / "old.safetensors"
     save_file(
         {
-            "memory_bank": model.memory_bank,
+            "memory_bank": model.tensors["memory_bank"],
             "feature_graph": np.frombuffer(model.feature_graph, np.uint8),
         },
         old,
@@ -173,10 +176,9 @@ def test_files_from_before_the_digests_still_load(sample_model: Path, tmp_path: 
 def test_resaving_records_fresh_digests(sample_model: Path, tmp_path: Path) -> None:
     """A loaded model, changed and saved again, loads: its digests are recomputed."""
     model = load_model(sample_model)
-    save_model(
-        Model(model.settings, model.memory_bank[::2].copy(), model.feature_graph), tmp_path / "m"
-    )
-    assert load_model(tmp_path / "m").memory_bank.shape[0] == len(model.memory_bank[::2])
+    half = model.tensors["memory_bank"][::2].copy()
+    save_model(Model(model.settings, model.feature_graph, {"memory_bank": half}), tmp_path / "m")
+    assert load_model(tmp_path / "m").tensors["memory_bank"].shape[0] == len(half)
 
 
 @pytest.mark.parametrize(
