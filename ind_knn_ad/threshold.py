@@ -66,6 +66,7 @@ def auto_threshold(scores: np.ndarray, sigmas: float = 3.0) -> tuple[float, dict
     """
     mean, std, top = float(scores.mean()), float(scores.std()), float(scores.max())
     value = mean + sigmas * std
+    alarms = int((scores >= value).sum())
     details = {
         "rule": f"mean + {sigmas:g} std of leave-one-image-out scores of train/good",
         "holdout": {
@@ -76,8 +77,25 @@ def auto_threshold(scores: np.ndarray, sigmas: float = 3.0) -> tuple[float, dict
             "max": top,
             "p95": float(np.percentile(scores, 95)),
         },
+        "expected_false_alarms": {
+            "held_out_flagged": alarms,
+            "held_out": int(scores.size),
+            "upper_95": false_alarm_bound(alarms, int(scores.size)),
+        },
     }
     return value, details
+
+
+def false_alarm_bound(flagged: int, count: int, confidence: float = 0.95) -> float:
+    """Upper `confidence` bound on the rate of good images flagged, from `flagged` of
+    `count` held-out good images (Clopper-Pearson). Held-out images are judged against a
+    bank without their own patches, which scores them a little higher than new good images
+    (bench/few_shot.py), so the bound errs towards more alarms, not fewer."""
+    from scipy.stats import beta
+
+    if flagged >= count:
+        return 1.0
+    return float(beta.ppf(confidence, flagged + 1, count - flagged))
 
 
 def parse_threshold(text: str) -> float | str:

@@ -48,3 +48,16 @@ def test_a_bank_from_one_image_says_what_to_change() -> None:
     bank, sources = features[0], np.zeros(4, dtype=np.int64)  # every row from image 0
     with pytest.raises(ValueError, match=r"one training image.*--coreset"):
         holdout_scores(features, (2, 2), bank, sources, "max")
+
+
+def test_expected_false_alarms_count_held_out_images_at_or_above_the_threshold() -> None:
+    scores = np.concatenate([np.zeros(99), [100.0]])  # one outlier: above mean + 3 std
+    value, details = auto_threshold(scores)
+    expected = details["expected_false_alarms"]
+    assert value < 100.0
+    assert (expected["held_out_flagged"], expected["held_out"]) == (1, 100)
+    # Clopper-Pearson, 1 of 100: 4.66% (tables); 0 of 100: 1 - 0.05 ** (1 / 100) = 2.95%.
+    assert expected["upper_95"] == pytest.approx(0.0466, abs=1e-4)
+    value, details = auto_threshold(np.arange(100.0))
+    assert details["expected_false_alarms"]["held_out_flagged"] == 0
+    assert details["expected_false_alarms"]["upper_95"] == pytest.approx(1 - 0.05**0.01)
