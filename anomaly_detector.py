@@ -220,11 +220,12 @@ def write_heatmap(
 ) -> str:
     """The image's heatmap PNG in `folder`, named after its path (see heatmap_name)."""
     from ind_knn_ad.heatmap import heatmap_name, image_heatmap, write_png
+    from ind_knn_ad.methods import find
 
     verdict = "defective" if flag else "good"
     title = f"score {result.score:.6f}  threshold {threshold:.6g}  {verdict}"
-    method = detector.model.method
-    picture = image_heatmap(path, result.patch_map, detector.preprocess, method, threshold, title)
+    units = find(detector.model.method).map_in_score_units
+    picture = image_heatmap(path, result.patch_map, detector.preprocess, units, threshold, title)
     target = folder / heatmap_name(path)
     write_png(picture, target)
     return os.fsdecode(target)

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 from ind_knn_ad import environment, exit_codes  # noqa: F401 - environment first: see there
 from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.data import DATASETS_DIR, Dataset, DatasetError, load_dataset
+from ind_knn_ad.exit_codes import UsageError
 from ind_knn_ad.images import ImageError, Preprocess
 from ind_knn_ad.limits import FIT_BYTES_PER_PIXEL, input_too_large
-from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, METHODS
+from ind_knn_ad.methods import DEFAULT, DEFAULT_IMAGE_SCORE, find, having_image_score, names
+from ind_knn_ad.model_file import DEFAULT_MODEL_PATH
 from ind_knn_ad.scoring import IMAGE_SCORES
 from ind_knn_ad.threshold import AUTO, parse_threshold
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
     from ind_knn_ad.data import TestImage
     from ind_knn_ad.evaluate import Evaluation
+    from ind_knn_ad.extractor import FitSettings
     from ind_knn_ad.heatmap import SheetEntry
     from ind_knn_ad.model_file import Model
     from ind_knn_ad.scoring import PatchScores
@@ -66,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data-dir", type=Path, help="dataset folder (MVTec layout, or a folder of good images)"
     )
     parser.add_argument("--download-url", help="base URL of an MVTec AD mirror")
-    parser.add_argument("--method", choices=METHODS, default="patchcore", help="default: patchcore")
+    parser.add_argument("--method", choices=names(), default=DEFAULT, help=f"default: {DEFAULT}")
     parser.add_argument("--backbone", default="wide_resnet50_2", help="backbone name")
     parser.add_argument("--layers", type=int, nargs="+", help="backbone stages to use")
     parser.add_argument("--weights", type=Path, help="local backbone weights file")
@@ -81,7 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threshold", type=_threshold, default=AUTO, help="'auto' (default) or a number"
     )
-    parser.add_argument("--image-score", choices=IMAGE_SCORES, default="max", help="patchcore only")
+    parser.add_argument(
+        "--image-score",
+        choices=IMAGE_SCORES,
+        default=DEFAULT_IMAGE_SCORE,
+        help=f"{', '.join(having_image_score(IMAGE_SCORES[-1]))} only",
+    )
     parser.add_argument("--image-size", type=int, default=256, help="resize shorter side to")
     parser.add_argument("--crop", type=int, help="centre crop size (default: 224)")
     parser.add_argument(
@@ -110,8 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.crop = args.image_size if args.align else 224
     if not 0 < args.crop <= args.image_size:
         parser.error(f"--crop ({args.crop}) must be between 1 and --image-size ({args.image_size})")
-    if args.method != "patchcore" and args.image_score != "max":
-        parser.error(f"--image-score {args.image_score} is for --method patchcore only")
+    if find(args.method).image_score_for(args.image_score) is None:
+        having = " or --method ".join(having_image_score(args.image_score))
+        parser.error(f"--image-score {args.image_score} is for --method {having} only")
     if not 0 <= args.seed < 2**32:
         parser.error(f"--seed must be a whole number from 0 to {2**32 - 1}, not {args.seed}")
     if not args.align:  # an aligned cut's size is known once the parts are measured
@@ -265,10 +274,6 @@ def make_preprocess(args: argparse.Namespace, dataset: Dataset, console: Console
     return preprocess
 
 
-class UsageError(Exception):
-    """An option that cannot work with this backbone, dataset or machine (exit code 2)."""
-
-
 def backbone_strides(args: argparse.Namespace) -> list[int]:
     """The strides of the chosen backbone stages, from the architecture alone (no weights,
     nothing downloaded); UsageError for a stage the backbone does not have."""
@@ -293,11 +298,9 @@ def backbone_strides(args: argparse.Namespace) -> list[int]:
     return [strides[layer] for layer in layers]
 
 
-def check_fit(args: argparse.Namespace, dataset: Dataset, preprocess: Preprocess) -> None:
+def check_fit(args: argparse.Namespace, dataset: Dataset, settings: FitSettings) -> None:
     """What would fail only after feature extraction, said up front in the user's terms:
     DatasetError for too few training images, UsageError for options."""
-    from ind_knn_ad.coreset import coreset_size
-
     count = len(dataset.train)
     if count < 2:
         raise DatasetError(
@@ -309,31 +312,15 @@ def check_fit(args: argparse.Namespace, dataset: Dataset, preprocess: Preprocess
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
-    width, height = preprocess.size
+    width, height = settings.preprocess.size
     problem = input_too_large(width, height, FIT_BYTES_PER_PIXEL)
     if problem:
         raise UsageError(f"--image-size {args.image_size} with --align: {problem}")
     strides = backbone_strides(args)
-    if args.method != "patchcore" or args.threshold != AUTO or not strides:
-        return
-    step = min(strides)
-    total = count * -(-width // step) * -(-height // step)
-    if coreset_size(total, args.coreset) < 2:
-        least = _round_up(2 / total)
-        raise UsageError(
-            f"--coreset {args.coreset:g} keeps 1 of about {total} patches: the automatic "
-            "threshold scores each training image against the bank without its own "
-            f"patches, so the bank needs at least 2. Use --coreset {least:g} or more, or a "
-            "fixed --threshold"
-        )
-
-
-def _round_up(value: float) -> float:
-    """`value` rounded up to two significant digits."""
-    import math
-
-    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
-    return math.ceil(value / scale) * scale
+    if strides:
+        step = min(strides)
+        total = count * -(-width // step) * -(-height // step)
+        find(args.method).check_fit(settings, total, args.threshold == AUTO)
 
 
 WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
@@ -387,17 +374,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print_error(f"{dataset.root}: {error}; fit without --align")
         return exit_codes.DATA_ERROR
-    try:
-        check_fit(args, dataset, preprocess)
-    except DatasetError as error:
-        print_error(str(error))
-        return exit_codes.DATA_ERROR
-    except UsageError as error:
-        print_error(str(error))
-        return exit_codes.USAGE
-    except BackboneError as error:
-        print_error(str(error))
-        return exit_codes.BACKBONE_ERROR
     settings = FitSettings(
         backbone=args.backbone,
         layers=tuple(args.layers) if args.layers else None,
@@ -407,6 +383,17 @@ def run(args: argparse.Namespace) -> int:
         preprocess=preprocess,
         seed=args.seed,
     )
+    try:
+        check_fit(args, dataset, settings)
+    except DatasetError as error:
+        print_error(str(error))
+        return exit_codes.DATA_ERROR
+    except UsageError as error:
+        print_error(str(error))
+        return exit_codes.USAGE
+    except BackboneError as error:
+        print_error(str(error))
+        return exit_codes.BACKBONE_ERROR
     console.print(f"Backbone {args.backbone}; {len(dataset.train)} training images.")
     if not dataset.test:
         console.print("No test/ folder: training only, evaluation skipped.")
@@ -434,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.DATA_ERROR
     model = result.model
     rule = model.settings["threshold"]["rule"]
-    console.print(f"{summary(model)}; threshold {model.threshold:.4g} ({rule}).")
+    console.print(f"{find(model.method).summary(model)}; threshold {model.threshold:.4g} ({rule}).")
     if result.evaluation is not None:
         report(out, dataset.name, result.evaluation, model.method)
     if "detectability" in model.settings:
@@ -463,21 +450,6 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"Model written to {args.model}.")
     out.print("Model file creation is complete.")
     return exit_codes.OK
-
-
-def summary(model: Model) -> str:
-    """What the fit kept, in one phrase."""
-    settings = model.settings
-    if model.method == "padim":
-        channels, grid = settings["padim"]["channels"], settings["feature_grid"]
-        return (
-            f"Gaussians at {grid[0]}x{grid[1]} positions over {channels} of "
-            f"{settings['feature_dim']} channels"
-        )
-    if model.method == "spade":
-        return f"{settings['train_images']} training images, K = {settings['spade']['neighbours']}"
-    kept, total = model.tensors["memory_bank"].shape[0], settings["coreset"]["total_patches"]
-    return f"Memory bank: {kept} of {total} patches"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,8 @@ from ind_knn_ad.data import load_dataset  # noqa: E402
 from ind_knn_ad.device import select_device  # noqa: E402
 from ind_knn_ad.evaluate import evaluate  # noqa: E402
 from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features  # noqa: E402
-from ind_knn_ad.model_file import METHODS, load_model, save_model  # noqa: E402
+from ind_knn_ad.methods import names  # noqa: E402
+from ind_knn_ad.model_file import load_model, save_model  # noqa: E402
 from ind_knn_ad.runtime import Detector  # noqa: E402
 from ind_knn_ad.train import fit_method  # noqa: E402
 
@@ -64,7 +65,7 @@ def bench(name: str, folder: Path, border: str) -> None:
     paths = [item.path for item in dataset.test]
     labels = [item.label for item in dataset.test]
     with tempfile.TemporaryDirectory() as work:
-        for method in METHODS:
+        for method in names():
             start = time.perf_counter()
             model = fit_method(method, extractor, features, settings, dataset=name)
             fit_seconds = extraction + time.perf_counter() - start

@@ -22,3 +22,7 @@ BACKBONE_ERROR = 5  # make_model.py: pretrained weights unavailable, or a bad --
 # disk, unwritable folder, a device, FIFO or socket where the file goes, closed pipe)
 WRITE_ERROR = 6
 INTERRUPTED = 130  # Ctrl-C or SIGTERM; any earlier model file is left as it was
+
+
+class UsageError(Exception):
+    """An option that cannot work with this backbone, dataset or machine (exit code 2)."""

@@ -36,9 +36,6 @@ MAX_NAME_BYTES = 255  # the usual limit on one file name
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 WRONG = (200, 0, 0)  # caption colour of a contact-sheet image the threshold gets wrong
-# Methods whose anomaly map is in the units of the image score (PatchCore's and PaDiM's
-# score is the map's maximum before blurring); SPADE's score is an image-level distance.
-MAP_IN_SCORE_UNITS = frozenset({"patchcore", "padim"})
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -48,16 +45,16 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
-def colour_range(amap: np.ndarray, method: str, threshold: float) -> tuple[float, float]:
+def colour_range(amap: np.ndarray, in_score_units: bool, threshold: float) -> tuple[float, float]:
     """The values the colour bar spans for one image's map.
 
     From the map's lowest value to its highest, or up to the threshold when that is higher
-    and the map is in score units: then the top colour (dark red) only appears where a
-    patch alone reaches the threshold, and a good image does not glow red at its
-    least-normal spot. SPADE's maps span their own range.
+    and the map is in score units (`Method.map_in_score_units`): then the top colour (dark
+    red) only appears where a patch alone reaches the threshold, and a good image does not
+    glow red at its least-normal spot. Other maps span their own range.
     """
     low, high = float(amap.min()), float(amap.max())
-    if method in MAP_IN_SCORE_UNITS:
+    if in_score_units:
         high = max(high, threshold)
     return low, max(high, low + 1e-6)
 
@@ -139,7 +136,7 @@ def image_heatmap(
     path: str | os.PathLike[str],
     patch_map: np.ndarray,
     preprocess: Preprocess,
-    method: str,
+    in_score_units: bool,
     threshold: float,
     title: str,
 ) -> Image.Image:
@@ -147,7 +144,7 @@ def image_heatmap(
     blurred, upsampled map over it; ImageError if the file can no longer be read."""
     image = preprocess.geometry(load_image(path))
     amap = anomaly_map(patch_map, preprocess.size)
-    low, high = colour_range(amap, method, threshold)
+    low, high = colour_range(amap, in_score_units, threshold)
     return heatmap_picture(image, amap, low, high, title)
 
 

@@ -2,15 +2,12 @@
 
 Every file holds `feature_graph`, the patch-feature network as ONNX bytes (uint8), so
 scoring needs neither torch nor the backbone's weights, and one JSON document of settings
-under the metadata key `ind_knn_ad`. The setting `method` decides which other tensors the
-file must hold (C channels, P = h*w patch positions, N training images):
+under the metadata key `ind_knn_ad`. The setting `method` names the method
+(`ind_knn_ad.methods`), which says which other tensors the file must hold, their types and
+shapes, and which settings of its own it needs.
 
-- patchcore: `memory_bank` (K, C) float32, the coreset;
-- padim: `channels` (d,) int64, `mean` (P, d) float32, `inverse_covariance` (P, d, d) float32;
-- spade: `train_patches` (N, P, C) float32, `image_vectors` (N, C) float32.
-
-A PatchCore file is exactly what it was in version 1, and a PaDiM or SPADE file has no
-`memory_bank`, so an older tool refuses it rather than misreading it. Version 2 adds
+The first method's files are exactly what they were in version 1; the others' lack its
+tensor, so an older tool refuses them rather than misreading them. Version 2 adds
 `preprocess.align` (the part alignment box); only files that use it are written as version
 2, so that a tool which would ignore it refuses them. Nothing
 is ever unpickled: safetensors is a JSON header plus raw little-endian arrays, so a crafted
@@ -40,11 +37,14 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .images import shown_name
+
+if TYPE_CHECKING:
+    from .methods import Method
 
 FORMAT = "ind_knn_ad.model"
 # The newest version this tool reads and writes. Version 2 added `preprocess.align`; a
@@ -55,7 +55,6 @@ DIGESTS = "sha256"  # settings key: tensor name -> SHA-256 (see tensor_digest)
 SETTINGS_DIGEST_KEY = "ind_knn_ad.sha256"  # metadata key: SHA-256 of the settings text
 DEFAULT_MODEL_PATH = Path("models/model.safetensors")
 
-METHODS = ("patchcore", "padim", "spade")
 # Required settings and their JSON types; the loader rejects a file missing any of them.
 REQUIRED = {
     "format": str,
@@ -71,12 +70,6 @@ REQUIRED = {
     "train_images": int,
     "dataset": str,
     "versions": dict,
-}
-# Further settings each method requires.
-METHOD_REQUIRED: dict[str, dict[str, type]] = {
-    "patchcore": {"coreset": dict},
-    "padim": {"feature_grid": list, "padim": dict},
-    "spade": {"feature_grid": list, "spade": dict},
 }
 
 
@@ -116,10 +109,7 @@ def validate_settings(settings: dict[str, Any], source: str = "model") -> None:
             f"({FORMAT_VERSION}); upgrade anomaly_detector"
         )
     _check_types(settings, REQUIRED, source)
-    if settings["method"] not in METHODS:
-        known = ", ".join(METHODS)
-        raise ModelFileError(f"{source}: unknown method {settings['method']!r} (known: {known})")
-    _check_types(settings, METHOD_REQUIRED[settings["method"]], source)
+    _check_types(settings, _method(settings, source).required_settings, source)
     if version not in (1, FORMAT_VERSION):
         raise ModelFileError(f"{source}: unsupported model format version {version}")
     if version < required_version(settings["preprocess"]):
@@ -130,6 +120,21 @@ def validate_settings(settings: dict[str, Any], source: str = "model") -> None:
     _check_values(settings, source)
 
 
+def _method(settings: dict[str, Any], source: str) -> Method:
+    """The method of settings whose types are checked; ModelFileError if it is unknown.
+
+    Imported here, not at the top: the methods import this module for its errors and
+    helpers.
+    """
+    from . import methods
+
+    method = methods.find(settings["method"])
+    if method is None:
+        known = ", ".join(methods.names())
+        raise ModelFileError(f"{source}: unknown method {settings['method']!r} (known: {known})")
+    return method
+
+
 def _number(value: object) -> bool:
     """A finite JSON number; not a bool, which Python counts as an int."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -138,13 +143,13 @@ def _number(value: object) -> bool:
 def _check_values(settings: dict[str, Any], source: str) -> None:
     """The settings scoring reads, each of the JSON type and range it must have."""
     for key in ("neighbourhood", "feature_dim", "train_images"):
-        if not _positive_int(settings[key]):
+        if not positive_int(settings[key]):
             raise ModelFileError(f"{source}: setting {key!r} is not a positive whole number")
     layers = settings["layers"]
     if not layers or not all(_stage(layer) for layer in layers):
         raise ModelFileError(f"{source}: setting 'layers' is not a list of stage numbers")
     if "feature_grid" in settings:
-        _positions(settings, source)
+        feature_positions(settings, source)
     problem = _preprocess_problem(settings["preprocess"])
     if problem:
         raise ModelFileError(f"{source}: bad preprocess settings ({problem})")
@@ -153,7 +158,7 @@ def _check_values(settings: dict[str, Any], source: str) -> None:
 def _preprocess_problem(preprocess: dict[str, Any]) -> str | None:
     """What is wrong with the preprocess settings, or None."""
     for key in ("resize", "crop"):
-        if not _positive_int(preprocess.get(key)):
+        if not positive_int(preprocess.get(key)):
             return f"{key} is missing or not a positive whole number"
     if preprocess["crop"] > preprocess["resize"]:
         return f"crop {preprocess['crop']} is larger than resize {preprocess['resize']}"
@@ -402,7 +407,7 @@ def load_model(path: Path) -> Model:
     if graph is None:
         raise ModelFileError(f"{name}: model file lacks its feature graph")
     validate_tensors(settings, tensors, name)
-    wanted = _tensor_specs(settings, name)
+    wanted = _method(settings, name).tensor_specs(settings, name)
     return Model(settings, graph.tobytes(), {key: tensors[key] for key in wanted})
 
 
@@ -414,7 +419,7 @@ def _verify_digests(digests: object, tensors: dict[str, np.ndarray], source: str
         )
     for key, array in tensors.items():
         if digests[key] != tensor_digest(key, array):
-            label = "memory bank" if key == "memory_bank" else key.replace("_", " ")
+            label = key.replace("_", " ")
             raise ModelFileError(f"{source}: model file is damaged ({label} fails its SHA-256)")
 
 
@@ -437,41 +442,17 @@ def _stage(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _positive_int(value: object) -> bool:
+def positive_int(value: object) -> bool:
+    """A whole number above 0; not a bool, which Python counts as an int."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _positions(settings: dict[str, Any], source: str) -> int:
+def feature_positions(settings: dict[str, Any], source: str) -> int:
+    """The patch positions of the feature grid, h*w; ModelFileError for a bad grid."""
     grid = settings["feature_grid"]
-    if not isinstance(grid, list) or len(grid) != 2 or not all(map(_positive_int, grid)):
+    if not isinstance(grid, list) or len(grid) != 2 or not all(map(positive_int, grid)):
         raise ModelFileError(f"{source}: feature grid {grid!r} is not two positive integers")
     return grid[0] * grid[1]
-
-
-def _tensor_specs(
-    settings: dict[str, Any], source: str
-) -> dict[str, tuple[type, tuple[int | None, ...]]]:
-    """Each tensor the method needs, with its type and shape (None: any size above 0)."""
-    channels, images = settings["feature_dim"], settings["train_images"]
-    if settings["method"] == "patchcore":
-        return {"memory_bank": (np.float32, (None, channels))}
-    positions = _positions(settings, source)
-    if settings["method"] == "padim":
-        count = settings["padim"].get("channels")
-        if not _positive_int(count) or count > channels:
-            raise ModelFileError(f"{source}: PaDiM channel count {count!r} is not in 1..{channels}")
-        return {
-            "channels": (np.int64, (count,)),
-            "mean": (np.float32, (positions, count)),
-            "inverse_covariance": (np.float32, (positions, count, count)),
-        }
-    neighbours = settings["spade"].get("neighbours")
-    if not _positive_int(neighbours) or neighbours >= images:
-        raise ModelFileError(f"{source}: SPADE neighbours {neighbours!r} is not in 1..{images - 1}")
-    return {
-        "train_patches": (np.float32, (images, positions, channels)),
-        "image_vectors": (np.float32, (images, channels)),
-    }
 
 
 def largest_value(channels: int) -> float:
@@ -488,14 +469,16 @@ def validate_tensors(
     """Raise ModelFileError unless the method's tensors are all there, typed and shaped as
     its (already validated) settings say, and finite: scoring then trusts every shape and
     index without checking again."""
-    specs = _tensor_specs(settings, source)
+    method = _method(settings, source)
+    specs = method.tensor_specs(settings, source)
     largest = largest_value(settings["feature_dim"])
+    labels = {key: spec.label or key for key, spec in specs.items()}
     missing = [key for key in specs if key not in tensors]
     if missing:
-        what = "memory bank" if missing == ["memory_bank"] else ", ".join(missing)
+        what = labels[missing[0]] if len(missing) == 1 else ", ".join(missing)
         raise ModelFileError(f"{source}: model file lacks its {what}")
-    for key, (dtype, sizes) in specs.items():
-        array, label = tensors[key], "memory bank" if key == "memory_bank" else key
+    for key, spec in specs.items():
+        array, label, dtype, sizes = tensors[key], labels[key], spec.dtype, spec.shape
         if (
             array.dtype != dtype
             or array.ndim != len(sizes)
@@ -518,11 +501,4 @@ def validate_tensors(
                 f"{source}: {label} holds values beyond +-{largest:.3g}, where distances "
                 "between features would overflow"
             )
-    if settings["method"] == "padim":
-        channels = tensors["channels"]
-        if channels.min() < 0 or channels.max() >= settings["feature_dim"]:
-            raise ModelFileError(
-                f"{source}: PaDiM channels outside 0..{settings['feature_dim'] - 1}"
-            )
-        if len(np.unique(channels)) != len(channels):
-            raise ModelFileError(f"{source}: PaDiM channels repeat")
+    method.check_tensors(settings, tensors, source)

@@ -16,22 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from . import padim, spade
-from .coreset import coreset_size
+from . import methods
 from .data import Dataset, TestImage
 from .device import select_device
 from .evaluate import Evaluation, evaluate
 from .extractor import FeatureExtractor, FitSettings, TrainFeatures, extract_features
-from .methods import make_scorer
-from .model_file import FORMAT, METHODS, Model, required_version
-from .patchcore import fit
+from .methods.base import ProgressFactory
+from .model_file import FORMAT, Model, required_version
 from .pipeline import images_per_batch
 from .provenance import package_versions
 from .scoring import PatchScores
 from .threshold import AUTO, auto_threshold
-
-# (stage description, total) -> context yielding a callback that takes "items done".
-ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None] | None]]
 
 
 def no_progress(description: str, total: int) -> AbstractContextManager[None]:
@@ -44,6 +39,20 @@ class TrainResult:
     evaluation: Evaluation | None
 
 
+def find_method(name: str, image_score: str) -> tuple[methods.Method, str]:
+    """The method called `name` and the image-score rule it stores for `image_score`;
+    ValueError, naming the methods that have the rule, when it has no such rule."""
+    method = methods.find(name)
+    if method is None:
+        known = ", ".join(methods.names())
+        raise ValueError(f"method must be one of {known}, not {name!r}")
+    rule = method.image_score_for(image_score)
+    if rule is None:
+        having = " or ".join(methods.having_image_score(image_score))
+        raise ValueError(f"image score {image_score!r} is for {having} only")
+    return method, rule
+
+
 def train(
     dataset: Dataset,
     settings: FitSettings,
@@ -52,19 +61,16 @@ def train(
     weights: Path | None = None,
     batch_size: int | None = None,
     progress: ProgressFactory = no_progress,
-    method: str = "patchcore",
+    method: str = methods.DEFAULT,
     each: Callable[[TestImage, PatchScores], None] | None = None,
 ) -> TrainResult:
     """Fit `method` on `dataset.train`; evaluate on `dataset.test` when it has any images
     (`each` sees every test result, as in `evaluate`).
 
-    The backbone, layers, preprocessing and seed of `settings` apply to every method; its
-    coreset fraction and image score only to PatchCore.
+    The backbone, layers, preprocessing and seed of `settings` apply to every method; the
+    rest to the methods that use them (`methods`).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    if method != "patchcore" and settings.image_score != "max":
-        raise ValueError(f"image score {settings.image_score!r} is for patchcore only")
+    find_method(method, settings.image_score)
     extractor = FeatureExtractor(settings, select_device(device), weights)
     # 16 images at 224 px, fewer for larger inputs, but one per core at least.
     batch_size = batch_size or images_per_batch(settings.preprocess.size, 16, extractor.workers)
@@ -76,7 +82,7 @@ def train(
     del features
     evaluation = None
     if dataset.test:
-        scorer = make_scorer(model, settings.preprocess)
+        scorer = methods.make_scorer(model, settings.preprocess)
         with progress("Testing", len(dataset.test)) as callback:
             evaluation = evaluate(
                 lambda images: scorer(extractor(images), images),
@@ -99,37 +105,13 @@ def fit_method(
     dataset: str = "custom",
     progress: ProgressFactory = no_progress,
 ) -> Model:
-    """The model of `method` from training features, with its threshold and graph."""
-    images, positions, channels = features.features.shape
-    if method == "patchcore":
-        size = coreset_size(images * positions, settings.coreset_fraction)
-        with progress("Coreset selection", size) as callback:
-            return fit(extractor, features, settings, threshold, dataset, callback)
-    if method == "padim":
-        chosen = padim.choose_channels(channels, padim.CHANNELS, settings.seed)
-        with progress("Gaussian fit", positions) as callback:
-            gaussians = padim.fit_gaussians(features.features, chosen, progress=callback)
-        held_out = gaussians.holdout_scores
-        tensors = {
-            "channels": gaussians.channels,
-            "mean": gaussians.mean,
-            "inverse_covariance": gaussians.inverse_covariance,
-        }
-        extra = {
-            "channels": len(chosen),
-            "seed": settings.seed,
-            "regularisation": padim.REGULARISATION,
-        }
-        image_score = "max"
-    else:
-        neighbours = spade.neighbour_count(images)
-        vectors = spade.image_vectors(features.features)
-        held_out = spade.holdout_scores(vectors, neighbours)
-        tensors = {"train_patches": features.features, "image_vectors": vectors}
-        extra = {"neighbours": neighbours, "image_vector": "mean of the patch features"}
-        image_score = "knn_mean"
+    """The model of `method` from training features: the settings every method shares,
+    the method's own tensors and settings, the threshold and the exported graph."""
+    fitter, image_score = find_method(method, settings.image_score)
+    images, _positions, channels = features.features.shape
+    fitted = fitter.fit(features, settings, image_score, progress)
     if threshold == AUTO:
-        value, threshold_info = auto_threshold(held_out)
+        value, threshold_info = auto_threshold(fitted.holdout_scores())
     else:
         value, threshold_info = float(threshold), {"rule": "fixed, given by --threshold"}
     model_settings: dict[str, Any] = {
@@ -145,10 +127,14 @@ def fit_method(
         "feature_grid": list(features.grid),
         "image_score": image_score,
         "threshold": {"value": value, **threshold_info},
-        method: extra,
+        **fitted.settings,
         "train_images": int(images),
         "dataset": dataset,
         "versions": package_versions(),
     }
     graph = extractor.export_onnx(settings.preprocess.size)
-    return Model(model_settings, graph, {k: np.ascontiguousarray(v) for k, v in tensors.items()})
+    tensors = {name: np.ascontiguousarray(array) for name, array in fitted.tensors.items()}
+    model = Model(model_settings, graph, tensors)
+    if fitted.measure is not None:
+        model.settings.update(fitted.measure(model, extractor))
+    return model

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import ARITHMETIC, ROOT
 
-from ind_knn_ad import padim, scoring, spade
+from ind_knn_ad import scoring
+from ind_knn_ad.methods import padim, spade
 from ind_knn_ad.scoring import IMAGE_SCORES, REWEIGHT_NEIGHBOURS, reweighted_score, score_features
 
 

@@ -3,19 +3,26 @@
 NumPy only: fitting needs nothing from torch once the features are extracted, and scoring
 runs on the ONNX graph's features like PatchCore's. Features are reduced to a seeded random
 subset of channels (as in the paper), which keeps each covariance small (d x d) and the
-model file at P * d * d floats.
+model file at P * d * d floats. Stored: `channels` (d,) int64, `mean` (P, d) float32 and
+`inverse_covariance` (P, d, d) float32.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .model_file import ModelFileError
-from .scoring import UNIT_ROUNDOFF, PatchScores
-from .threads import one_blas_thread
+from ..images import Preprocess
+from ..model_file import Model, ModelFileError, feature_positions, positive_int
+from ..scoring import UNIT_ROUNDOFF, PatchScores
+from ..threads import one_blas_thread
+from .base import Fitted, Method, ProgressFactory, Scorer, TensorSpec, features_only
+
+if TYPE_CHECKING:
+    from ..extractor import FitSettings, TrainFeatures
 
 CHANNELS = 100  # the paper's choice for ResNet-18; at most the backbone's channel count
 REGULARISATION = 0.01  # added to each covariance's diagonal, as in the paper
@@ -140,3 +147,68 @@ class PadimScorer:
         centred = rows.astype(np.float64) - self.mean[positions].astype(np.float64)
         inverse = self.inverse[positions].astype(np.float64)
         return ((inverse * centred[:, None, :]).sum(axis=-1) * centred).sum(axis=-1)
+
+
+class Padim(Method):
+    name = "padim"
+    image_scores = ("max",)
+    map_in_score_units = True  # the image score is the map's maximum
+    required_settings = {"feature_grid": list, "padim": dict}  # noqa: RUF012 - read only
+
+    def fit(
+        self,
+        train: TrainFeatures,
+        settings: FitSettings,
+        image_score: str,
+        progress: ProgressFactory,
+    ) -> Fitted:
+        """Gaussians over a seeded channel subset; the held-out scores come with them."""
+        _images, positions, channels = train.features.shape
+        chosen = choose_channels(channels, CHANNELS, settings.seed)
+        with progress("Gaussian fit", positions) as callback:
+            gaussians = fit_gaussians(train.features, chosen, progress=callback)
+        tensors = {
+            "channels": gaussians.channels,
+            "mean": gaussians.mean,
+            "inverse_covariance": gaussians.inverse_covariance,
+        }
+        own = {"channels": len(chosen), "seed": settings.seed, "regularisation": REGULARISATION}
+        return Fitted(tensors, {self.name: own}, lambda: gaussians.holdout_scores)
+
+    def tensor_specs(self, settings: dict[str, Any], source: str) -> dict[str, TensorSpec]:
+        channels, positions = settings["feature_dim"], feature_positions(settings, source)
+        count = settings["padim"].get("channels")
+        if not positive_int(count) or count > channels:
+            raise ModelFileError(f"{source}: PaDiM channel count {count!r} is not in 1..{channels}")
+        return {
+            "channels": TensorSpec(np.int64, (count,)),
+            "mean": TensorSpec(np.float32, (positions, count)),
+            "inverse_covariance": TensorSpec(np.float32, (positions, count, count)),
+        }
+
+    def check_tensors(
+        self, settings: dict[str, Any], tensors: dict[str, np.ndarray], source: str
+    ) -> None:
+        """The channels index the features: in range and each once."""
+        channels = tensors["channels"]
+        if channels.min() < 0 or channels.max() >= settings["feature_dim"]:
+            raise ModelFileError(
+                f"{source}: PaDiM channels outside 0..{settings['feature_dim'] - 1}"
+            )
+        if len(np.unique(channels)) != len(channels):
+            raise ModelFileError(f"{source}: PaDiM channels repeat")
+
+    def scorer(self, model: Model, preprocess: Preprocess, maps: bool) -> Scorer:
+        """Every patch of the input counts, aligned or not."""
+        tensors = model.tensors
+        return features_only(
+            PadimScorer(tensors["channels"], tensors["mean"], tensors["inverse_covariance"])
+        )
+
+    def summary(self, model: Model) -> str:
+        settings = model.settings
+        channels, grid = settings["padim"]["channels"], settings["feature_grid"]
+        return (
+            f"Gaussians at {grid[0]}x{grid[1]} positions over {channels} of "
+            f"{settings['feature_dim']} channels"
+        )

@@ -3,15 +3,23 @@ the patches of the nearest training images.
 
 NumPy only. The image vector is the global average of the image's patch features (the
 same features PatchCore and PaDiM use), not a deeper layer's pooled output: one feature
-graph serves every method, and the pooling is done here.
+graph serves every method, and the pooling is done here. Stored: `train_patches` (N, P, C)
+float32 and `image_vectors` (N, C) float32.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from .model_file import ModelFileError
-from .scoring import PatchScores, exact_squared, nearest_neighbours
+from ..images import Preprocess
+from ..model_file import Model, ModelFileError, feature_positions, positive_int
+from ..scoring import PatchScores, exact_squared, nearest_neighbours
+from .base import Fitted, Method, ProgressFactory, Scorer, TensorSpec, features_only
+
+if TYPE_CHECKING:
+    from ..extractor import FitSettings, TrainFeatures
 
 # K of the image-level kNN, and the number of training images whose patches form the
 # pixel-level gallery. The library's default; the paper's K = 50 ranked worse with this
@@ -84,3 +92,49 @@ class SpadeScorer:
             patch_distances, _ = nearest_neighbours(image, gallery)
             results.append(PatchScores(score, patch_distances.reshape(height, width)))
         return results
+
+
+class Spade(Method):
+    name = "spade"
+    image_scores = ("knn_mean",)
+    map_in_score_units = False  # the image score is an image-level distance
+    required_settings = {"feature_grid": list, "spade": dict}  # noqa: RUF012 - read only
+
+    def fit(
+        self,
+        train: TrainFeatures,
+        settings: FitSettings,
+        image_score: str,
+        progress: ProgressFactory,
+    ) -> Fitted:
+        """Every training patch, and each training image's vector."""
+        neighbours = neighbour_count(len(train.features))
+        vectors = image_vectors(train.features)
+        scores = holdout_scores(vectors, neighbours)
+        tensors = {"train_patches": train.features, "image_vectors": vectors}
+        own = {"neighbours": neighbours, "image_vector": "mean of the patch features"}
+        return Fitted(tensors, {self.name: own}, lambda: scores)
+
+    def tensor_specs(self, settings: dict[str, Any], source: str) -> dict[str, TensorSpec]:
+        channels, images = settings["feature_dim"], settings["train_images"]
+        positions = feature_positions(settings, source)
+        neighbours = settings["spade"].get("neighbours")
+        if not positive_int(neighbours) or neighbours >= images:
+            raise ModelFileError(
+                f"{source}: SPADE neighbours {neighbours!r} is not in 1..{images - 1}"
+            )
+        return {
+            "train_patches": TensorSpec(np.float32, (images, positions, channels)),
+            "image_vectors": TensorSpec(np.float32, (images, channels)),
+        }
+
+    def scorer(self, model: Model, preprocess: Preprocess, maps: bool) -> Scorer:
+        """Every patch of the input counts, aligned or not."""
+        tensors, neighbours = model.tensors, model.settings["spade"]["neighbours"]
+        return features_only(
+            SpadeScorer(tensors["train_patches"], tensors["image_vectors"], neighbours, maps)
+        )
+
+    def summary(self, model: Model) -> str:
+        settings = model.settings
+        return f"{settings['train_images']} training images, K = {settings['spade']['neighbours']}"

@@ -1,0 +1,143 @@
+"""PatchCore (Roth et al. 2022): a coreset memory bank of training patches; each patch's
+score is its distance to the nearest bank patch.
+
+The search itself lives in `scoring` (NumPy), shared by the fit's held-out scores and by
+scoring on the exported ONNX graph's features, so a score means the same everywhere.
+Stored: `memory_bank` (K, C) float32, the coreset in selection order.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import detectability
+from ..alignment import part_regions
+from ..coreset import coreset_size, greedy_coreset
+from ..exit_codes import UsageError
+from ..images import Preprocess
+from ..model_file import Model
+from ..scoring import IMAGE_SCORES, PatchScores, SearchBank, score_features
+from ..threshold import holdout_scores
+from .base import Fitted, Method, ProgressFactory, Scorer, TensorSpec, features_only
+
+if TYPE_CHECKING:
+    from ..extractor import FeatureExtractor, FitSettings, TrainFeatures
+
+BANK = "memory_bank"
+
+
+class PatchCore(Method):
+    name = "patchcore"
+    image_scores = IMAGE_SCORES
+    map_in_score_units = True  # the image score is a patch distance, as the map's are
+    required_settings = {"coreset": dict}  # noqa: RUF012 - read only
+
+    def check_fit(self, settings: FitSettings, patches: int, auto_threshold: bool) -> None:
+        """The automatic threshold scores each training image against the bank without its
+        own patches, so the bank needs at least 2."""
+        if not auto_threshold or coreset_size(patches, settings.coreset_fraction) >= 2:
+            return
+        least = _round_up(2 / patches)
+        raise UsageError(
+            f"--coreset {settings.coreset_fraction:g} keeps 1 of about {patches} patches: the "
+            "automatic threshold scores each training image against the bank without its own "
+            f"patches, so the bank needs at least 2. Use --coreset {least:g} or more, or a "
+            "fixed --threshold"
+        )
+
+    def fit(
+        self,
+        train: TrainFeatures,
+        settings: FitSettings,
+        image_score: str,
+        progress: ProgressFactory,
+    ) -> Fitted:
+        """The greedy coreset of every training patch."""
+        _images, patches, channels = train.features.shape
+        flat = train.features.reshape(-1, channels)
+        size = coreset_size(flat.shape[0], settings.coreset_fraction)
+        with progress("Coreset selection", size) as callback:
+            chosen = greedy_coreset(flat, size, settings.projection_dim, settings.seed, callback)
+        bank = np.ascontiguousarray(flat[chosen])
+        sources = chosen // patches  # the training image each bank patch came from
+
+        def held_out() -> np.ndarray:
+            return holdout_scores(
+                train.features,
+                train.grid,
+                bank,
+                sources,
+                image_score,
+                seed=settings.seed,
+                regions=train.regions,
+            )
+
+        def measure(model: Model, extractor: FeatureExtractor) -> dict[str, Any]:
+            # Each damaged image is scored without its own patches: the bank must hold
+            # others'.
+            if not train.paths or len(np.unique(sources)) < 2:
+                return {}
+            found = self._detectability(model, extractor, train, sources, settings.preprocess)
+            return {"detectability": found}
+
+        coreset = {
+            "fraction": settings.coreset_fraction,
+            "size": int(size),
+            "total_patches": int(flat.shape[0]),
+            "projection_dim": settings.projection_dim,
+            "seed": settings.seed,
+        }
+        return Fitted({BANK: bank}, {"coreset": coreset}, held_out, measure)
+
+    def _detectability(
+        self,
+        model: Model,
+        extractor: FeatureExtractor,
+        train: TrainFeatures,
+        sources: np.ndarray,
+        preprocess: Preprocess,
+    ) -> list[dict]:
+        """Synthetic defects on held-out training images, scored as the threshold's
+        held-out images are: against the bank without the image's own patches."""
+
+        def held_out(features: np.ndarray, images: np.ndarray, image: int) -> list[float]:
+            bank = np.ascontiguousarray(model.tensors[BANK][sources != image])
+            scorer = self.scorer(replace(model, tensors={BANK: bank}), preprocess, maps=False)
+            return [result.score for result in scorer(features, images)]
+
+        threshold, seed = model.threshold, model.settings["coreset"]["seed"]
+        return detectability.measure(train.paths, preprocess, extractor, held_out, threshold, seed)
+
+    def tensor_specs(self, settings: dict[str, Any], source: str) -> dict[str, TensorSpec]:
+        return {BANK: TensorSpec(np.float32, (None, settings["feature_dim"]), "memory bank")}
+
+    def scorer(self, model: Model, preprocess: Preprocess, maps: bool) -> Scorer:
+        """An aligned part is scored on the part alone (`alignment.part_regions`, found on
+        the images); otherwise every patch counts."""
+        bank = SearchBank.of(model.tensors[BANK])
+        rule = model.settings["image_score"]
+        score = functools.partial(score_features, bank=bank, image_score=rule, maps=maps)
+        if preprocess.align is None:
+            return features_only(score)
+
+        def on_the_part(features: np.ndarray, images: np.ndarray) -> list[PatchScores]:
+            grid = (features.shape[2], features.shape[3])
+            regions = part_regions(images, preprocess.mean, preprocess.std, grid)
+            return score(features, regions=regions)
+
+        return on_the_part
+
+    def summary(self, model: Model) -> str:
+        kept = model.tensors[BANK].shape[0]
+        return f"Memory bank: {kept} of {model.settings['coreset']['total_patches']} patches"
+
+
+def _round_up(value: float) -> float:
+    """`value` rounded up to two significant digits."""
+    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return math.ceil(value / scale) * scale
