@@ -39,7 +39,7 @@ def _metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def results_tables(category: str, evaluation: Evaluation, method: str = "patchcore") -> list[Table]:
+def results_tables(category: str, evaluation: Evaluation, method: str) -> list[Table]:
     """The reference layout: metrics, then actual good/defective by predicted good/defective."""
     metrics = Table(title=None)
     metrics.add_column(f"Test results {category}")
