@@ -1,0 +1,194 @@
+"""Settings chosen from good images: alignment follows how the parts lie, explicit settings
+win, and the choice keeps its evidence."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import mvtec_folder
+from PIL import Image, ImageDraw
+
+from ind_knn_ad.autosettings import (
+    TIE,
+    TURNED_DEGREES,
+    Candidate,
+    Trial,
+    _pick,
+    choose,
+    pose_spread,
+)
+from ind_knn_ad.data import list_images
+from ind_knn_ad.images import Preprocess
+
+BACKGROUND = (210, 210, 210)
+
+
+def bar_image(angle_deg: float, centre: tuple[float, float], size: int = 128) -> Image.Image:
+    """A dark bar, 4 times as long as wide, on a plain light background."""
+    image = Image.new("RGB", (size, size), BACKGROUND)
+    angle = math.radians(angle_deg)
+    cos, sin = math.cos(angle), math.sin(angle)
+    corners = [(-40, -10), (40, -10), (40, 10), (-40, 10)]
+    ImageDraw.Draw(image).polygon(
+        [(centre[0] + u * cos - v * sin, centre[1] + u * sin + v * cos) for u, v in corners],
+        fill=(70, 70, 70),
+    )
+    return image
+
+
+def disc_image(
+    centre: tuple[float, float], rng: np.random.Generator, size: int = 128
+) -> Image.Image:
+    """A near-round part (a slightly squashed disc at a random angle)."""
+    image = Image.new("RGB", (size, size), BACKGROUND)
+    radius = 30
+    squash = rng.uniform(0.92, 1.0)
+    angle = rng.uniform(0, math.pi)
+    points = [
+        (
+            centre[0]
+            + radius * math.cos(t) * math.cos(angle)
+            - squash * radius * math.sin(t) * math.sin(angle),
+            centre[1]
+            + radius * math.cos(t) * math.sin(angle)
+            + squash * radius * math.sin(t) * math.cos(angle),
+        )
+        for t in np.linspace(0, 2 * math.pi, 60, endpoint=False)
+    ]
+    ImageDraw.Draw(image).polygon(points, fill=(90, 60, 40))
+    return image
+
+
+def save(images: list[Image.Image], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"{index:03d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def test_parts_at_any_angle_are_aligned(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = [
+        bar_image(rng.uniform(0, 360), (64 + rng.uniform(-8, 8), 64 + rng.uniform(-8, 8)))
+        for _ in range(12)
+    ]
+    pose = pose_spread(save(images, tmp_path))
+    assert pose.elongation > 3
+    assert pose.axis_spread is not None and pose.axis_spread > 2 * TURNED_DEGREES
+    assert pose.varied
+
+
+def test_parts_in_one_pose_are_not_aligned(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    images = [
+        bar_image(30 + rng.uniform(-2, 2), (64 + rng.uniform(-2, 2), 64 + rng.uniform(-2, 2)))
+        for _ in range(12)
+    ]
+    pose = pose_spread(save(images, tmp_path))
+    assert pose.axis_spread is not None and pose.axis_spread < 5
+    assert not pose.varied
+    assert "one pose" in pose.reason()
+
+
+def test_round_parts_have_no_axis(tmp_path: Path) -> None:
+    """A near-round part's long axis is noise: it is not counted, so turning does not align."""
+    rng = np.random.default_rng(2)
+    pose = pose_spread(save([disc_image((64, 64), rng) for _ in range(12)], tmp_path))
+    assert pose.axis_spread is None
+    assert not pose.varied
+
+
+def test_parts_that_move_are_aligned(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    centres = [(rng.uniform(35, 93), rng.uniform(35, 93)) for _ in range(12)]
+    pose = pose_spread(save([disc_image(centre, rng, 160) for centre in centres], tmp_path))
+    assert pose.moved and pose.varied
+
+
+def test_a_texture_is_never_aligned(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)) for _ in range(8)]
+    pose = pose_spread(save(images, tmp_path))
+    assert not pose.plain
+    assert not pose.varied
+
+
+def test_explicit_settings_win_and_nothing_is_searched(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    paths = save([bar_image(rng.uniform(0, 360), (64, 64)) for _ in range(4)], tmp_path)
+    fixed = {
+        "backbone": "efficientnet_lite0",
+        "image_score": "reweighted",
+        "coreset_fraction": 0.25,
+        "align": False,
+        "resize": 240,
+        "crop": 200,
+        "layers": (1, 2),
+    }
+    choice = choose(paths, fixed)
+    settings = choice.settings
+    assert (settings.backbone, settings.image_score, settings.coreset_fraction) == (
+        "efficientnet_lite0",
+        "reweighted",
+        0.25,
+    )
+    assert settings.preprocess == Preprocess(240, 200)
+    assert settings.layers == (1, 2)
+    assert choice.trials == [] and choice.chosen is None and choice.pose is None
+    assert choice.to_dict()["given"] == sorted(fixed)
+
+
+def test_given_alignment_measures_the_box(tmp_path: Path) -> None:
+    """--align on parts in one pose: the user's word wins over the pose statistic."""
+    paths = save([bar_image(30, (64, 64)) for _ in range(4)], tmp_path)
+    fixed = {"backbone": "efficientnet_lite0", "image_score": "top10", "align": True}
+    fixed["coreset_fraction"] = 0.01
+    choice = choose(paths, fixed)
+    assert choice.settings.preprocess.align is not None
+    assert choice.settings.preprocess.resize == 512
+
+
+def test_unknown_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot be given"):
+        choose([tmp_path / "x.png"], {"threshold": 3.0})
+
+
+def trial(name: str, caught: float, auroc: float = 0.9) -> Trial:
+    return Trial(Candidate(name, "max", 0.1), caught, caught / 2, auroc, 0.1)
+
+
+def test_a_cheaper_candidate_wins_a_near_tie() -> None:
+    cheap, best = trial("cheap", 0.70), trial("best", 0.70 + TIE / 2)
+    assert _pick([cheap, best])[0] is cheap
+    far = trial("far", 0.70 + 2 * TIE)
+    chosen, why = _pick([cheap, far])
+    assert chosen is far and "far" in why
+
+
+def test_the_choice_records_every_candidate(tmp_path: Path) -> None:
+    """Two candidates (the image scores) on one backbone: one feature pass, both scored."""
+    rng = np.random.default_rng(6)
+    paths = save([bar_image(30 + rng.uniform(-2, 2), (64, 64)) for _ in range(5)], tmp_path)
+    fixed = {"backbone": "efficientnet_lite0", "resize": 64, "crop": 64}
+    choice = choose(paths, fixed, device="cpu")
+    assert [t.candidate.image_score for t in choice.trials] == ["max", "top10"]
+    assert choice.chosen in choice.trials
+    assert choice.settings.image_score == choice.chosen.candidate.image_score
+    record = json.loads(json.dumps(choice.to_dict()))
+    assert [c["image_score"] for c in record["candidates"]] == ["max", "top10"]
+    assert record["pose"]["align"] is False and record["validation"]["images"] == 5
+    assert choice.table().row_count == 2
+
+
+@pytest.mark.parametrize(("name", "aligned"), [("screw_512", True), ("transistor_reduced", False)])
+def test_real_parts(name: str, aligned: bool) -> None:
+    """Screws lie at any angle; transistors lie in one pose, and turning one is a defect."""
+    paths = list_images(mvtec_folder(name) / "train" / "good")
+    assert pose_spread(paths).varied is aligned
