@@ -55,8 +55,19 @@ def project(features: np.ndarray, dim: int, seed: int) -> np.ndarray:
     return points
 
 
-def coreset_size(count: int, fraction: float) -> int:
-    """Bank size for `fraction` of `count` patches: at least one, rounded up."""
+# Without a fraction asked for, a bank of up to this many patches is kept whole: searching it
+# costs no more than searching the 10% bank of a 200-image set at 224 px (bench/one_off.py,
+# bench/batch.py), and with few training images a coreset only drops the patches that keep
+# the held-out threshold honest (bench/few_shot.py --coreset 1.0 against 0.1).
+FULL_BANK_PATCHES = 16_384
+DEFAULT_FRACTION = 0.1
+
+
+def coreset_size(count: int, fraction: float | None) -> int:
+    """Bank size for `fraction` of `count` patches, at least one, rounded up. With no
+    fraction (the default): every patch up to FULL_BANK_PATCHES, else DEFAULT_FRACTION."""
+    if fraction is None:
+        return count if count <= FULL_BANK_PATCHES else coreset_size(count, DEFAULT_FRACTION)
     return max(1, math.ceil(fraction * count))
 
 

@@ -7,7 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from ind_knn_ad.coreset import coreset_size, greedy_coreset, greedy_k_center, project, start_index
+from ind_knn_ad.coreset import (
+    FULL_BANK_PATCHES,
+    coreset_size,
+    greedy_coreset,
+    greedy_k_center,
+    project,
+    start_index,
+)
 
 
 def reference_k_center(points: np.ndarray, size: int, start: int) -> np.ndarray:
@@ -106,3 +113,11 @@ def test_the_full_fraction_keeps_every_row_without_ordering_them() -> None:
     points = clustered(500, 16, 0)
     assert coreset_size(len(points), 1.0) == len(points)
     np.testing.assert_array_equal(greedy_coreset(points, len(points)), np.arange(len(points)))
+
+
+def test_without_a_fraction_small_banks_stay_whole_and_large_ones_keep_a_tenth() -> None:
+    assert coreset_size(5 * 784, None) == 5 * 784  # five images at 224 px
+    assert coreset_size(FULL_BANK_PATCHES, None) == FULL_BANK_PATCHES
+    assert coreset_size(209 * 784, None) == coreset_size(209 * 784, 0.1) == 16_386
+    # An explicit fraction always wins, also on a small bank.
+    assert coreset_size(5 * 784, 0.1) == 392
