@@ -26,21 +26,17 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
+from common import MVTEC
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ind_knn_ad.alignment import measure_box
+from ind_knn_ad.borders import BORDERS
+from ind_knn_ad.data import load_dataset
+from ind_knn_ad.extractor import FitSettings
+from ind_knn_ad.images import Preprocess
+from ind_knn_ad.train import train
 
-from ind_knn_ad.alignment import measure_box  # noqa: E402
-from ind_knn_ad.borders import BORDERS  # noqa: E402
-from ind_knn_ad.data import load_dataset  # noqa: E402
-from ind_knn_ad.extractor import FitSettings  # noqa: E402
-from ind_knn_ad.images import Preprocess  # noqa: E402
-from ind_knn_ad.train import train  # noqa: E402
-
-MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
 DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512")
 BASE = FitSettings(backbone="efficientnet_lite0")
 

@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ind_knn_ad.data import REAL_DATA_DIR as MVTEC
+
 ROOT = Path(__file__).resolve().parent.parent
-MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
 BOTTLE = MVTEC / "bottle_256"
 FULLRES = MVTEC / "bottle_fullres_samples"
 # Model and generated data live here between scripts (override with BENCH_DIR).

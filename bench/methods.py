@@ -16,25 +16,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import MVTEC
 
-from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER  # noqa: E402
-from ind_knn_ad.data import load_dataset  # noqa: E402
-from ind_knn_ad.device import select_device  # noqa: E402
-from ind_knn_ad.evaluate import evaluate  # noqa: E402
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features  # noqa: E402
-from ind_knn_ad.methods import names  # noqa: E402
-from ind_knn_ad.model_file import load_model, save_model  # noqa: E402
-from ind_knn_ad.runtime import Detector  # noqa: E402
-from ind_knn_ad.train import fit_method  # noqa: E402
+from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
+from ind_knn_ad.data import load_dataset
+from ind_knn_ad.device import select_device
+from ind_knn_ad.evaluate import evaluate
+from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.methods import names
+from ind_knn_ad.model_file import load_model, save_model
+from ind_knn_ad.runtime import Detector
+from ind_knn_ad.train import fit_method
 
-MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
 DATASETS = ("bottle_256", "hazelnut_reduced")
 SHARED = (*DATASETS, "transistor_reduced", "screw_512")
 COLUMNS = (

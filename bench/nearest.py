@@ -9,14 +9,10 @@ without (scores only: `score_features(..., maps=False)`, the same scores bit for
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from common import BOTTLE, PYTHON, ROOT, ensure_model, machine, report, spread
-
-sys.path.insert(0, str(ROOT))
-
 import numpy as np
+from common import BOTTLE, PYTHON, ROOT, ensure_model, machine, report, spread
 
 from ind_knn_ad.model_file import load_model
 from ind_knn_ad.runtime import Detector

@@ -16,7 +16,6 @@ is worth measuring there.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -25,14 +24,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ind_knn_ad.coreset import greedy_coreset, project  # noqa: E402
-from ind_knn_ad.data import load_dataset  # noqa: E402
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings  # noqa: E402
-from ind_knn_ad.images import ImageError, Preprocess  # noqa: E402
-from ind_knn_ad.pipeline import preprocessed_batches, stack  # noqa: E402
+from ind_knn_ad.coreset import greedy_coreset, project
+from ind_knn_ad.data import load_dataset
+from ind_knn_ad.extractor import FeatureExtractor, FitSettings
+from ind_knn_ad.images import ImageError, Preprocess
+from ind_knn_ad.pipeline import preprocessed_batches, stack
 
 AUGMENTATIONS = {
     "none": [(0, False)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,12 @@ from .images import is_image_file
 GOOD = "good"
 # Where make_model.py keeps (and downloads) MVTec AD categories by default.
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
+# Real MVTec AD images for the tests and benchmarks, beside the checkout and never inside it
+# (their licence is CC BY-NC-SA); IND_KNN_AD_REAL_DATA points elsewhere.
+REAL_DATA_DIR = Path(
+    os.environ.get("IND_KNN_AD_REAL_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec"
+)
 
 
 class DatasetError(Exception):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ind_knn_ad.data import REAL_DATA_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
-MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
 _CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
 
 
@@ -54,9 +55,12 @@ def run_script(*args: str | Path, check: bool = True, **kwargs) -> subprocess.Co
 
 def mvtec_folder(name: str) -> Path:
     """A real MVTec AD folder from ../shared, or skip the test saying what is missing."""
-    folder = MVTEC / name
+    folder = REAL_DATA_DIR / name
     if not (folder / "train" / "good").is_dir():
-        pytest.skip(f"real MVTec data not found at {folder} (it lives in ../shared/data/mvtec)")
+        pytest.skip(
+            f"real MVTec data not found at {folder} (it lives in ../shared/data/mvtec, "
+            "or where IND_KNN_AD_REAL_DATA points)"
+        )
     return folder
 
 
