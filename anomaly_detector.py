@@ -22,23 +22,22 @@ import errno
 import json
 import logging
 import os
-import signal
 import sys
 import warnings
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from ind_knn_ad import environment, exit_codes  # noqa: F401 - environment first: see there
+from ind_knn_ad.exit_codes import WriteError
 from ind_knn_ad.images import ImageError, shown_name
-from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, ModelFileError, load_model
+from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, load_model, named
 from ind_knn_ad.pipeline import expand_inputs
 from ind_knn_ad.threshold import parse_threshold
 
 if TYPE_CHECKING:
     from ind_knn_ad.model_file import Model
-    from ind_knn_ad.runtime import Detector
-    from ind_knn_ad.scoring import PatchScores
 
 log = logging.getLogger("anomaly_detector")
 # ONNX Runtime's telemetry writes a device ID under HOME, and prints a coloured warning of
@@ -141,36 +140,28 @@ def _quiet_libraries(loglevel: str) -> None:
 
 
 def score(args: argparse.Namespace, stdout: TextIO) -> int:
-    """Score every file, writing records as they come; the exit code says what failed."""
-    try:
-        model = load_model(args.model)
-    except ModelFileError as error:
-        log.error("%s", error)
-        return exit_codes.MODEL_ERROR
+    """Score every file, writing records as they come; the exit code says which images
+    failed, and an error that stops the run is raised (see exit_codes)."""
+    model = load_model(args.model)
     from ind_knn_ad.runtime import Detector
 
-    try:
-        # Patch maps only for heatmaps: without them PatchCore and SPADE search less.
+    with named(args.model):
+        # Patch maps only for heatmaps: without them some methods search less.
         detector = Detector(model, args.device, maps=args.heatmap is not None)
-    except ModelFileError as error:
-        log.error("%s: %s", shown_name(args.model), error)
-        return exit_codes.MODEL_ERROR
-    except ValueError as error:
-        log.error("%s", error)
-        return exit_codes.USAGE
     threshold = model.threshold if args.threshold is None else args.threshold
     log.info("model %s: %s, threshold %.4g", args.model, model.settings["backbone"], threshold)
     if args.heatmap is not None:
+        from ind_knn_ad.heatmap import write_heatmap
         from ind_knn_ad.model_file import check_writable
 
         try:  # now, not after the first image
             check_writable(args.heatmap / "heatmap.png")
         except OSError as error:
-            log.error("cannot write heatmaps to %s: %s", shown_name(args.heatmap), error)
-            return exit_codes.WRITE_ERROR
+            folder = shown_name(args.heatmap)
+            raise WriteError(f"cannot write heatmaps to {folder}: {error}") from error
     status = exit_codes.OK
     failed_write = False
-    try:
+    with named(args.model):
         for path, result, seconds in detector.score_files_timed(expand_inputs(args.imagefile)):
             if isinstance(result, ImageError):
                 log.error("%s", result)
@@ -182,15 +173,18 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
             if args.heatmap is not None:
                 # Before the record, so that a printed record means its PNG is there.
                 try:
-                    heatmap = write_heatmap(args.heatmap, path, result, detector, threshold, flag)
+                    heatmap = write_heatmap(
+                        args.heatmap, path, result, model, detector.preprocess, threshold, flag
+                    )
                 except ImageError as error:  # the file changed since it was scored
                     log.error("%s", error)
                     status = exit_codes.SOME_INPUTS_FAILED
                     continue
                 except OSError as error:
-                    log.error("cannot write heatmap for %s: %s", shown_name(path), error)
+                    message = f"cannot write heatmap for {shown_name(path)}: {error}"
                     if error.errno in _DISK_ERRORS:  # every other heatmap would fail too
-                        return exit_codes.WRITE_ERROR
+                        raise WriteError(message) from error
+                    log.error("%s", message)
                     failed_write = True  # this image alone (its name, what is there)
                     continue
             if args.format == "csv":
@@ -202,43 +196,33 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
             try:
                 stdout.write(record)
             except OSError as error:
-                return _write_failed(error)
+                raise _stdout_failed(error) from error
             log.debug("%s: score %s, flag %d", shown_name(path), printed, flag)
-    except ModelFileError as error:
-        log.error("%s: %s", shown_name(args.model), error)
-        return exit_codes.MODEL_ERROR
     return exit_codes.WRITE_ERROR if failed_write else status
 
 
-def write_heatmap(
-    folder: Path,
-    path: Path | str,
-    result: PatchScores,
-    detector: Detector,
-    threshold: float,
-    flag: int,
-) -> str:
-    """The image's heatmap PNG in `folder`, named after its path (see heatmap_name)."""
-    from ind_knn_ad.heatmap import heatmap_name, image_heatmap, write_png
-    from ind_knn_ad.methods import find
-
-    verdict = "defective" if flag else "good"
-    title = f"score {result.score:.6f}  threshold {threshold:.6g}  {verdict}"
-    units = find(detector.model.method).map_in_score_units
-    picture = image_heatmap(path, result.patch_map, detector.preprocess, units, threshold, title)
-    target = folder / heatmap_name(path)
-    write_png(picture, target)
-    return os.fsdecode(target)
-
-
-def _write_failed(error: OSError) -> int:
-    """stdout closed early (`| head`) or its disk is full: say so once, then point stdout
-    at /dev/null so that Python's final flush cannot fail again with a traceback."""
-    log.error("cannot write results to stdout: %s", error.strerror or error)
+def _stdout_failed(error: OSError) -> WriteError:
+    """stdout closed early (`| head`) or its disk is full: point stdout at /dev/null so
+    that Python's final flush cannot fail again with a traceback; the error says so once."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return exit_codes.WRITE_ERROR
+    return WriteError(f"cannot write results to stdout: {error.strerror or error}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score to stdout, which must be there to take the records."""
+    if sys.stdout is None:
+        raise WriteError("cannot write results: stdout is closed")
+    # File names from argv may hold bytes that are not UTF-8 (decoded as surrogates):
+    # write them back as the same bytes instead of failing.
+    sys.stdout.reconfigure(errors="surrogateescape")
+    status = score(args, sys.stdout)
+    try:
+        sys.stdout.flush()
+    except OSError as error:
+        raise _stdout_failed(error) from error
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,25 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.loglevel.upper(), format="%(levelname)s: %(message)s", stream=sys.stderr
     )
     _quiet_libraries(args.loglevel)
-    if sys.stdout is None:
-        log.error("cannot write results: stdout is closed")
-        return exit_codes.WRITE_ERROR
-    # File names from argv may hold bytes that are not UTF-8 (decoded as surrogates):
-    # write them back as the same bytes instead of failing.
-    sys.stdout.reconfigure(errors="surrogateescape")
-    status = score(args, sys.stdout)
-    try:
-        sys.stdout.flush()
-    except OSError as error:
-        return _write_failed(error)
-    return status
+    return exit_codes.run_cli(partial(run, args), partial(log.error, "%s"), "interrupted")
 
 
 if __name__ == "__main__":
-    # SIGTERM unwinds like Ctrl-C: same message, same exit code.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(exit_codes.INTERRUPTED)
+    sys.exit(main())

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from . import methods
 from .data import GOOD
 from .images import Preprocess, load_image
-from .model_file import atomic_write
-from .scoring import anomaly_map
+from .model_file import Model, atomic_write
+from .scoring import PatchScores, anomaly_map
 
 ALPHA = 0.5  # weight of the colour over the image
 BAR_PANEL = 64  # pixels to the right of the image: the colour bar and its labels
@@ -146,6 +147,26 @@ def image_heatmap(
     amap = anomaly_map(patch_map, preprocess.size)
     low, high = colour_range(amap, in_score_units, threshold)
     return heatmap_picture(image, amap, low, high, title)
+
+
+def write_heatmap(
+    folder: Path,
+    path: Path | str,
+    result: PatchScores,
+    model: Model,
+    preprocess: Preprocess,
+    threshold: float,
+    flag: int,
+) -> str:
+    """The image's heatmap PNG in `folder`, named after its path (see heatmap_name); the
+    name written."""
+    verdict = "defective" if flag else "good"
+    title = f"score {result.score:.6f}  threshold {threshold:.6g}  {verdict}"
+    units = methods.find(model.method).map_in_score_units
+    picture = image_heatmap(path, result.patch_map, preprocess, units, threshold, title)
+    target = folder / heatmap_name(path)
+    write_png(picture, target)
+    return os.fsdecode(target)
 
 
 def png_bytes(picture: Image.Image, text: dict[str, str] | None = None) -> bytes:

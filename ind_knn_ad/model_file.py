@@ -361,6 +361,16 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+@contextlib.contextmanager
+def named(path: Path) -> Iterator[None]:
+    """A ModelFileError raised inside names the model file, as load_model's own do: the
+    scorer's (`runtime.Detector`) leave the name to their caller."""
+    try:
+        yield
+    except ModelFileError as error:
+        raise ModelFileError(f"{shown_name(path)}: {error}") from None
+
+
 def load_model(path: Path) -> Model:
     """Read and validate a model file; any defect becomes one ModelFileError line."""
     from safetensors import SafetensorError, safe_open

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .exit_codes import UsageError
 from .images import ImageError, Preprocess, shown_name
 from .methods import make_scorer
 from .model_file import Model, ModelFileError
@@ -30,21 +31,21 @@ def onnx_providers(device: str) -> list[str]:
     if device == "cpu":
         return [PROVIDERS["cpu"]]
     if device == "cuda" and PROVIDERS["cuda"] not in available:
-        raise ValueError(
+        raise UsageError(
             "--device cuda was asked for, but ONNX Runtime has no CUDA support here "
             "(no GPU, or the onnxruntime-gpu package is not installed)"
         )
     if device not in ("auto", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+        raise UsageError(f"device must be auto, cpu or cuda, not {device!r}")
     return [p for p in (PROVIDERS["cuda"], PROVIDERS["cpu"]) if p in available]
 
 
 class Detector:
     """A loaded model, ready to score many images with one graph session.
 
-    Raises ValueError for a device that cannot be had, and ModelFileError (whose message
-    does not repeat the file name) for a model whose settings or graph cannot be used:
-    load_model checks the file's structure, this checks that its contents actually run.
+    Raises UsageError (a ValueError) for a device that cannot be had, and ModelFileError
+    (whose message does not repeat the file name) for a model whose settings or graph cannot
+    be used: load_model checks the file's structure, this checks that its contents run.
     With `maps=False` results may carry no patch maps, which some methods skip for speed.
     """
 
@@ -70,7 +71,7 @@ class Detector:
             reason = " ".join(str(error).split())
             raise ModelFileError(f"the model's feature graph cannot run ({reason})") from None
         if device == "cuda" and PROVIDERS["cuda"] not in self.session.get_providers():
-            raise ValueError("--device cuda was asked for, but the CUDA provider failed to start")
+            raise UsageError("--device cuda was asked for, but the CUDA provider failed to start")
         self.model = model
 
     def features(self, images: np.ndarray) -> np.ndarray:

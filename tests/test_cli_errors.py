@@ -911,3 +911,14 @@ def test_fuzzed_model_files_through_the_tool(
         assert result.returncode == exit_codes.MODEL_ERROR, (kind, result.stderr)
         [line] = error_lines(result.stderr)
         assert line.startswith(f"ERROR: {target}: "), (kind, line)
+
+
+def test_every_error_in_the_exit_code_table_exists() -> None:
+    """The table names its exception classes rather than importing them (scoring must not
+    load torch or rich): each name must still be a class with that code."""
+    import importlib
+
+    for name, code in exit_codes.EXIT_CODES.items():
+        module, _, attribute = name.rpartition(".")
+        kind = getattr(importlib.import_module(module), attribute)
+        assert issubclass(kind, Exception) and exit_codes.exit_code(kind("x")) == code
