@@ -5,34 +5,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import sys
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ind_knn_ad import environment, exit_codes  # noqa: F401 - environment first: see there
 from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
-from ind_knn_ad.data import DATASETS_DIR, Dataset, DatasetError, load_dataset
-from ind_knn_ad.exit_codes import UsageError
-from ind_knn_ad.images import ImageError, Preprocess
 from ind_knn_ad.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.methods import DEFAULT, DEFAULT_IMAGE_SCORE, find, having_image_score, names
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH
 from ind_knn_ad.scoring import IMAGE_SCORES
 from ind_knn_ad.threshold import AUTO, parse_threshold
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from ind_knn_ad.data import TestImage
-    from ind_knn_ad.evaluate import Evaluation
-    from ind_knn_ad.extractor import FitSettings
-    from ind_knn_ad.heatmap import SheetEntry
-    from ind_knn_ad.model_file import Model
-    from ind_knn_ad.scoring import PatchScores
-
 
 # As in anomaly_detector.py: no ONNX Runtime telemetry, nor its warning on stderr.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -130,250 +114,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def get_dataset(args: argparse.Namespace) -> Dataset:
-    """The dataset folder: --data-dir, or the category under ind_knn_ad/datasets/,
-    downloaded when missing."""
-    if args.data_dir is not None:
-        return load_dataset(args.data_dir, args.data_dir.name)
-    root = DATASETS_DIR / args.dataset
-    if not root.is_dir():
-        from ind_knn_ad.download import download_category
-
-        download_category(args.dataset, DATASETS_DIR, base_url=args.download_url)
-    return load_dataset(root, args.dataset)
-
-
-def print_error(message: str) -> None:
-    """One plain line on stderr (never wrapped), as shell users and log parsers expect."""
-    print(f"error: {message}", file=sys.stderr)
-
-
-def report(out: Console, dataset_name: str, evaluation: Evaluation, method: str) -> None:
-    from ind_knn_ad.reporting import results_tables
-
-    for table in results_tables(dataset_name, evaluation, method):
-        out.print(table)
-
-
-def evaluate_only(
-    args: argparse.Namespace, dataset: Dataset, console: Console, out: Console
-) -> int:
-    """Evaluate an existing model file with the graph it carries, exactly as scoring runs."""
-    from ind_knn_ad.evaluate import evaluate
-    from ind_knn_ad.model_file import ModelFileError, load_model
-    from ind_knn_ad.runtime import Detector
-
-    if not dataset.test:
-        print_error(f"{dataset.root}: no test/ folder to evaluate on")
-        return exit_codes.DATA_ERROR
-    try:
-        model = load_model(args.model)
-        detector = Detector(model, args.device)
-        out.print(f"█│ Running {model.method} on {dataset.name} dataset.")
-        threshold = model.threshold if isinstance(args.threshold, str) else args.threshold
-        sheet = SheetCollector(detector.preprocess)
-        evaluation = evaluate(
-            detector.score_arrays,
-            dataset,
-            detector.preprocess,
-            threshold,
-            args.batch_size or detector.batch_size,
-            each=sheet,
-        )
-    except ModelFileError as error:
-        print_error(str(error))
-        return exit_codes.MODEL_ERROR
-    except ValueError as error:
-        print_error(str(error))
-        return exit_codes.USAGE
-    except ImageError as error:
-        print_error(str(error))
-        return exit_codes.DATA_ERROR
-    report(out, dataset.name, evaluation, model.method)
-    from ind_knn_ad.model_file import write_together
-
-    try:
-        model_bytes = args.model.read_bytes()
-        files = evaluation_files(
-            args.model, model_bytes, evaluation, sheet.entries, model, threshold, dataset.name
-        )
-        write_together(files)
-    except OSError as error:
-        print_error(f"cannot write results beside {args.model}: {error}")
-        return exit_codes.WRITE_ERROR
-    return exit_codes.OK
-
-
-OUTPUT_SUFFIXES = (".results.json", ".contact_sheet.png")  # beside the model, as evaluated
-
-
-def evaluation_files(
-    model_path: Path,
-    model_bytes: bytes,
-    evaluation: Evaluation,
-    entries: list[SheetEntry],
-    model: Model,
-    threshold: float,
-    dataset: str,
-) -> list[tuple[Path, bytes]]:
-    """`<model>.results.json` and `<model>.contact_sheet.png`, as (path, bytes). Both name
-    the model they belong to by its SHA-256 (`model_sha256`: a JSON field, a PNG text
-    chunk), so files that do not match their model can be told."""
-    import hashlib
-
-    from ind_knn_ad.heatmap import contact_sheet, png_bytes
-
-    digest = hashlib.sha256(model_bytes).hexdigest()
-    results = {"model_sha256": digest, **evaluation.to_dict()}
-    if "detectability" in model.settings:
-        results["detectability"] = model.settings["detectability"]
-    title = (
-        f"{model.method} on {dataset}: {len(entries)} test images by score, "
-        f"threshold {threshold:.4g}; red captions: wrong verdicts"
-    )
-    return [
-        (
-            model_path.with_suffix(OUTPUT_SUFFIXES[0]),
-            (json.dumps(results, indent=2) + "\n").encode(),
-        ),
-        (
-            model_path.with_suffix(OUTPUT_SUFFIXES[1]),
-            png_bytes(contact_sheet(entries, threshold, title), {"model_sha256": digest}),
-        ),
-    ]
-
-
-class SheetCollector:
-    """Gathers the contact sheet's cells while the test set is evaluated (an `each`
-    callback), so no test image is scored twice."""
-
-    def __init__(self, preprocess: Preprocess) -> None:
-        self.preprocess = preprocess
-        self.entries: list[SheetEntry] = []
-
-    def __call__(self, item: TestImage, result: PatchScores) -> None:
-        from ind_knn_ad.heatmap import sheet_entry
-
-        self.entries.append(
-            sheet_entry(
-                item.path, result.patch_map, self.preprocess, result.score, item.defect_type
-            )
-        )
-
-
-def make_preprocess(args: argparse.Namespace, dataset: Dataset, console: Console) -> Preprocess:
-    """The preprocess settings; with --align, the cut is measured on the training images."""
-    if not args.align:
-        return Preprocess(resize=args.image_size, crop=args.crop)
-    from ind_knn_ad.alignment import measure_box
-
-    box = measure_box(dataset.train)
-    preprocess = Preprocess(resize=args.image_size, crop=args.crop, align=box)
-    width, height = preprocess.size
-    console.print(f"Aligned cut: {width}x{height} px ({box.length} x {box.breadth} of the frame).")
-    return preprocess
-
-
-def backbone_strides(args: argparse.Namespace) -> list[int]:
-    """The strides of the chosen backbone stages, from the architecture alone (no weights,
-    nothing downloaded); UsageError for a stage the backbone does not have."""
-    import timm
-
-    from ind_knn_ad.backbones import backbone_spec
-
-    spec = backbone_spec(args.backbone)
-    try:
-        network = timm.create_model(spec.timm_name, pretrained=False, features_only=True)
-    except Exception:  # the fit itself reports what is wrong with the backbone
-        return []
-    strides = network.feature_info.reduction()
-    layers = args.layers or list(spec.layers)
-    wrong = [layer for layer in layers if not 0 <= layer < len(strides)]
-    if wrong:
-        default = " ".join(map(str, spec.layers))
-        raise UsageError(
-            f"--layers {' '.join(map(str, wrong))}: backbone {args.backbone} has stages 0 to "
-            f"{len(strides) - 1} (default: {default})"
-        )
-    return [strides[layer] for layer in layers]
-
-
-def check_fit(args: argparse.Namespace, dataset: Dataset, settings: FitSettings) -> None:
-    """What would fail only after feature extraction, said up front in the user's terms:
-    DatasetError for too few training images, UsageError for options."""
-    count = len(dataset.train)
-    if count < 2:
-        raise DatasetError(
-            f"{dataset.root}: {count} training image; a fit needs at least 2 (the threshold "
-            "and the methods compare each training image with the others)"
-        )
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
-    width, height = settings.preprocess.size
-    problem = input_too_large(width, height, FIT_BYTES_PER_PIXEL)
-    if problem:
-        raise UsageError(f"--image-size {args.image_size} with --align: {problem}")
-    strides = backbone_strides(args)
-    if strides:
-        step = min(strides)
-        total = count * -(-width // step) * -(-height // step)
-        find(args.method).check_fit(settings, total, args.threshold == AUTO)
-
-
-WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
-
-
-def offline_unless_reachable(args: argparse.Namespace) -> None:
-    """Without network, the Hugging Face hub retried a missing download for about 53 s
-    before failing: when its host cannot be reached in 3 s, tell it to stay offline (it
-    then uses cached weights or fails at once, and the fit says what to do instead)."""
-    if args.weights is not None or args.evaluate_only or os.environ.get("HF_HUB_OFFLINE"):
-        return
-    import socket
-
-    try:
-        socket.create_connection(WEIGHTS_HOST, timeout=3).close()
-    except OSError:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported
-
-
 def run(args: argparse.Namespace) -> int:
-    from functools import partial
+    """Fit (or with --evaluate-only evaluate) and print; errors are raised for run_cli."""
+    from ind_knn_ad import preflight, reporting, results
 
-    offline_unless_reachable(args)
+    preflight.check_outputs(args.model)
+    if args.weights is None and not args.evaluate_only:
+        preflight.offline_unless_reachable()
 
     from rich.console import Console
 
-    from ind_knn_ad.backbones import BackboneError
-    from ind_knn_ad.download import DownloadError
-
     console = Console(stderr=True, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)
-    try:
-        dataset = get_dataset(args)
-    except (DatasetError, DownloadError) as error:
-        print_error(str(error))
-        return exit_codes.DATA_ERROR
+    dataset = preflight.find_dataset(args.data_dir, args.dataset, args.download_url)
     if args.evaluate_only:
-        return evaluate_only(args, dataset, console, out)
+        saved = results.evaluate_saved(
+            args.model,
+            dataset,
+            args.device,
+            None if args.threshold == AUTO else args.threshold,
+            args.batch_size,
+            lambda model: out.print(f"█│ Running {model.method} on {dataset.name} dataset."),
+        )
+        out.print(*reporting.results_tables(dataset.name, saved.evaluation, saved.model.method))
+        results.write_saved(args.model, saved, dataset.name)
+        return exit_codes.OK
     out.print(f"█│ Running {args.method} on {dataset.name} dataset.")
 
     from ind_knn_ad.extractor import FitSettings
-    from ind_knn_ad.model_file import serialise, write_together
-    from ind_knn_ad.reporting import progress_bar
     from ind_knn_ad.train import train
 
-    try:
-        preprocess = make_preprocess(args, dataset, console)
-    except ImageError as error:
-        print_error(str(error))
-        return exit_codes.DATA_ERROR
-    except ValueError as error:
-        print_error(f"{dataset.root}: {error}; fit without --align")
-        return exit_codes.DATA_ERROR
+    preprocess = preflight.fit_preprocess(
+        dataset, args.image_size, args.crop, args.align, console.print
+    )
     settings = FitSettings(
         backbone=args.backbone,
         layers=tuple(args.layers) if args.layers else None,
@@ -383,22 +156,13 @@ def run(args: argparse.Namespace) -> int:
         preprocess=preprocess,
         seed=args.seed,
     )
-    try:
-        check_fit(args, dataset, settings)
-    except DatasetError as error:
-        print_error(str(error))
-        return exit_codes.DATA_ERROR
-    except UsageError as error:
-        print_error(str(error))
-        return exit_codes.USAGE
-    except BackboneError as error:
-        print_error(str(error))
-        return exit_codes.BACKBONE_ERROR
+    preflight.check_fit(dataset, settings, args.method, args.device, args.threshold == AUTO)
     console.print(f"Backbone {args.backbone}; {len(dataset.train)} training images.")
     if not dataset.test:
         console.print("No test/ folder: training only, evaluation skipped.")
-    sheet = SheetCollector(settings.preprocess)
-    try:
+    sheet = results.SheetCollector(settings.preprocess)
+    progress = partial(reporting.progress_bar, console)
+    with preflight.data_at_fault(dataset):
         result = train(
             dataset,
             settings,
@@ -406,47 +170,17 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             args.weights,
             args.batch_size,
-            partial(progress_bar, console),
+            progress,
             args.method,
             sheet,
         )
-    except BackboneError as error:
-        print_error(str(error))
-        return exit_codes.BACKBONE_ERROR
-    except ImageError as error:
-        print_error(str(error))
-        return exit_codes.DATA_ERROR
-    except (ValueError, ArithmeticError) as error:  # options were checked: the data is at fault
-        print_error(f"{dataset.root}: cannot fit on these images ({error})")
-        return exit_codes.DATA_ERROR
     model = result.model
-    rule = model.settings["threshold"]["rule"]
-    console.print(f"{find(model.method).summary(model)}; threshold {model.threshold:.4g} ({rule}).")
+    console.print(reporting.fit_summary(model))
     if result.evaluation is not None:
-        report(out, dataset.name, result.evaluation, model.method)
+        out.print(*reporting.results_tables(dataset.name, result.evaluation, model.method))
     if "detectability" in model.settings:
-        from ind_knn_ad.reporting import detectability_table
-
-        out.print(detectability_table(model.settings["detectability"], model.threshold))
-    # The model, results and contact sheet are replaced together: an interrupt leaves all
-    # three old files or all three new ones.
-    payload = serialise(model)
-    files = [(args.model, payload)]
-    if result.evaluation is not None:
-        files += evaluation_files(
-            args.model,
-            payload,
-            result.evaluation,
-            sheet.entries,
-            model,
-            model.threshold,
-            dataset.name,
-        )
-    try:
-        write_together(files)
-    except OSError as error:
-        print_error(f"cannot write {args.model}: {error}")
-        return exit_codes.WRITE_ERROR
+        out.print(reporting.detectability_table(model.settings["detectability"], model.threshold))
+    results.write_fit(args.model, model, result.evaluation, sheet.entries, dataset.name)
     out.print(f"Model written to {args.model}.")
     out.print("Model file creation is complete.")
     return exit_codes.OK
@@ -454,24 +188,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ind_knn_ad.model_file import check_writable
-
-    # Now, not after a long fit: the model and the two files written beside it, whose
-    # names are up to 6 bytes longer.
-    beside = [args.model.with_suffix(s) for s in OUTPUT_SUFFIXES] if args.model.name else []
-    for path in (args.model, *beside):
-        try:
-            check_writable(path)
-        except OSError as error:
-            print_error(f"cannot write {path}: {error}")
-            return exit_codes.WRITE_ERROR
-    # SIGTERM unwinds like Ctrl-C, so the atomic save cleans up its temporary file.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted: no partial file was left behind", file=sys.stderr)
-        return exit_codes.INTERRUPTED
+    interrupted = "interrupted: no partial file was left behind"
+    return exit_codes.run_cli(partial(run, args), exit_codes.print_error, interrupted)
 
 
 if __name__ == "__main__":

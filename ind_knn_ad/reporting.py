@@ -16,7 +16,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from . import methods
 from .evaluate import Evaluation
+from .model_file import Model
 
 
 @contextmanager
@@ -33,6 +35,13 @@ def progress_bar(console: Console, description: str, total: int) -> Iterator[Cal
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda done: progress.update(task, completed=done)
+
+
+def fit_summary(model: Model) -> str:
+    """What a fit kept, in the method's words, and the threshold with its rule."""
+    summary = methods.find(model.method).summary(model)
+    rule = model.settings["threshold"]["rule"]
+    return f"{summary}; threshold {model.threshold:.4g} ({rule})."
 
 
 def _metric(value: float | None) -> str:
