@@ -22,19 +22,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
+from common import MVTEC
 from rich.console import Console
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ind_knn_ad.autosettings import choose, pose_spread
+from ind_knn_ad.data import Dataset, list_images, load_dataset
+from ind_knn_ad.extractor import FitSettings
+from ind_knn_ad.train import train
 
-from ind_knn_ad.autosettings import choose, pose_spread  # noqa: E402
-from ind_knn_ad.data import Dataset, list_images, load_dataset  # noqa: E402
-from ind_knn_ad.extractor import FitSettings  # noqa: E402
-from ind_knn_ad.train import train  # noqa: E402
-
-MVTEC = ROOT.parent / "shared" / "data" / "mvtec"
 DATASETS = ("bottle_256", "hazelnut_reduced", "transistor_reduced", "screw_512")
 POSE_ONLY = "bottle_fullres_samples"
 BEFORE = FitSettings(backbone="efficientnet_lite0")
