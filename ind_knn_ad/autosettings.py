@@ -306,13 +306,14 @@ def choose(
 
     `fixed` holds the settings the user gave explicitly; each wins and is not searched:
     `backbone`, `image_score`, `coreset_fraction`, `resize` (--image-size), `crop`, `align`
-    (bool; True for --align), and, passed on unsearched, `layers`, `neighbourhood`,
-    `border`, `projection_dim`. make_model.py parses with `default=None` to tell a given
-    flag from a default and passes only the given ones; `--weights` belongs to a backbone,
-    so with it `backbone` is passed as given. `seed` and `device` are make_model's own.
-    It then fits with `Choice.settings`, stores `Choice.to_dict()` as
-    `settings["auto_settings"]` and prints `Choice.table()`. `--settings fixed` skips this.
-    Raises ValueError for an unknown key, or for `align` on images with no part found.
+    (bool; True for --align; a given crop means no alignment), and, passed on unsearched,
+    `layers`, `neighbourhood`, `border`, `projection_dim`. make_model.py parses with
+    `default=None` to tell a given flag from a default and passes only the given ones;
+    `--weights` belongs to a backbone, so with it `backbone` counts as given. `seed` and
+    `device` are make_model's own. It then fits with `Choice.settings`, stores
+    `Choice.to_dict()` as `settings["auto_settings"]` and prints `Choice.table()`;
+    `--settings fixed` skips this. ValueError for an unknown key, or for `align` on images
+    with no part found.
     """
     fixed = dict(fixed or {})
     unknown = set(fixed) - set(SEARCHED) - set(PASSED_ON)
@@ -322,10 +323,12 @@ def choose(
     paths = list(train_paths)
     pose = None
     if "align" in fixed:
-        align = bool(fixed["align"])
+        align, pose_reason = bool(fixed["align"]), "alignment given"
+    elif "crop" in fixed:  # a centre crop was asked for, which an aligned cut replaces
+        align, pose_reason = False, "centre crop given: not aligned"
     else:
         pose = pose_spread(paths, seed)
-        align = pose.varied
+        align, pose_reason = pose.varied, pose.reason()
     preprocess = _geometry(paths, fixed, align)
     candidates = _candidates(fixed, preprocess)
     base = FitSettings(
@@ -339,7 +342,6 @@ def choose(
         preprocess=preprocess,
         seed=seed,
     )
-    pose_reason = "alignment given" if pose is None else pose.reason()
     if len(candidates) == 1:
         reason = f"{pose_reason}; every other searched setting was given"
         return Choice(base, fixed, pose, [], None, reason, time.perf_counter() - start)

@@ -82,7 +82,7 @@ def test_parts_at_any_angle_are_aligned(tmp_path: Path) -> None:
     pose = pose_spread(save(images, tmp_path))
     assert pose.elongation > 3
     assert pose.axis_spread is not None and pose.axis_spread > 2 * TURNED_DEGREES
-    assert pose.varied
+    assert pose.varied and pose.to_dict()["align"] is True
 
 
 def test_parts_in_one_pose_are_not_aligned(tmp_path: Path) -> None:
@@ -155,6 +155,15 @@ def test_given_alignment_measures_the_box(tmp_path: Path) -> None:
     assert choice.settings.preprocess.resize == 512
 
 
+def test_a_given_crop_is_not_aligned(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    paths = save([bar_image(rng.uniform(0, 360), (64, 64)) for _ in range(4)], tmp_path)
+    fixed = {"backbone": "efficientnet_lite0", "image_score": "max", "crop": 200}
+    choice = choose(paths, fixed)
+    assert choice.settings.preprocess == Preprocess(256, 200)
+    assert "crop given" in choice.reason
+
+
 def test_unknown_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot be given"):
         choose([tmp_path / "x.png"], {"threshold": 3.0})
@@ -183,7 +192,7 @@ def test_the_choice_records_every_candidate(tmp_path: Path) -> None:
     assert choice.settings.image_score == choice.chosen.candidate.image_score
     record = json.loads(json.dumps(choice.to_dict()))
     assert [c["image_score"] for c in record["candidates"]] == ["max", "top10"]
-    assert record["pose"]["align"] is False and record["validation"]["images"] == 5
+    assert record["align"] is False and record["validation"]["images"] == 5
     assert choice.table().row_count == 2
 
 
