@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -56,7 +56,7 @@ class Fitted:
     tensors: dict[str, np.ndarray]
     settings: dict[str, Any]
     holdout_scores: Callable[[], np.ndarray]
-    measure: Callable[[Model, FeatureExtractor], dict[str, Any]] | None = field(default=None)
+    measure: Callable[[Model, FeatureExtractor], dict[str, Any]] | None = None
 
 
 class Method(ABC):
