@@ -15,6 +15,7 @@ from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.methods import DEFAULT, DEFAULT_IMAGE_SCORE, find, having_image_score, names
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH
+from ind_knn_ad.operating_point import parse_operating_point, recalibrate
 from ind_knn_ad.scoring import IMAGE_SCORES
 from ind_knn_ad.threshold import AUTO, parse_threshold
 
@@ -22,11 +23,18 @@ from ind_knn_ad.threshold import AUTO, parse_threshold
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
-def _threshold(text: str) -> float | str:
-    try:
-        return parse_threshold(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+# What `--settings fixed` fits with; `auto` searches those of them not given (autosettings).
+FIXED = {"backbone": "wide_resnet50_2", "resize": 256, "image_score": DEFAULT_IMAGE_SCORE}
+
+
+def _checked(parse):  # a parser raising ValueError, as an argparse type
+    def argument(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return argument
 
 
 def _positive(text: str) -> int:
@@ -54,27 +62,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--download-url", help="base URL of an MVTec AD mirror")
     parser.add_argument("--method", choices=names(), default=DEFAULT, help=f"default: {DEFAULT}")
-    parser.add_argument("--backbone", default="wide_resnet50_2", help="backbone name")
+    parser.add_argument(
+        "--settings",
+        choices=("auto", "fixed"),
+        default="auto",
+        help="auto (default): choose backbone, input size, alignment, image score and coreset "
+        "from the good images, unless given; fixed: wide_resnet50_2, 256/224, max",
+    )
+    parser.add_argument("--backbone", help="backbone name")
     parser.add_argument("--layers", type=int, nargs="+", help="backbone stages to use")
     parser.add_argument("--weights", type=Path, help="local backbone weights file")
     parser.add_argument(
         "--border",
         choices=BORDERS,
-        default=DEFAULT_BORDER,
         help="edge rule of the neighbourhood average: zero padding counted in the mean "
         f"(zeros), left out of it (exclude) or mirrored (reflect); default: {DEFAULT_BORDER}",
     )
-    parser.add_argument("--coreset", type=_fraction, default=0.1, help="memory bank fraction")
     parser.add_argument(
-        "--threshold", type=_threshold, default=AUTO, help="'auto' (default) or a number"
+        "--coreset",
+        type=_fraction,
+        help="memory bank fraction (default: every patch up to 16,384, else 0.1)",
+    )
+    parser.add_argument(
+        "--threshold", type=_checked(parse_threshold), default=AUTO, help="'auto' or a number"
+    )
+    parser.add_argument(
+        "--operating-point",
+        type=_checked(parse_operating_point),
+        help="f1, recall=R or fpr=F: set the threshold there from the labelled test/ images "
+        "(with --evaluate-only: recalibrate the model without refitting)",
     )
     parser.add_argument(
         "--image-score",
         choices=IMAGE_SCORES,
-        default=DEFAULT_IMAGE_SCORE,
         help=f"{', '.join(having_image_score(IMAGE_SCORES[-1]))} only",
     )
-    parser.add_argument("--image-size", type=int, default=256, help="resize shorter side to")
+    parser.add_argument("--image-size", type=int, help="resize shorter side to")
     parser.add_argument("--crop", type=int, help="centre crop size (default: 224)")
     parser.add_argument(
         "--align",
@@ -96,6 +119,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="evaluate the existing --model on the dataset's test/ instead of fitting",
     )
     args = parser.parse_args(argv)
+    given = {
+        "backbone": args.backbone,
+        "resize": args.image_size,
+        "crop": args.crop,
+        "align": args.align or None,
+        "image_score": args.image_score,
+        "coreset_fraction": args.coreset,
+        "layers": tuple(args.layers) if args.layers else None,
+        "border": args.border,
+    }
+    if args.weights is not None:  # the weights belong to one backbone
+        given["backbone"] = args.backbone or FIXED["backbone"]
+    args.given = {key: value for key, value in given.items() if value is not None}
+    args.auto = args.settings == "auto" and args.method == DEFAULT
+    args.backbone = args.backbone or FIXED["backbone"]
+    args.image_size = args.image_size or FIXED["resize"]
+    args.image_score = args.image_score or FIXED["image_score"]
+    args.border = args.border or DEFAULT_BORDER
     if args.align and args.crop is not None:
         parser.error("--crop does not apply with --align: the cut follows the part")
     if args.crop is None:
@@ -119,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from ind_knn_ad import preflight, reporting, results
 
     preflight.check_outputs(args.model)
-    if args.weights is None and not args.evaluate_only:
+    if args.weights is None and not args.evaluate_only and "backbone" in args.given:
         preflight.offline_unless_reachable()
 
     from rich.console import Console
@@ -136,16 +177,28 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size,
             lambda model: out.print(f"█│ Running {model.method} on {dataset.name} dataset."),
         )
-        out.print(*reporting.results_tables(dataset.name, saved.evaluation, saved.model.method))
-        results.write_saved(args.model, saved, dataset.name)
+        if args.operating_point is None:
+            out.print(*reporting.results_tables(dataset.name, saved.evaluation, saved.model.method))
+            results.write_saved(args.model, saved, dataset.name)
+            return exit_codes.OK
+        model, evaluation = recalibrate(
+            saved.model, saved.evaluation, args.operating_point, f"{dataset.root}/test"
+        )
+        out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
+        console.print(reporting.fit_summary(model))
+        results.write_fit(args.model, model, evaluation, saved.entries, dataset.name)
+        out.print(f"Model recalibrated in {args.model}.")
         return exit_codes.OK
     out.print(f"█│ Running {args.method} on {dataset.name} dataset.")
 
     from ind_knn_ad.extractor import FitSettings
     from ind_knn_ad.train import train
 
+    if args.operating_point is not None and not dataset.test:
+        raise exit_codes.UsageError("--operating-point needs labelled images in test/")
+    progress = partial(reporting.progress_bar, console)
     preprocess = preflight.fit_preprocess(
-        dataset, args.image_size, args.crop, args.align, console.print
+        dataset, args.image_size, args.crop, args.align and not args.auto, console.print
     )
     settings = FitSettings(
         backbone=args.backbone,
@@ -157,11 +210,21 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     preflight.check_fit(dataset, settings, args.method, args.device, args.threshold == AUTO)
-    console.print(f"Backbone {args.backbone}; {len(dataset.train)} training images.")
+    choice = None
+    if args.auto:
+        from ind_knn_ad import autosettings
+
+        with preflight.data_at_fault(dataset):
+            choice = autosettings.choose(
+                dataset.train, args.given, args.device, args.seed, progress, args.weights
+            )
+        out.print(choice.table())
+        settings = choice.settings
+        preflight.check_fit(dataset, settings, args.method, args.device, args.threshold == AUTO)
+    console.print(f"Backbone {settings.backbone}; {len(dataset.train)} training images.")
     if not dataset.test:
         console.print("No test/ folder: training only, evaluation skipped.")
     sheet = results.SheetCollector(settings.preprocess)
-    progress = partial(reporting.progress_bar, console)
     with preflight.data_at_fault(dataset):
         result = train(
             dataset,
@@ -174,13 +237,21 @@ def run(args: argparse.Namespace) -> int:
             args.method,
             sheet,
         )
-    model = result.model
+    model, evaluation = result.model, result.evaluation
+    if choice is not None:
+        model.settings["auto_settings"] = choice.to_dict()
+    if args.operating_point is not None and evaluation is not None:
+        source = f"{dataset.root}/test"
+        model, evaluation = recalibrate(model, evaluation, args.operating_point, source)
     console.print(reporting.fit_summary(model))
-    if result.evaluation is not None:
-        out.print(*reporting.results_tables(dataset.name, result.evaluation, model.method))
+    if evaluation is not None:
+        out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
     if "detectability" in model.settings:
-        out.print(reporting.detectability_table(model.settings["detectability"], model.threshold))
-    results.write_fit(args.model, model, result.evaluation, sheet.entries, dataset.name)
+        # Caught at the threshold of the fit, also when an operating point replaced it.
+        record = model.settings["threshold"]
+        measured_at = record.get("replaced", record)["value"]
+        out.print(reporting.detectability_table(model.settings["detectability"], measured_at))
+    results.write_fit(args.model, model, evaluation, sheet.entries, dataset.name)
     out.print(f"Model written to {args.model}.")
     out.print("Model file creation is complete.")
     return exit_codes.OK

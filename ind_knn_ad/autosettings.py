@@ -199,11 +199,12 @@ class Candidate:
 
     backbone: str
     image_score: str
-    coreset_fraction: float
+    coreset_fraction: float | None  # None: the library's default rule (coreset_size)
 
     @property
     def name(self) -> str:
-        return f"{self.backbone} {self.image_score} {self.coreset_fraction:g}"
+        fraction = "default" if self.coreset_fraction is None else f"{self.coreset_fraction:g}"
+        return f"{self.backbone} {self.image_score} {fraction}"
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,7 @@ def _candidates(fixed: Mapping[str, Any], preprocess: Preprocess) -> list[Candid
     if "coreset_fraction" in fixed:
         fractions = [float(fixed["coreset_fraction"])]
     else:
-        fractions = [0.01, 0.1] if larger else [0.1]
+        fractions = [0.01, 0.1] if larger else [None]
     return [
         Candidate(backbone, score, fraction)
         for fraction in fractions
@@ -464,7 +465,7 @@ class _Validation:
             "defect_sizes_px": self.sizes,
         }
 
-    def bank_size(self, fraction: float, patches: int) -> int:
+    def bank_size(self, fraction: float | None, patches: int) -> int:
         """Rows of the subsample's bank for `fraction`: as many as the full fit would keep,
         within the subsample's patches, and more than one image's (so no image's held-out
         bank is empty). Beyond half the patches, all: greedy ordering costs time quadratic

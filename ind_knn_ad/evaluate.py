@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,26 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def labelled_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the good and of the defective test images."""
+        scores = np.array([image["score"] for image in self.images], np.float64)
+        defective = np.array([image["defect_type"] != GOOD for image in self.images], bool)
+        return scores[~defective], scores[defective]
+
+    def at(self, threshold: float) -> Evaluation:
+        """The same scores judged at another threshold (after a recalibration)."""
+        from sklearn.metrics import confusion_matrix, f1_score
+
+        labels = np.array([image["defect_type"] != GOOD for image in self.images], int)
+        scores = np.array([image["score"] for image in self.images], np.float64)
+        predicted = (scores >= threshold).astype(int)
+        return replace(
+            self,
+            threshold=threshold,
+            confusion_matrix=confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
+            f1=float(f1_score(labels, predicted, zero_division=0.0)),
+        )
 
 
 def _best_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

@@ -41,7 +41,7 @@ class FitSettings:
     layers: tuple[int, ...] | None = None
     neighbourhood: int = 3
     border: str = DEFAULT_BORDER
-    coreset_fraction: float = 0.1
+    coreset_fraction: float | None = None  # None: coreset_size's default rule
     projection_dim: int = PROJECTION_DIM
     image_score: str = "max"
     preprocess: Preprocess = field(default_factory=Preprocess)

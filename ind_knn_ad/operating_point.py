@@ -15,9 +15,14 @@ was based on (counts, errors at the threshold) is recorded with the threshold.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .evaluate import Evaluation
+    from .model_file import Model
 
 RULES = ("f1", "recall", "fpr")
 
@@ -94,3 +99,17 @@ def operating_threshold(
         },
     }
     return value, details
+
+
+def recalibrate(
+    model: Model, evaluation: Evaluation, point: OperatingPoint, source: str
+) -> tuple[Model, Evaluation]:
+    """The model with its threshold set at `point` from an evaluation's labelled scores
+    (the rule it replaces is kept under "replaced"), and the evaluation at that threshold.
+    Nothing else of the model changes, so no refit is needed."""
+    good, defective = evaluation.labelled_scores()
+    value, details = operating_threshold(good, defective, point, source)
+    previous = model.settings["threshold"]
+    record = {"value": value, **details, "replaced": previous.get("replaced", previous)}
+    settings = {**model.settings, "threshold": record}
+    return replace(model, settings=settings), evaluation.at(value)

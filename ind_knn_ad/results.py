@@ -57,7 +57,11 @@ def evaluation_files(
 ) -> list[tuple[Path, bytes]]:
     """The results file and the contact sheet, as (path, bytes)."""
     digest = hashlib.sha256(model_bytes).hexdigest()
-    results = {"model_sha256": digest, **evaluation.to_dict()}
+    results = {
+        "model_sha256": digest,
+        **evaluation.to_dict(),
+        "threshold_rule": model.settings["threshold"],
+    }
     if "detectability" in model.settings:
         results["detectability"] = model.settings["detectability"]
     title = (

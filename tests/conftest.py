@@ -83,11 +83,14 @@ def sample_model(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def fit_efficientnet(data: Path, model: Path, *options: str) -> subprocess.CompletedProcess:
-    """make_model.py with the offline backbone on the CPU, as a user would run it."""
+    """make_model.py with the offline backbone on the CPU, as a user would run it, with the
+    fixed settings (what the automatic choice does is tested in test_autosettings_cli.py)."""
     return run_script(
         "make_model.py",
         "--data-dir",
         data,
+        "--settings",
+        "fixed",
         "--backbone",
         "efficientnet_lite0",
         "--model",
