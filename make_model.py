@@ -11,9 +11,9 @@ from functools import partial
 from pathlib import Path
 
 from ind_knn_ad import environment, exit_codes  # noqa: F401 - environment first: see there
+from ind_knn_ad.arguments import checked, complete_fit_arguments, fraction, positive
 from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
-from ind_knn_ad.limits import FIT_BYTES_PER_PIXEL, input_too_large
-from ind_knn_ad.methods import DEFAULT, DEFAULT_IMAGE_SCORE, find, having_image_score, names
+from ind_knn_ad.methods import DEFAULT, having_image_score, names
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH
 from ind_knn_ad.operating_point import parse_operating_point, recalibrate
 from ind_knn_ad.scoring import IMAGE_SCORES
@@ -21,37 +21,6 @@ from ind_knn_ad.threshold import AUTO, parse_threshold
 
 # As in anomaly_detector.py: no ONNX Runtime telemetry, nor its warning on stderr.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-
-
-# What `--settings fixed` fits with; `auto` searches those of them not given (autosettings).
-FIXED = {"backbone": "wide_resnet50_2", "resize": 256, "image_score": DEFAULT_IMAGE_SCORE}
-
-
-def _checked(parse):  # a parser raising ValueError, as an argparse type
-    def argument(text: str):
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return argument
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"coreset fraction must be in (0, 1], not {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,15 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--coreset",
-        type=_fraction,
+        type=fraction,
         help="memory bank fraction (default: every patch up to 16,384, else 0.1)",
     )
     parser.add_argument(
-        "--threshold", type=_checked(parse_threshold), default=AUTO, help="'auto' or a number"
+        "--threshold", type=checked(parse_threshold), default=AUTO, help="'auto' or a number"
     )
     parser.add_argument(
         "--operating-point",
-        type=_checked(parse_operating_point),
+        type=checked(parse_operating_point),
         help="f1, recall=R or fpr=F: set the threshold there from the labelled test/ images "
         "(with --evaluate-only: recalibrate the model without refitting)",
     )
@@ -110,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive,
         help="images per batch (default: 16 at 224 px, fewer for larger inputs)",
     )
     parser.add_argument(
@@ -119,39 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="evaluate the existing --model on the dataset's test/ instead of fitting",
     )
     args = parser.parse_args(argv)
-    given = {
-        "backbone": args.backbone,
-        "resize": args.image_size,
-        "crop": args.crop,
-        "align": args.align or None,
-        "image_score": args.image_score,
-        "coreset_fraction": args.coreset,
-        "layers": tuple(args.layers) if args.layers else None,
-        "border": args.border,
-    }
-    if args.weights is not None:  # the weights belong to one backbone
-        given["backbone"] = args.backbone or FIXED["backbone"]
-    args.given = {key: value for key, value in given.items() if value is not None}
-    args.auto = args.settings == "auto" and args.method == DEFAULT
-    args.backbone = args.backbone or FIXED["backbone"]
-    args.image_size = args.image_size or FIXED["resize"]
-    args.image_score = args.image_score or FIXED["image_score"]
-    args.border = args.border or DEFAULT_BORDER
-    if args.align and args.crop is not None:
-        parser.error("--crop does not apply with --align: the cut follows the part")
-    if args.crop is None:
-        args.crop = args.image_size if args.align else 224
-    if not 0 < args.crop <= args.image_size:
-        parser.error(f"--crop ({args.crop}) must be between 1 and --image-size ({args.image_size})")
-    if find(args.method).image_score_for(args.image_score) is None:
-        having = " or --method ".join(having_image_score(args.image_score))
-        parser.error(f"--image-score {args.image_score} is for --method {having} only")
-    if not 0 <= args.seed < 2**32:
-        parser.error(f"--seed must be a whole number from 0 to {2**32 - 1}, not {args.seed}")
-    if not args.align:  # an aligned cut's size is known once the parts are measured
-        problem = input_too_large(args.crop, args.crop, FIT_BYTES_PER_PIXEL)
-        if problem:
-            parser.error(f"--crop {args.crop} (from --image-size {args.image_size}): {problem}")
+    problem = complete_fit_arguments(args)
+    if problem:
+        parser.error(problem)
     return args
 
 
@@ -181,12 +120,10 @@ def run(args: argparse.Namespace) -> int:
             out.print(*reporting.results_tables(dataset.name, saved.evaluation, saved.model.method))
             results.write_saved(args.model, saved, dataset.name)
             return exit_codes.OK
-        model, evaluation = recalibrate(
-            saved.model, saved.evaluation, args.operating_point, f"{dataset.root}/test"
-        )
+        point = args.operating_point
+        model, evaluation = results.recalibrate_saved(args.model, saved, point, dataset)
         out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
         console.print(reporting.fit_summary(model))
-        results.write_fit(args.model, model, evaluation, saved.entries, dataset.name)
         out.print(f"Model recalibrated in {args.model}.")
         return exit_codes.OK
     out.print(f"█│ Running {args.method} on {dataset.name} dataset.")
@@ -209,18 +146,16 @@ def run(args: argparse.Namespace) -> int:
         preprocess=preprocess,
         seed=args.seed,
     )
-    preflight.check_fit(dataset, settings, args.method, args.device, args.threshold == AUTO)
+    check = partial(preflight.check_fit, dataset, method=args.method, device=args.device)
+    check(settings=settings, auto_threshold=args.threshold == AUTO)
     choice = None
     if args.auto:
-        from ind_knn_ad import autosettings
-
-        with preflight.data_at_fault(dataset):
-            choice = autosettings.choose(
-                dataset.train, args.given, args.device, args.seed, progress, args.weights
-            )
+        choice = preflight.choose_settings(
+            dataset, args.given, args.device, progress, args.seed, args.weights
+        )
         out.print(choice.table())
         settings = choice.settings
-        preflight.check_fit(dataset, settings, args.method, args.device, args.threshold == AUTO)
+        check(settings=settings, auto_threshold=args.threshold == AUTO)
     console.print(f"Backbone {settings.backbone}; {len(dataset.train)} training images.")
     if not dataset.test:
         console.print("No test/ folder: training only, evaluation skipped.")
@@ -247,10 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if evaluation is not None:
         out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
     if "detectability" in model.settings:
-        # Caught at the threshold of the fit, also when an operating point replaced it.
-        record = model.settings["threshold"]
-        measured_at = record.get("replaced", record)["value"]
-        out.print(reporting.detectability_table(model.settings["detectability"], measured_at))
+        out.print(reporting.detectability_table(model))
     results.write_fit(args.model, model, evaluation, sheet.entries, dataset.name)
     out.print(f"Model written to {args.model}.")
     out.print("Model file creation is complete.")

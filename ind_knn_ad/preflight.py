@@ -20,7 +20,9 @@ from .model_file import check_writable
 from .results import beside
 
 if TYPE_CHECKING:
+    from .autosettings import Choice
     from .extractor import FitSettings
+    from .methods.base import ProgressFactory
 
 WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
 
@@ -128,6 +130,22 @@ def check_fit(
         step = min(strides)
         patches = count * -(-width // step) * -(-height // step)
         methods.find(method).check_fit(settings, patches, auto_threshold)
+
+
+def choose_settings(
+    dataset: Dataset,
+    given: dict,
+    device: str,
+    progress: ProgressFactory,
+    seed: int,
+    weights: Path | None = None,
+) -> Choice:
+    """The automatic settings for this dataset (`autosettings.choose`); a failure on the
+    training images is the data's (DatasetError), as in the fit."""
+    from .autosettings import choose
+
+    with data_at_fault(dataset):
+        return choose(dataset.train, given, device, seed, progress, weights)
 
 
 @contextmanager

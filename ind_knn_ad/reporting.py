@@ -81,8 +81,12 @@ def results_tables(category: str, evaluation: Evaluation, method: str) -> list[T
     return [metrics, matrix]
 
 
-def detectability_table(rows: list[dict], threshold: float) -> Table:
-    """Synthetic defects caught at the threshold, by kind (rows) and size (columns)."""
+def detectability_table(model: Model) -> Table:
+    """Synthetic defects caught at the fit's threshold, by kind (rows) and size (columns);
+    the fit's also when an operating point replaced it, since they were counted there."""
+    rows = model.settings["detectability"]
+    record = model.settings["threshold"]
+    threshold = record.get("replaced", record)["value"]
     sizes = sorted({row["size_px"] for row in rows})
     table = Table(title=f"Synthetic defects on held-out good images, caught at {threshold:.4g}")
     table.add_column("defect")

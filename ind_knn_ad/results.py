@@ -20,6 +20,7 @@ from .exit_codes import WriteError
 from .heatmap import SheetEntry, contact_sheet, png_bytes, sheet_entry
 from .images import Preprocess
 from .model_file import Model, load_model, serialise, write_together
+from .operating_point import OperatingPoint, recalibrate
 from .scoring import PatchScores
 
 SUFFIXES = (".results.json", ".contact_sheet.png")
@@ -152,3 +153,13 @@ def write_saved(model_path: Path, saved: SavedEvaluation, dataset: str) -> None:
         write_together(files)
     except OSError as error:
         raise WriteError(f"cannot write results beside {model_path}: {error}") from error
+
+
+def recalibrate_saved(
+    model_path: Path, saved: SavedEvaluation, point: OperatingPoint, dataset: Dataset
+) -> tuple[Model, Evaluation]:
+    """The saved model with its threshold set at `point` from its evaluation's labelled
+    images, written back with its results and sheet: no refit, nothing else changed."""
+    model, evaluation = recalibrate(saved.model, saved.evaluation, point, f"{dataset.root}/test")
+    write_fit(model_path, model, evaluation, saved.entries, dataset.name)
+    return model, evaluation
