@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 
 from .data import GOOD, Dataset, TestImage
-from .images import ImageError, Preprocess, load_image, shown_name
+from .images import ImageError, load_image, shown_name
 from .pipeline import preprocessed_batches, stack
+from .preprocess import Preprocess
 from .scoring import PatchScores, anomaly_map
 
 # (B, 3, H, W) preprocessed images to their results, whichever method made the model.

@@ -22,8 +22,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import methods
 from .data import GOOD
-from .images import Preprocess, load_image
+from .images import load_image
 from .model_file import Model, atomic_write
+from .preprocess import Preprocess
 from .scoring import PatchScores, anomaly_map
 
 ALPHA = 0.5  # weight of the colour over the image

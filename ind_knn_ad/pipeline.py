@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageError, Preprocess, is_image_file, shown_name
+from .images import ImageError, is_image_file, shown_name
+from .preprocess import Preprocess
 
 Item = tuple[Path | str, "np.ndarray | ImageError"]
 

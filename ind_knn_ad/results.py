@@ -18,8 +18,8 @@ from .data import Dataset, DatasetError, TestImage
 from .evaluate import Evaluation, evaluate
 from .exit_codes import WriteError
 from .heatmap import SheetEntry, contact_sheet, png_bytes, sheet_entry
-from .images import Preprocess
 from .model_file import Model, load_model, serialise, write_together
+from .preprocess import Preprocess
 from .scoring import PatchScores
 
 SUFFIXES = (".results.json", ".contact_sheet.png")

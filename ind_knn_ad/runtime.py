@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from .exit_codes import UsageError
-from .images import ImageError, Preprocess, shown_name
+from .images import ImageError, shown_name
 from .methods import make_scorer
 from .model_file import Model, ModelFileError
 from .pipeline import images_per_batch, preprocessed_batches, stack
+from .preprocess import Preprocess
 from .scoring import PatchScores
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}

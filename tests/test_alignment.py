@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 
 from ind_knn_ad.alignment import MARGIN, Box, cut, find_pose, measure_box, part_regions
 from ind_knn_ad.heatmap import BAR_PANEL, HEADER
-from ind_knn_ad.images import Preprocess
 from ind_knn_ad.model_file import load_model
+from ind_knn_ad.preprocess import Preprocess
 
 BACKGROUND = (200, 200, 200)
 SHAFT = (100, 40)  # length, width in pixels

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ind_knn_ad.images import Preprocess
 from ind_knn_ad.model_file import load_model
 from ind_knn_ad.pipeline import preprocessed_batches
+from ind_knn_ad.preprocess import Preprocess
 from ind_knn_ad.runtime import Detector
 
 
