@@ -108,7 +108,7 @@ class PatchMaps:
         self.labels: list[int] = []
         self.maps: list[np.ndarray] = []
 
-    def __call__(self, image, result) -> None:
+    def __call__(self, image, result, _cut) -> None:
         self.labels.append(int(image.defect_type != "good"))
         self.maps.append(result.patch_map)
 

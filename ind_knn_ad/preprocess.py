@@ -13,11 +13,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .alignment import Box, cut, find_pose, output_size
+from .alignment import Box, Pose, cut, find_pose, output_size
 from .images import load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One decoded image as every later step needs it, so no step decodes its file again:
+    the network's input, the cut it was made from (heatmaps, contact-sheet tiles and part
+    regions are drawn or found on it), and the photo's size and the part's pose (a mask is
+    checked against the one and cut with the other)."""
+
+    array: np.ndarray  # (3, H, W) float32, normalised
+    cut: np.ndarray  # (H, W, 3) uint8 RGB
+    size: tuple[int, int]  # (width, height) of the decoded photo
+    pose: Pose | None  # with `align` only
 
 
 @dataclass(frozen=True)
@@ -64,13 +77,13 @@ class Preprocess:
             align=None if align is None else Box(float(align["length"]), float(align["breadth"])),
         )
 
-    def geometry(self, image: Image.Image, reference: Image.Image | None = None) -> Image.Image:
+    def geometry(self, image: Image.Image, pose: Pose | None = None) -> Image.Image:
         """The resize and cut alone, so masks and heatmaps can follow the same geometry.
-        With `align`, the part's pose is found on `reference` (the photo a mask belongs
-        to), or on `image` itself."""
+        With `align`, the cut follows `pose` (the photo's, for its mask), or the pose
+        found on `image` itself."""
         resample = Image.Resampling.NEAREST if image.mode in ("1", "L") else Image.BICUBIC
         if self.align is not None:
-            pose = find_pose(reference if reference is not None else image)
+            pose = find_pose(image) if pose is None else pose
             return cut(image, pose, self.align, self.resize, resample)
         width, height = image.size
         scale = self.resize / min(width, height)
@@ -96,8 +109,14 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB image to a float32 CHW array ready for the backbone."""
+        return self.prepare(image).array
+
+    def prepare(self, image: Image.Image) -> Prepared:
+        """RGB image to the network's input and what later steps need of it (`Prepared`)."""
         rgb = image if image.mode == "RGB" else image.convert("RGB")  # no copy of an RGB image
-        return self.normalise(np.asarray(self.geometry(rgb)))
+        pose = find_pose(rgb) if self.align is not None else None
+        cut = np.asarray(self.geometry(rgb, pose))
+        return Prepared(self.normalise(cut), cut, rgb.size, pose)
 
     def normalise(self, cut: np.ndarray) -> np.ndarray:
         """The (H, W, 3) uint8 cut that `geometry` gives to the backbone's float32 CHW input."""
@@ -106,5 +125,9 @@ class Preprocess:
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
     def load(self, path: str | Path) -> np.ndarray:
-        """Decode and preprocess one file."""
+        """Decode and preprocess one file: the network's input alone."""
         return self(load_image(path))
+
+    def prepare_file(self, path: str | Path) -> Prepared:
+        """Decode and preprocess one file, keeping what later steps need."""
+        return self.prepare(load_image(path))

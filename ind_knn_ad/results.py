@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .data import Dataset, DatasetError, TestImage
 from .evaluate import Evaluation, evaluate
 from .exit_codes import WriteError
@@ -38,10 +40,10 @@ class SheetCollector:
         self.preprocess = preprocess
         self.entries: list[SheetEntry] = []
 
-    def __call__(self, item: TestImage, result: PatchScores) -> None:
+    def __call__(self, item: TestImage, result: PatchScores, cut: np.ndarray) -> None:
         self.entries.append(
             sheet_entry(
-                item.path, result.patch_map, self.preprocess, result.score, item.defect_type
+                item.path, cut, result.patch_map, self.preprocess, result.score, item.defect_type
             )
         )
 
