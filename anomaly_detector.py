@@ -162,7 +162,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
     status = exit_codes.OK
     failed_write = False
     with named(args.model):
-        for path, result, seconds in detector.score_files_timed(expand_inputs(args.imagefile)):
+        for path, result, seconds, cut in detector.score_files_timed(expand_inputs(args.imagefile)):
             if isinstance(result, ImageError):
                 log.error("%s", result)
                 status = exit_codes.SOME_INPUTS_FAILED
@@ -174,12 +174,8 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
                 # Before the record, so that a printed record means its PNG is there.
                 try:
                     heatmap = write_heatmap(
-                        args.heatmap, path, result, model, detector.preprocess, threshold, flag
+                        args.heatmap, path, cut, result, model, detector.preprocess, threshold, flag
                     )
-                except ImageError as error:  # the file changed since it was scored
-                    log.error("%s", error)
-                    status = exit_codes.SOME_INPUTS_FAILED
-                    continue
                 except OSError as error:
                     message = f"cannot write heatmap for {shown_name(path)}: {error}"
                     if error.errno in _DISK_ERRORS:  # every other heatmap would fail too

@@ -34,7 +34,7 @@ from ind_knn_ad.alignment import measure_box
 from ind_knn_ad.borders import BORDERS
 from ind_knn_ad.data import load_dataset
 from ind_knn_ad.extractor import FitSettings
-from ind_knn_ad.images import Preprocess
+from ind_knn_ad.preprocess import Preprocess
 from ind_knn_ad.train import train
 
 DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512")
@@ -108,7 +108,7 @@ class PatchMaps:
         self.labels: list[int] = []
         self.maps: list[np.ndarray] = []
 
-    def __call__(self, image, result) -> None:
+    def __call__(self, image, result, _cut) -> None:
         self.labels.append(int(image.defect_type != "good"))
         self.maps.append(result.patch_map)
 

@@ -31,7 +31,7 @@ from fuzzing import (  # noqa: E402
     score_model,
 )
 
-from ind_knn_ad.images import Preprocess  # noqa: E402
+from ind_knn_ad.preprocess import Preprocess  # noqa: E402
 from ind_knn_ad.sample_data import generate_sample_dataset  # noqa: E402
 
 

@@ -27,8 +27,9 @@ from sklearn.metrics import roc_auc_score
 from ind_knn_ad.coreset import greedy_coreset, project
 from ind_knn_ad.data import load_dataset
 from ind_knn_ad.extractor import FeatureExtractor, FitSettings
-from ind_knn_ad.images import ImageError, Preprocess
+from ind_knn_ad.images import ImageError
 from ind_knn_ad.pipeline import preprocessed_batches, stack
+from ind_knn_ad.preprocess import Preprocess
 
 AUGMENTATIONS = {
     "none": [(0, False)],

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .images import load_image
+
 POSE_SIDE = 128  # the part is found on a copy this small across its shorter side
 POSE_LONGEST = 16 * POSE_SIDE  # and at most this long (thin images: shorter across)
 MARGIN = 0.1  # the box is this much longer and wider than the largest training part
@@ -159,7 +161,6 @@ def cut(
 def measure_box(paths: Iterable[Path | str], workers: int = 2) -> Box:
     """The box that holds the largest part found in these images, plus MARGIN; ValueError
     when no image shows a part on a plain background."""
-    from .images import load_image
 
     def pose_of(path: Path | str) -> Pose:
         return find_pose(load_image(path))

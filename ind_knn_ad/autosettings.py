@@ -48,9 +48,10 @@ from .coreset import PROJECTION_DIM, coreset_size, greedy_coreset
 from .detectability import damaged_inputs
 from .device import select_device
 from .extractor import FeatureExtractor, FitSettings, TrainFeatures, extract_features
-from .images import Preprocess, load_image
+from .images import load_image
 from .methods.base import ProgressFactory
 from .pipeline import images_per_batch
+from .preprocess import Preprocess
 from .scoring import SearchBank, score_features
 
 OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")  # Lite1: see docs/benchmarks.md

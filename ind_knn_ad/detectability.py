@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import Preprocess, load_image
+from .images import load_image
+from .preprocess import Preprocess
 from .synthetic import DEFECTS
 
 # Training images damaged, at most; each gets every kind at every size. Few, because each

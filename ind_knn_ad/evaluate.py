@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .data import GOOD, Dataset, TestImage
-from .images import ImageError, Preprocess, load_image, shown_name
+from .images import ImageError, load_image, shown_name
 from .pipeline import preprocessed_batches, stack
+from .preprocess import Prepared, Preprocess
 from .scoring import PatchScores, anomaly_map
 
 # (B, 3, H, W) preprocessed images to their results, whichever method made the model.
@@ -20,42 +20,25 @@ ScoreFn = Callable[[np.ndarray], list[PatchScores]]
 log = logging.getLogger(__name__)
 
 
-def _image_size(path: Path | str) -> tuple[int, int]:
-    """(width, height) of an image as load_image gives it (EXIF orientation applied),
-    from its header alone."""
-    with Image.open(path) as image:
-        width, height = image.size
-        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
-    return (height, width) if turned else (width, height)
-
-
-def mask_labels(mask: Path, photo_path: Path | str, preprocess: Preprocess) -> np.ndarray | None:
-    """A ground-truth mask cut as its photo was, as 0/1 labels per pixel; None, with a
-    warning line naming the mask, when it cannot be read or is not the photo's size: that
-    image then counts in the image metrics but not in the pixel ROC AUC."""
+def mask_labels(mask: Path, photo: Prepared, preprocess: Preprocess) -> np.ndarray | None:
+    """A ground-truth mask cut as its photo was (the photo's size and pose, as prepared
+    for scoring), as 0/1 labels per pixel; None, with a warning line naming the mask, when
+    it cannot be read or is not the photo's size: that image then counts in the image
+    metrics but not in the pixel ROC AUC."""
     try:
         truth = load_image(mask)
-        size = _image_size(photo_path)
     except ImageError as error:
         log.warning("warning: %s; left out of the pixel ROC AUC", error)
         return None
-    except (OSError, SyntaxError, ValueError) as error:  # the photo, read again: it changed
-        log.warning("warning: %s: %s; left out of the pixel ROC AUC", shown_name(photo_path), error)
-        return None
-    if truth.size != size:
+    if truth.size != photo.size:
         log.warning(
             "warning: %s: mask is %dx%d, its image %dx%d; left out of the pixel ROC AUC",
             shown_name(mask),
             *truth.size,
-            *size,
+            *photo.size,
         )
         return None
-    try:  # an aligned cut follows the part's pose, found on the photo
-        photo = load_image(photo_path) if preprocess.align is not None else None
-    except ImageError as error:
-        log.warning("warning: %s; left out of the pixel ROC AUC", error)
-        return None
-    cut = preprocess.geometry(truth.convert("L"), photo)
+    cut = preprocess.geometry(truth.convert("L"), photo.pose)
     return (np.asarray(cut) > 127).ravel().astype(np.uint8)
 
 
@@ -113,12 +96,13 @@ def evaluate(
     threshold: float,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
-    each: Callable[[TestImage, PatchScores], None] | None = None,
+    each: Callable[[TestImage, PatchScores, np.ndarray], None] | None = None,
 ) -> Evaluation:
     """Score every test image and compute image and (where masks exist) pixel metrics.
 
-    `each` sees every test image with its result, for callers that want the maps too
-    (the contact sheet) without keeping them all here.
+    `each` sees every test image with its result and its (H, W, 3) uint8 cut, for callers
+    that want the maps and pictures too (the contact sheet) without keeping them all here
+    or decoding the file again.
     """
     from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
@@ -129,19 +113,19 @@ def evaluate(
     done = 0
     for items in preprocessed_batches(by_path, preprocess, batch_size):
         for _, value in items:
-            if not isinstance(value, np.ndarray):
+            if not isinstance(value, Prepared):
                 raise value
         _, arrays = stack(items)
-        for (path, _), result in zip(items, score(arrays), strict=True):
+        for (path, prepared), result in zip(items, score(arrays), strict=True):
             scores.append(result.score)
             if each is not None:
-                each(by_path[path], result)
+                each(by_path[path], result, prepared.cut)
             mask = by_path[path].mask
             if dataset.has_masks:
                 if mask is None:
                     labels = np.zeros(width * height, dtype=np.uint8)
                 else:
-                    labels = mask_labels(mask, path, preprocess)
+                    labels = mask_labels(mask, prepared, preprocess)
                 if labels is not None:
                     pixel_labels.append(labels)
                     pixel_scores.append(anomaly_map(result.patch_map, preprocess.size).ravel())

@@ -22,8 +22,9 @@ from .backbones import backbone_spec, build_backbone
 from .borders import DEFAULT_BORDER
 from .coreset import PROJECTION_DIM
 from .features import PatchFeatures
-from .images import ImageError, Preprocess
+from .images import ImageError
 from .pipeline import preprocessed_batches, stack
+from .preprocess import Preprocess
 from .threads import cpu_count
 
 Progress = Callable[[int], None]

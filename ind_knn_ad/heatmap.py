@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import methods
 from .data import GOOD
-from .images import Preprocess, load_image
 from .model_file import Model, atomic_write
+from .preprocess import Preprocess
 from .scoring import PatchScores, anomaly_map
 
 ALPHA = 0.5  # weight of the colour over the image
@@ -134,16 +134,16 @@ def heatmap_name(path: str | os.PathLike[str]) -> str:
 
 
 def image_heatmap(
-    path: str | os.PathLike[str],
+    cut: np.ndarray,
     patch_map: np.ndarray,
     preprocess: Preprocess,
     in_score_units: bool,
     threshold: float,
     title: str,
 ) -> Image.Image:
-    """The PNG for one scored file: decoded again and cut as the model saw it, with its
-    blurred, upsampled map over it; ImageError if the file can no longer be read."""
-    image = preprocess.geometry(load_image(path))
+    """The PNG for one scored image: its (H, W, 3) uint8 cut, as the model saw it, with
+    its blurred, upsampled map over it."""
+    image = Image.fromarray(cut)
     amap = anomaly_map(patch_map, preprocess.size)
     low, high = colour_range(amap, in_score_units, threshold)
     return heatmap_picture(image, amap, low, high, title)
@@ -152,18 +152,20 @@ def image_heatmap(
 def write_heatmap(
     folder: Path,
     path: Path | str,
+    cut: np.ndarray,
     result: PatchScores,
     model: Model,
     preprocess: Preprocess,
     threshold: float,
     flag: int,
 ) -> str:
-    """The image's heatmap PNG in `folder`, named after its path (see heatmap_name); the
+    """The heatmap PNG of the image scored from `path`, drawn on its cut (as prepared for
+    scoring, not read again), in `folder`, named after the path (see heatmap_name); the
     name written."""
     verdict = "defective" if flag else "good"
     title = f"score {result.score:.6f}  threshold {threshold:.6g}  {verdict}"
     units = methods.find(model.method).map_in_score_units
-    picture = image_heatmap(path, result.patch_map, preprocess, units, threshold, title)
+    picture = image_heatmap(cut, result.patch_map, preprocess, units, threshold, title)
     target = folder / heatmap_name(path)
     write_png(picture, target)
     return os.fsdecode(target)
@@ -199,13 +201,19 @@ class SheetEntry:
 
 
 def sheet_entry(
-    path: Path, patch_map: np.ndarray, preprocess: Preprocess, score: float, defect_type: str
+    path: Path,
+    cut: np.ndarray,
+    patch_map: np.ndarray,
+    preprocess: Preprocess,
+    score: float,
+    defect_type: str,
 ) -> SheetEntry:
-    """The cell for one scored test image."""
+    """The cell for one scored test image, from its (H, W, 3) uint8 cut: only the shrunk
+    tile is kept, so the sheet holds no full cut."""
     width, height = preprocess.size
     scale = TILE / max(width, height)  # an aligned cut is wider than high: keep its shape
     tile = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = preprocess.geometry(load_image(path)).resize(tile, Image.Resampling.BILINEAR)
+    image = Image.fromarray(cut).resize(tile, Image.Resampling.BILINEAR)
     amap = Image.fromarray(anomaly_map(patch_map, preprocess.size), mode="F")
     small = np.asarray(amap.resize(tile, Image.Resampling.BILINEAR))
     return SheetEntry(image, small, score, defect_type, path.name)

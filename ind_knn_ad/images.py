@@ -1,6 +1,7 @@
-"""Image decoding and the one preprocessing path shared by fit, evaluation and scoring.
+"""Image decoding: a file to an RGB image, or one ImageError naming it.
 
-NumPy and Pillow only: scoring imports this without paying for torch.
+NumPy and Pillow only, and below `alignment` and `preprocess`, which build on it; scoring
+imports it without paying for torch.
 
 What the loader accepts, and why:
 
@@ -12,7 +13,7 @@ What the loader accepts, and why:
   is read as the PNG it is).
 - Images smaller than 2x2 or larger than MAX_PIXELS are refused from the header alone,
   before any pixel is decoded: a 20000x20000 PNG or a decompression bomb costs no memory.
-  Preprocessing resizes only what lands in the crop, so a thin image (50000x2) that
+  Preprocessing (`preprocess`) resizes only what lands in the crop, so a thin image (50000x2) that
   passes the pixel limit costs no more than a square one either.
 - Every failure, whatever Pillow raised, becomes one ImageError whose one-line message
   names the file: callers need to handle nothing else.
@@ -24,16 +25,11 @@ import os
 import stat
 import struct
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .alignment import Box, cut, find_pose, output_size
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 # Refuse anything larger before decoding it: a 20000x20000 PNG or a decompression bomb
 # would otherwise take gigabytes. 8192x8192 is far beyond any inspection camera we expect.
@@ -153,93 +149,3 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(
             f"{name}: cannot decode image ({type(error).__name__}: {reason})"
         ) from None
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Resize the shorter side to `resize` (bicubic), cut the input out, normalise.
-
-    The cut is the centre square of side `crop`, or with `align` the box around the part,
-    turned to one pose (see `alignment`; `crop` is then not used). `crop == resize` keeps
-    the whole (square) frame, which matters when defects sit near the border. Stored in the
-    model file so scoring repeats exactly what fitting did.
-    """
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    align: Box | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 < self.crop <= self.resize:
-            raise ValueError(f"crop ({self.crop}) must be in 1..resize ({self.resize})")
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the network's input."""
-        if self.align is None:
-            return self.crop, self.crop
-        return output_size(self.align, self.resize)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        if self.align is None:
-            del data["align"]  # what format version 1 files hold
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Preprocess:
-        align = data.get("align")
-        return cls(
-            resize=int(data["resize"]),
-            crop=int(data["crop"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
-            align=None if align is None else Box(float(align["length"]), float(align["breadth"])),
-        )
-
-    def geometry(self, image: Image.Image, reference: Image.Image | None = None) -> Image.Image:
-        """The resize and cut alone, so masks and heatmaps can follow the same geometry.
-        With `align`, the part's pose is found on `reference` (the photo a mask belongs
-        to), or on `image` itself."""
-        resample = Image.Resampling.NEAREST if image.mode in ("1", "L") else Image.BICUBIC
-        if self.align is not None:
-            pose = find_pose(reference if reference is not None else image)
-            return cut(image, pose, self.align, self.resize, resample)
-        width, height = image.size
-        scale = self.resize / min(width, height)
-        size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
-        left = (size[0] - self.crop) // 2
-        top = (size[1] - self.crop) // 2
-        if size[0] * size[1] <= max(width * height, 4 * self.crop * self.crop):
-            # The resized frame is no larger than the decoded image (or a few crops).
-            image = image.resize(size, resample)
-            return image.crop((left, top, left + self.crop, top + self.crop))
-        # A thin image (10000x2) resized whole would take gigabytes for a crop of 224 px:
-        # resize only the source region that lands in the crop. Pillow's filter still
-        # reads the pixels around that region, so this is the same picture up to the
-        # rounding of its two passes; the branch above keeps every other image bit-exact.
-        x_step, y_step = width / size[0], height / size[1]
-        region = (
-            left * x_step,
-            top * y_step,
-            (left + self.crop) * x_step,
-            (top + self.crop) * y_step,
-        )
-        return image.resize((self.crop, self.crop), resample, box=region)
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        """RGB image to a float32 CHW array ready for the backbone."""
-        rgb = image if image.mode == "RGB" else image.convert("RGB")  # no copy of an RGB image
-        return self.normalise(np.asarray(self.geometry(rgb)))
-
-    def normalise(self, cut: np.ndarray) -> np.ndarray:
-        """The (H, W, 3) uint8 cut that `geometry` gives to the backbone's float32 CHW input."""
-        array = cut.astype(np.float32) / 255.0
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1))
-
-    def load(self, path: str | Path) -> np.ndarray:
-        """Decode and preprocess one file."""
-        return self(load_image(path))

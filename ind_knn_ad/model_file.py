@@ -435,8 +435,8 @@ def _verify_digests(digests: object, tensors: dict[str, np.ndarray], source: str
 
 def _check_fits_memory(settings: dict[str, Any], source: str) -> None:
     """Refuse a model whose input could not be scored in this machine's memory."""
-    from .images import Preprocess
     from .limits import SCORE_BYTES_PER_PIXEL, input_too_large
+    from .preprocess import Preprocess
 
     try:
         width, height = Preprocess.from_dict(settings["preprocess"]).size

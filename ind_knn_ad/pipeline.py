@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageError, Preprocess, is_image_file, shown_name
+from .images import ImageError, is_image_file, shown_name
+from .preprocess import Prepared, Preprocess
 
-Item = tuple[Path | str, "np.ndarray | ImageError"]
+Item = tuple[Path | str, "Prepared | ImageError"]
 
 
 def images_per_batch(size: tuple[int, int], at_224: int, least: int = 1) -> int:
@@ -68,9 +69,9 @@ def _image_files_under(top: Path | str) -> tuple[list[Path], list[str]]:
     return found, unreadable
 
 
-def _load(preprocess: Preprocess, path: Path | str) -> np.ndarray | ImageError:
+def _load(preprocess: Preprocess, path: Path | str) -> Prepared | ImageError:
     try:
-        return preprocess.load(path)
+        return preprocess.prepare_file(path)
     except ImageError as error:
         return error
     except MemoryError:  # this image alone: the others are still scored
@@ -83,7 +84,8 @@ def preprocessed_batches(
     batch_size: int = 16,
     workers: int = 2,
 ) -> Iterator[Sequence[Item]]:
-    """Yield batches of (path, array or ImageError), in input order.
+    """Yield batches of (path, Prepared or ImageError), in input order: each file is
+    decoded here once, and what later steps need of it travels with it.
 
     Pillow releases the GIL while decoding and resizing, so threads overlap with the
     backbone. At most two batches are in flight, which bounds memory for any number of
@@ -110,7 +112,7 @@ def preprocessed_batches(
 
 def stack(items: Sequence[Item]) -> tuple[list[int], np.ndarray | None]:
     """Positions of the decoded items and their arrays stacked into one (B, 3, H, W) batch."""
-    good = [i for i, (_, value) in enumerate(items) if isinstance(value, np.ndarray)]
+    good = [i for i, (_, value) in enumerate(items) if isinstance(value, Prepared)]
     if not good:
         return good, None
-    return good, np.stack([items[i][1] for i in good])
+    return good, np.stack([items[i][1].array for i in good])

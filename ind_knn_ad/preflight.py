@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from . import methods
 from .data import DATASETS_DIR, Dataset, DatasetError, load_dataset
 from .exit_codes import UsageError, WriteError
-from .images import Preprocess
 from .limits import FIT_BYTES_PER_PIXEL, input_too_large
 from .model_file import check_writable
+from .preprocess import Preprocess
 from .results import beside
 
 if TYPE_CHECKING:

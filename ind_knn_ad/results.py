@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .data import Dataset, DatasetError, TestImage
 from .evaluate import Evaluation, evaluate
 from .exit_codes import WriteError
 from .heatmap import SheetEntry, contact_sheet, png_bytes, sheet_entry
-from .images import Preprocess
 from .model_file import Model, load_model, serialise, write_together
 from .operating_point import OperatingPoint, recalibrate
+from .preprocess import Preprocess
 from .scoring import PatchScores
 
 SUFFIXES = (".results.json", ".contact_sheet.png")
@@ -39,10 +41,10 @@ class SheetCollector:
         self.preprocess = preprocess
         self.entries: list[SheetEntry] = []
 
-    def __call__(self, item: TestImage, result: PatchScores) -> None:
+    def __call__(self, item: TestImage, result: PatchScores, cut: np.ndarray) -> None:
         self.entries.append(
             sheet_entry(
-                item.path, result.patch_map, self.preprocess, result.score, item.defect_type
+                item.path, cut, result.patch_map, self.preprocess, result.score, item.defect_type
             )
         )
 

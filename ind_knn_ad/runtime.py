@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from .exit_codes import UsageError
-from .images import ImageError, Preprocess, shown_name
+from .images import ImageError, shown_name
 from .methods import make_scorer
 from .model_file import Model, ModelFileError
 from .pipeline import images_per_batch, preprocessed_batches, stack
+from .preprocess import Prepared, Preprocess
 from .scoring import PatchScores
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -114,13 +115,14 @@ class Detector:
         A bad image yields its ImageError and the others are still scored; a model that
         fails to run raises ModelFileError, as no image could be scored with it.
         """
-        for path, result, _ in self.score_files_timed(paths, batch_size):
+        for path, result, _, _ in self.score_files_timed(paths, batch_size):
             yield path, result
 
     def score_files_timed(
         self, paths: Iterable[Path | str], batch_size: int | None = None
-    ) -> Iterator[tuple[Path | str, PatchScores | ImageError, float]]:
-        """As score_files, with the seconds each image took.
+    ) -> Iterator[tuple[Path | str, PatchScores | ImageError, float, np.ndarray | None]]:
+        """As score_files, with the seconds each image took and its (H, W, 3) uint8 cut as
+        the model saw it (None for a bad image), for heatmaps without decoding it again.
 
         A batch's time runs from asking for its decoded images to having its scores (the
         wait for decoding, the feature graph, the scorer), and is split equally among its
@@ -141,9 +143,10 @@ class Detector:
             share = (time.perf_counter() - start) / max(1, len(results))
             for index, (path, value) in enumerate(items):
                 result = results.get(index, value)
+                cut = value.cut if isinstance(value, Prepared) else None
                 if isinstance(result, PatchScores) and not math.isfinite(result.score):
                     # Never a flag from a score that is not a number.
                     result = ImageError(
                         f"{shown_name(path)}: its score is not a finite number ({result.score})"
                     )
-                yield path, result, share if index in results else 0.0
+                yield path, result, share if index in results else 0.0, cut

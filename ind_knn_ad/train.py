@@ -62,7 +62,7 @@ def train(
     batch_size: int | None = None,
     progress: ProgressFactory = no_progress,
     method: str = methods.DEFAULT,
-    each: Callable[[TestImage, PatchScores], None] | None = None,
+    each: Callable[[TestImage, PatchScores, np.ndarray], None] | None = None,
 ) -> TrainResult:
     """Fit `method` on `dataset.train`; evaluate on `dataset.test` when it has any images
     (`each` sees every test result, as in `evaluate`).

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.images import MAX_PIXELS, ImageError, Preprocess, load_image
+from ind_knn_ad.images import MAX_PIXELS, ImageError, load_image
 from ind_knn_ad.model_file import DIGESTS, METADATA_KEY, ModelFileError, load_model
+from ind_knn_ad.preprocess import Preprocess
 
 MEMORY_LIMIT = 300 * 2**20  # what one case may add to the peak resident memory
 

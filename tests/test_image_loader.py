@@ -377,7 +377,7 @@ THIN = """
 import sys
 from PIL import Image
 from ind_knn_ad.alignment import Box, find_pose
-from ind_knn_ad.images import Preprocess
+from ind_knn_ad.preprocess import Preprocess
 for size in [(50000, 2), (2, 50000), (8192, 3)]:
     image = Image.new("RGB", size, (200, 200, 200))
     image.paste((20, 20, 20), (size[0] // 3, 0, size[0] // 2, size[1]))
@@ -436,7 +436,7 @@ def test_ordinary_images_preprocess_as_before(
 ) -> None:
     """Bounding memory changed no result: every image whose resized frame is no larger than
     it (or than four crops) takes the old path, bit for bit."""
-    from ind_knn_ad.images import Preprocess
+    from ind_knn_ad.preprocess import Preprocess
 
     image = noise(*size)
     expected = np.asarray(_whole_then_crop(image, resize, crop))
@@ -446,7 +446,7 @@ def test_ordinary_images_preprocess_as_before(
 def test_thin_image_matches_whole_resize_closely() -> None:
     """The thin-image path resizes only the cropped region; Pillow may order its two passes
     differently there, so values may differ by rounding, but the picture is the same."""
-    from ind_knn_ad.images import Preprocess
+    from ind_knn_ad.preprocess import Preprocess
 
     image = noise(4000, 12)
     expected = np.asarray(_whole_then_crop(image, 64, 48)).astype(int)
@@ -462,7 +462,7 @@ def test_fuzzed_images_load_or_are_refused(tmp_path: Path) -> None:
 
     from fuzzing import check_image_case, image_seeds, mutate_image
 
-    from ind_knn_ad.images import Preprocess
+    from ind_knn_ad.preprocess import Preprocess
 
     rng, seeds, preprocess = random.Random(13), image_seeds(), Preprocess()
     outcomes = Counter(
@@ -482,7 +482,8 @@ Image.new(sys.argv[2], (side, side), 90).save(sys.argv[1])
 # In a process of its own, so that making the image does not raise the peak first.
 LOAD_LARGEST = """
 import resource, sys
-from ind_knn_ad.images import Preprocess, load_image
+from ind_knn_ad.images import load_image
+from ind_knn_ad.preprocess import Preprocess
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 Preprocess()(load_image(sys.argv[1]))
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)

@@ -23,9 +23,9 @@ import pytest
 from conftest import ROOT
 
 from ind_knn_ad import methods
-from ind_knn_ad.images import Preprocess
 from ind_knn_ad.methods.base import Fitted, Method, Scorer, TensorSpec, features_only
 from ind_knn_ad.model_file import Model, load_model, save_model
+from ind_knn_ad.preprocess import Preprocess
 from ind_knn_ad.scoring import PatchScores
 
 if TYPE_CHECKING:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ind_knn_ad.images import Preprocess
 from ind_knn_ad.model_file import load_model
 from ind_knn_ad.pipeline import preprocessed_batches
+from ind_knn_ad.preprocess import Preprocess
 from ind_knn_ad.runtime import Detector
 
 
@@ -25,7 +25,7 @@ def test_fit_and_score_preprocess_identically(
     )
     list(detector.score_files(images))
     fit_arrays = [
-        value for batch in preprocessed_batches(images, Preprocess()) for _, value in batch
+        value.array for batch in preprocessed_batches(images, Preprocess()) for _, value in batch
     ]
     assert detector.preprocess == Preprocess()  # the model stored the settings it was fit with
     np.testing.assert_array_equal(np.concatenate(seen), np.stack(fit_arrays))

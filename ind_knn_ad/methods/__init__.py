@@ -13,8 +13,8 @@ scan of the installed packages.
 
 from __future__ import annotations
 
-from ..images import Preprocess
 from ..model_file import Model, ModelFileError
+from ..preprocess import Preprocess
 from .base import DEFAULT_IMAGE_SCORE, Fitted, Method, Scorer, TensorSpec
 from .padim import Padim
 from .patchcore import PatchCore

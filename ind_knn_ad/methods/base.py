@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..images import Preprocess
 from ..model_file import Model
+from ..preprocess import Preprocess
 from ..scoring import IMAGE_SCORES, PatchScores
 
 if TYPE_CHECKING:

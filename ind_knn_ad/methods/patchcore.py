@@ -19,8 +19,8 @@ from .. import detectability
 from ..alignment import part_regions
 from ..coreset import coreset_size, greedy_coreset
 from ..exit_codes import UsageError
-from ..images import Preprocess
 from ..model_file import Model
+from ..preprocess import Preprocess
 from ..scoring import IMAGE_SCORES, PatchScores, SearchBank, score_features
 from ..threshold import holdout_scores
 from .base import Fitted, Method, ProgressFactory, Scorer, TensorSpec, features_only

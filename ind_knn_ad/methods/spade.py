@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..images import Preprocess
 from ..model_file import Model, ModelFileError, feature_positions, positive_int
+from ..preprocess import Preprocess
 from ..scoring import PatchScores, exact_squared, nearest_neighbours
 from .base import Fitted, Method, ProgressFactory, Scorer, TensorSpec, features_only
 
