@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from ind_knn_ad import preflight, reporting, results
 
     preflight.check_outputs(args.model)
-    if args.weights is None and not args.evaluate_only and "backbone" in args.given:
+    online = not args.auto or "backbone" in args.given  # auto picks among offline backbones
+    if args.weights is None and not args.evaluate_only and online:
         preflight.offline_unless_reachable()
 
     from rich.console import Console
