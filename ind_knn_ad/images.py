@@ -11,8 +11,10 @@ What the loader accepts, and why:
 - EXIF orientation is honoured, so pixels match what viewers show the operator.
 - The file's content decides the format; the extension is not trusted (a PNG named `.jpg`
   is read as the PNG it is).
-- Images smaller than 2x2 or larger than MAX_PIXELS are refused from the header alone,
-  before any pixel is decoded: a 20000x20000 PNG or a decompression bomb costs no memory.
+- Images smaller than 2x2, larger than MAX_PIXELS, or taking more than DECODE_BYTES to
+  decode in their mode are refused from the header alone, before any pixel is decoded: a
+  20000x20000 PNG or a decompression bomb costs no memory, and no image more than an
+  8192x8192 RGB one.
   Preprocessing (`preprocess`) resizes only what lands in the crop, so a thin image (50000x2) that
   passes the pixel limit costs no more than a square one either.
 - Every failure, whatever Pillow raised, becomes one ImageError whose one-line message
@@ -28,12 +30,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 # Refuse anything larger before decoding it: a 20000x20000 PNG or a decompression bomb
 # would otherwise take gigabytes. 8192x8192 is far beyond any inspection camera we expect.
 MAX_PIXELS = 8192 * 8192
+# Decoding holds the pixels in the file's mode and, but for 8-bit RGB, an RGB copy (deep
+# images also a grey one): together at most what the largest RGB image takes, which keeps
+# the loader within 300 MB of memory (tests/test_image_loader.py measures the peak).
+DECODE_BYTES = MAX_PIXELS * 3
 MIN_SIDE = 2
 # What Pillow's parsers raise on malformed data, besides OSError and the bomb guard.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
@@ -105,6 +111,20 @@ def _check_file(path: str | Path, name: str) -> None:
         raise ImageError(f"{name}: not a regular file")
 
 
+def decode_bytes(mode: str, pixels: int) -> int:
+    """Bytes that decoding `pixels` of an image in `mode` holds at its peak: its own pixels,
+    then, unless it is 8-bit RGB, an RGB copy (and for deep modes a grey one before it)."""
+    try:
+        layout = ImageMode.getmode(mode)
+        own = len(layout.bands) * np.dtype(layout.typestr).itemsize
+    except (KeyError, TypeError):  # a mode Pillow cannot describe: assume the widest
+        own = 16
+    if mode == "RGB":
+        return pixels * own
+    deep = mode.startswith("I") or mode == "F"
+    return pixels * (own + 3 + (1 if deep else 0))
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Decode a file into an RGB image, honouring EXIF orientation; else raise ImageError.
 
@@ -123,6 +143,13 @@ def load_image(path: str | Path) -> Image.Image:
                 )
             if width < MIN_SIDE or height < MIN_SIDE:
                 raise ImageError(f"{name}: image is {width}x{height}, too small to inspect")
+            need = decode_bytes(image.mode, width * height)
+            if need > DECODE_BYTES:
+                raise ImageError(
+                    f"{name}: image is {width}x{height} {image.mode}, which takes about "
+                    f"{need / 1e6:.0f} MB to decode, more than the {DECODE_BYTES / 1e6:.0f} MB "
+                    "limit (refused before decoding)"
+                )
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # a copy would double the memory
             return _to_rgb(image)
