@@ -14,6 +14,11 @@ AUTO = "auto"
 # Training images scored for the automatic threshold, at most: enough for a stable mean and
 # standard deviation, few enough that a fit on thousands of images is not dominated by it.
 HOLDOUT_IMAGES = 200
+# Training images searched for the patches that fill a held-out image's holes in the bank:
+# enough to find a close cover, few enough to keep the search a small part of the fit
+# (bench/held_out.py).
+FILL_IMAGES = 64
+_ROWS = 4096  # bank rows measured against one image's patches at a time
 
 
 def holdout_scores(
@@ -25,28 +30,34 @@ def holdout_scores(
     limit: int = HOLDOUT_IMAGES,
     seed: int = 0,
     regions: np.ndarray | None = None,
+    fillers: np.ndarray | None = None,
 ) -> np.ndarray:
     """Score training images against the bank without any patch taken from them.
 
     This is leave-one-image-out on the fitted bank: the image is judged as a new good image
-    would be, at the cost of one nearest-neighbour search per image and no refit. The bank
-    grows with the training set, so scoring every image would cost time quadratic in it;
-    beyond `limit` images a seeded random `limit` of them are scored. `regions` ((images,
-    h*w) bool) are the patches each image is scored on, as scoring will.
+    would be, at the cost of one nearest-neighbour search per image and no refit. But the
+    coreset was chosen with the image in it, and where only it had patches, its rows are
+    the only cover: taken out, they leave holes that a coreset chosen without the image
+    would have covered with other images' patches. So each of its rows is replaced by the
+    nearest patch of another training image (`fill_holes`); without this the held-out
+    scores sat too high and the threshold missed defects (bench/held_out.py). A whole bank
+    has no holes: there the replacements are rows it already holds.
+
+    The bank grows with the training set, so scoring every image would cost time quadratic
+    in it; beyond `limit` images a seeded random `limit` of them are scored. `regions`
+    ((images, h*w) bool) are the patches each image is scored on, as scoring will;
+    `fillers` are `fill_holes`'s, where the caller has them already.
     """
     count, _patches, channels = train_features.shape
     images = np.arange(count)
     if count > limit:
         images = np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
+    if fillers is None:
+        fillers = fill_holes(train_features, bank, bank_sources, seed)
     scores = np.empty(len(images), dtype=np.float64)
     for slot, image in enumerate(images):
-        others = bank[bank_sources != image]
-        if not len(others):
-            raise ValueError(
-                "every patch of the memory bank comes from one training image, so that image "
-                "cannot be held out for the automatic threshold: use a larger --coreset or a "
-                "fixed --threshold"
-            )
+        own = bank_sources == image
+        others = np.concatenate([bank[~own], fillers[own]])
         features = train_features[image].reshape(1, *grid, channels).transpose(0, 3, 1, 2)
         counted = None if regions is None else regions[image].reshape(1, *grid)
         (result,) = score_features(features, others, image_score, maps=False, regions=counted)
@@ -54,6 +65,32 @@ def holdout_scores(
     if not np.isfinite(scores).all():
         raise ValueError("training images score as infinite: their features overflow float32")
     return scores
+
+
+def fill_holes(
+    train_features: np.ndarray, bank: np.ndarray, bank_sources: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """For each bank row, the nearest patch of another training image than its own, among
+    at most FILL_IMAGES seeded ones: what covers its place when its image is held out."""
+    count, _patches, channels = train_features.shape
+    searched = np.arange(count)
+    if count > FILL_IMAGES:
+        searched = np.sort(np.random.default_rng(seed).choice(count, FILL_IMAGES, replace=False))
+    rows = np.asarray(bank, np.float32)
+    best = np.full(len(rows), np.inf)
+    fillers = rows.copy()  # a row whose image is the only one searched keeps itself
+    for image in searched:
+        patches = train_features[image]
+        squares = np.einsum("ij,ij->i", patches, patches)
+        for start in range(0, len(rows), _ROWS):
+            block = slice(start, start + _ROWS)
+            distances = squares[None, :] - 2.0 * (rows[block] @ patches.T)
+            nearest = np.argmin(distances, axis=1)
+            value = distances[np.arange(len(nearest)), nearest]
+            better = (value < best[block]) & (bank_sources[block] != image)
+            best[block] = np.where(better, value, best[block])
+            fillers[block][better] = patches[nearest[better]]
+    return fillers.reshape(-1, channels)
 
 
 def auto_threshold(scores: np.ndarray, sigmas: float = 3.0) -> tuple[float, dict]:

@@ -724,8 +724,8 @@ MAKE_MODEL_CASES = [
         "coreset-too-small",
         ["--backbone", "efficientnet_lite0", "--coreset", "1e-9"],
         exit_codes.USAGE,
-        "--coreset 1e-09 keeps 1 of about 31360 patches: the automatic threshold .*"
-        "the bank needs at least 2. Use --coreset 6.4e-05 or more, or a fixed --threshold",
+        "--coreset 1e-09 keeps 1 of about 31360 patches: a one-patch bank tells nothing "
+        "apart, .*needs at least 2. Use --coreset 6.4e-05 or more, or a fixed --threshold",
     ),
     (
         "layers-out-of-range",

@@ -1,4 +1,5 @@
-"""The automatic threshold's held-out scores against a brute-force leave-one-image-out."""
+"""The automatic threshold's held-out scores against a brute-force leave-one-image-out,
+with the held-out image's rows replaced by the nearest patches of other images."""
 
 from __future__ import annotations
 
@@ -16,13 +17,38 @@ def _features(images: int = 12, grid: tuple[int, int] = (3, 4), channels: int = 
     return features, grid, bank, rows // features.shape[1]
 
 
-def test_each_image_is_scored_without_its_own_patches() -> None:
+def _distances(points: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return np.sqrt(((points[:, None].astype(np.float64) - rows[None]) ** 2).sum(-1))
+
+
+def _filler(features: np.ndarray, row: np.ndarray, source: int) -> np.ndarray:
+    """The nearest patch of an image other than `source`, by exhaustive search."""
+    others = np.concatenate([f for image, f in enumerate(features) if image != source])
+    return others[np.argmin(_distances(row[None], others)[0])]
+
+
+def test_each_image_is_scored_without_its_own_patches_and_their_holes_filled() -> None:
     features, grid, bank, sources = _features()
     scores = holdout_scores(features, grid, bank, sources, "max")
     for image, score in enumerate(scores):
-        others = bank[sources != image].astype(np.float64)
-        distances = np.sqrt(((features[image][:, None] - others[None]) ** 2).sum(-1))
-        assert np.isclose(score, distances.min(axis=1).max(), rtol=1e-5)
+        own = sources == image
+        fillers = [_filler(features, row, image) for row in bank[own]]
+        rows = np.concatenate([bank[~own], np.reshape(fillers, (-1, bank.shape[1]))])
+        assert np.isclose(score, _distances(features[image], rows).min(axis=1).max(), rtol=1e-5)
+        # A filler is a patch of another image: the image's own patches are never used.
+        assert not np.isclose(score, 0.0)
+
+
+def test_a_whole_bank_has_no_holes_to_fill() -> None:
+    """With every patch in the bank the fillers are rows it holds already: held-out scores
+    are plain leave-one-image-out."""
+    features, grid, _, _ = _features()
+    bank = features.reshape(-1, features.shape[2])
+    sources = np.repeat(np.arange(len(features)), features.shape[1])
+    scores = holdout_scores(features, grid, bank, sources, "max")
+    for image, score in enumerate(scores):
+        others = bank[sources != image]
+        assert np.isclose(score, _distances(features[image], others).min(axis=1).max(), rtol=1e-5)
 
 
 def test_large_training_sets_score_a_seeded_sample() -> None:
@@ -43,11 +69,13 @@ def test_auto_threshold_is_mean_plus_three_std() -> None:
     assert details["holdout"]["count"] == 4 and details["holdout"]["max"] == 4.0
 
 
-def test_a_bank_from_one_image_says_what_to_change() -> None:
+def test_a_bank_from_one_image_is_filled_for_that_image() -> None:
+    """Every row from image 0: held out, it is scored against other images' patches."""
     features = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
-    bank, sources = features[0], np.zeros(4, dtype=np.int64)  # every row from image 0
-    with pytest.raises(ValueError, match=r"one training image.*--coreset"):
-        holdout_scores(features, (2, 2), bank, sources, "max")
+    bank, sources = features[0], np.zeros(4, dtype=np.int64)
+    score = holdout_scores(features, (2, 2), bank, sources, "max")[0]
+    fillers = np.stack([_filler(features, row, 0) for row in bank])
+    assert np.isclose(score, _distances(features[0], fillers).min(axis=1).max(), rtol=1e-5)
 
 
 def test_expected_false_alarms_count_held_out_images_at_or_above_the_threshold() -> None:

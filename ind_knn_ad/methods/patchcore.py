@@ -22,7 +22,7 @@ from ..exit_codes import UsageError
 from ..model_file import Model
 from ..preprocess import Preprocess
 from ..scoring import IMAGE_SCORES, PatchScores, SearchBank, score_features
-from ..threshold import holdout_scores
+from ..threshold import fill_holes, holdout_scores
 from .base import Fitted, Method, ProgressFactory, Scorer, TensorSpec, features_only
 
 if TYPE_CHECKING:
@@ -38,16 +38,15 @@ class PatchCore(Method):
     required_settings = {"coreset": dict}  # noqa: RUF012 - read only
 
     def check_fit(self, settings: FitSettings, patches: int, auto_threshold: bool) -> None:
-        """The automatic threshold scores each training image against the bank without its
-        own patches, so the bank needs at least 2."""
+        """A bank of one patch measures every image by its distance to that patch: nothing a
+        user can mean, and the held-out threshold would rest on it alone."""
         if not auto_threshold or coreset_size(patches, settings.coreset_fraction) >= 2:
             return
         least = _round_up(2 / patches)
         raise UsageError(
-            f"--coreset {settings.coreset_fraction:g} keeps 1 of about {patches} patches: the "
-            "automatic threshold scores each training image against the bank without its own "
-            f"patches, so the bank needs at least 2. Use --coreset {least:g} or more, or a "
-            "fixed --threshold"
+            f"--coreset {settings.coreset_fraction:g} keeps 1 of about {patches} patches: a "
+            "one-patch bank tells nothing apart, and the automatic threshold needs at least "
+            f"2. Use --coreset {least:g} or more, or a fixed --threshold"
         )
 
     def fit(
@@ -66,6 +65,10 @@ class PatchCore(Method):
         bank = np.ascontiguousarray(flat[chosen])
         sources = chosen // patches  # the training image each bank patch came from
 
+        @functools.cache
+        def fillers() -> np.ndarray:
+            return fill_holes(train.features, bank, sources, settings.seed)
+
         def held_out() -> np.ndarray:
             return holdout_scores(
                 train.features,
@@ -75,14 +78,15 @@ class PatchCore(Method):
                 image_score,
                 seed=settings.seed,
                 regions=train.regions,
+                fillers=fillers(),
             )
 
         def measure(model: Model, extractor: FeatureExtractor) -> dict[str, Any]:
-            # Each damaged image is scored without its own patches: the bank must hold
-            # others'.
-            if not train.paths or len(np.unique(sources)) < 2:
+            if not train.paths:
                 return {}
-            found = self._detectability(model, extractor, train, sources, settings.preprocess)
+            found = self._detectability(
+                model, extractor, train, sources, fillers(), settings.preprocess
+            )
             return {"detectability": found}
 
         coreset = {
@@ -100,13 +104,16 @@ class PatchCore(Method):
         extractor: FeatureExtractor,
         train: TrainFeatures,
         sources: np.ndarray,
+        fillers: np.ndarray,
         preprocess: Preprocess,
     ) -> list[dict]:
         """Synthetic defects on held-out training images, scored as the threshold's
-        held-out images are: against the bank without the image's own patches."""
+        held-out images are: against the bank without the image's own patches, their
+        holes filled (`threshold.fill_holes`)."""
 
         def held_out(features: np.ndarray, images: np.ndarray, image: int) -> list[float]:
-            bank = np.ascontiguousarray(model.tensors[BANK][sources != image])
+            own = sources == image
+            bank = np.concatenate([model.tensors[BANK][~own], fillers[own]])
             scorer = self.scorer(replace(model, tensors={BANK: bank}), preprocess, maps=False)
             return [result.score for result in scorer(features, images)]
 

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""How far do leave-one-image-out scores sit above the scores of new good images, and does
+filling the held-out image's holes in the coreset fix it?
+
+Held out by removal: the image is scored against the bank without its own rows. But the coreset
+was chosen with the image in it: where only it had patches, its rows are the bank's only
+cover, and without them the region is a hole that a coreset chosen without the image would
+have covered with other images' patches. "Filled" (`threshold.holdout_scores`, the
+fit's rule) puts back, for each removed row, the nearest patch of another training image:
+the cover such a coreset would have had there.
+
+Per set: the mean held-out score against the mean test-good score (bias), the mean + 3 std
+threshold of each rule, and the test images misclassified at it.
+
+    python bench/held_out.py [--datasets ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+from common import MVTEC, PYTHON, ROOT, machine, report
+
+from ind_knn_ad.alignment import measure_box
+from ind_knn_ad.coreset import coreset_size, greedy_coreset
+from ind_knn_ad.data import load_dataset
+from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.scoring import score_features
+from ind_knn_ad.threshold import auto_threshold, holdout_scores
+
+# The settings the automatic choice makes for each set (docs/benchmarks.md).
+SETTINGS = {
+    "bottle_256": FitSettings(backbone="efficientnet_lite0"),
+    "hazelnut_reduced": FitSettings(backbone="efficientnet_lite2"),
+    "transistor_reduced": FitSettings(backbone="efficientnet_lite0"),
+    "screw_512": FitSettings(
+        backbone="efficientnet_lite0", coreset_fraction=0.01, image_score="top10"
+    ),
+}
+ALIGNED = {"screw_512": 512}
+
+
+def scores(features, grid, bank, rule, regions=None) -> np.ndarray:
+    """Image scores of (N, h*w, C) features against a bank."""
+    batch = features.reshape(len(features), *grid, -1).transpose(0, 3, 1, 2)
+    counted = None if regions is None else regions.reshape(len(features), *grid)
+    return np.array(
+        [r.score for r in score_features(batch, bank, rule, maps=False, regions=counted)]
+    )
+
+
+def run(name: str) -> dict[str, str]:
+    dataset = load_dataset(MVTEC / name, name)
+    settings = SETTINGS[name]
+    if name in ALIGNED:
+        box = measure_box(dataset.train)
+        settings = replace(settings, preprocess=Preprocess(resize=ALIGNED[name], align=box))
+    extractor = FeatureExtractor(settings, torch.device("cpu"))
+    train = extract_features(extractor, dataset.train, settings.preprocess)
+    test = extract_features(extractor, [t.path for t in dataset.test], settings.preprocess)
+    labels = np.array([t.label for t in dataset.test])
+    count, patches, channels = train.features.shape
+    flat = train.features.reshape(-1, channels)
+    chosen = greedy_coreset(flat, coreset_size(len(flat), settings.coreset_fraction))
+    bank, sources = np.ascontiguousarray(flat[chosen]), chosen // patches
+    rule = settings.image_score
+    held = {"removed": [], "filled": []}
+    for image in range(count):
+        own = train.features[image : image + 1]
+        region = None if train.regions is None else train.regions[image : image + 1]
+        held["removed"].append(scores(own, train.grid, bank[sources != image], rule, region)[0])
+    start = time.perf_counter()
+    held["filled"] = holdout_scores(
+        train.features, train.grid, bank, sources, rule, regions=train.regions
+    )
+    seconds = time.perf_counter() - start
+    tested = scores(test.features, train.grid, bank, rule, test.regions)
+    good = tested[labels == 0].mean()
+    figures = {}
+    for key, values in held.items():
+        values = np.array(values)
+        threshold, _ = auto_threshold(values)
+        wrong = (tested >= threshold) != (labels == 1)
+        misses, alarms = int((wrong & (labels == 1)).sum()), int((wrong & (labels == 0)).sum())
+        figures[f"{name} {key}"] = (
+            f"held-out mean {values.mean():.2f} (bias {values.mean() / good - 1:+.1%} against "
+            f"test good {good:.2f}); threshold {threshold:.2f}: {misses} misses, "
+            f"{alarms} false alarms of {len(labels)}"
+        )
+    figures[f"{name} filled s"] = f"{seconds:.1f} s for the filled held-out scores"
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args()
+    figures = {}
+    for name in args.datasets:
+        figures.update(run(name))
+    figures["machine"] = machine()
+    command = [PYTHON, ROOT / "bench" / "held_out.py", "--datasets", *args.datasets]
+    report("leave-one-image-out scores against new good images", command, figures)
+
+
+if __name__ == "__main__":
+    main()
