@@ -96,9 +96,13 @@ def model_path(backbone: str = OFFLINE) -> Path:
 
 
 def fit_command(data_dir: Path, model: Path, backbone: str = OFFLINE) -> list[str | Path]:
+    """A fit with the fixed settings, so figures compare across revisions
+    (bench/auto_settings.py measures the automatic choice)."""
     return [
         PYTHON,
         ROOT / "make_model.py",
+        "--settings",
+        "fixed",
         "--data-dir",
         data_dir,
         "--backbone",
