@@ -31,16 +31,18 @@ from ind_knn_ad.runtime import Detector
 model = load_model(sys.argv[1])
 detector = Detector(model, "cpu")
 paths = sorted(Path(sys.argv[2]).rglob("*.png"))
-images = np.stack([detector.preprocess.load(path) for path in paths])
-chunks = [images[i : i + 8] for i in range(0, len(images), 8)]
-batches = [(detector.features(chunk), chunk) for chunk in chunks]
+prepared = [detector.preprocess.prepare_file(path) for path in paths]
+images = np.stack([p.array for p in prepared])
+cuts = np.stack([p.cut for p in prepared])
+chunks = [slice(i, i + 8) for i in range(0, len(images), 8)]
+batches = [(detector.features(images[chunk]), cuts[chunk]) for chunk in chunks]
 for maps in (True, False):
     scorer = make_scorer(model, detector.preprocess, maps)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        for features, inputs in batches:
-            scorer(features, inputs)
+        for features, batch_cuts in batches:
+            scorer(features, batch_cuts)
         best = min(best, (time.perf_counter() - start) / len(paths) * 1e3)
     print(best)
 """

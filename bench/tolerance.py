@@ -65,7 +65,9 @@ def measure(dataset: str, work: Path) -> dict[str, str]:
     model = load_model(path)
     detector = Detector(model, "cpu")
     paths = sorted((folder / "test").rglob("*.png"))
-    images = np.stack([detector.preprocess.load(p) for p in paths])
+    prepared = [detector.preprocess.prepare_file(p) for p in paths]
+    images = np.stack([p.array for p in prepared])
+    cuts = np.stack([p.cut for p in prepared])
     scorer = make_scorer(model, detector.preprocess, maps=False)
     ways = {
         "onnx": detector.features(images),
@@ -79,7 +81,7 @@ def measure(dataset: str, work: Path) -> dict[str, str]:
         "torch plain": torch_features(model, images, torch.float32, False),
         "float64": torch_features(model, images, torch.float64, False),
     }
-    scores = {name: np.array([r.score for r in scorer(f, images)]) for name, f in ways.items()}
+    scores = {name: np.array([r.score for r in scorer(f, cuts)]) for name, f in ways.items()}
     exact = scores.pop("float64")
     between = max(
         float(np.max(np.abs(a - b) / b)) for a, b in itertools.combinations(scores.values(), 2)

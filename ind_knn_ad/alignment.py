@@ -174,27 +174,21 @@ def measure_box(paths: Iterable[Path | str], workers: int = 2) -> Box:
     return Box(round(length, 4), round(breadth, 4))
 
 
-def part_regions(
-    images: np.ndarray,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    grid: tuple[int, int],
-) -> np.ndarray:
+def part_regions(cuts: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """(B, h, w): which patches of each aligned cut lie on the part or next to it.
 
     On an aligned cut, a patch of background can only raise false alarms (dust, light
     falling off towards the frame, the filled corners), so PatchCore scores the part alone.
-    The part is the foreground of the cut itself, recovered from the normalised (B, 3, H, W)
-    network input, so fitting and scoring find the same patches; a patch counts when any
-    part pixel falls in it or in one of its 8 neighbours. A cut with no foreground counts
-    every patch.
+    The part is the foreground of the (B, H, W, 3) uint8 cut the network input was made
+    from, so fitting and scoring find the same patches; a patch counts when any part pixel
+    falls in it or in one of its 8 neighbours. A cut with no foreground counts every patch.
     """
     height, width = grid
-    scale = np.asarray(std, np.float32)[:, None, None] * 255.0
-    offset = np.asarray(mean, np.float32)[:, None, None] * 255.0
-    regions = np.empty((len(images), height, width), dtype=bool)
-    for index, image in enumerate(images):
-        grey = np.clip((image * scale + offset).mean(axis=0) + 0.5, 0, 255).astype(np.uint8)
+    # The channels' rounded mean: a sum of three integers over 3 never ends in .5, so
+    # (sum + 1) // 3 is that rounding exactly.
+    greys = ((cuts.sum(axis=-1, dtype=np.uint16) + 1) // 3).astype(np.uint8)
+    regions = np.empty((len(cuts), height, width), dtype=bool)
+    for index, grey in enumerate(greys):
         mask = Image.fromarray(foreground(grey).astype(np.uint8) * 255)
         part = np.asarray(mask.resize((width, height), Image.Resampling.BOX)) > 0
         grown = np.pad(part, 1)

@@ -445,15 +445,17 @@ class _Validation:
         shorter = min(base.preprocess.size)
         self.sizes = sorted({max(1, round(fraction * shorter)) for fraction in SIZES})
         rng = np.random.default_rng(seed)
-        arrays, self.small, sources = [], [], []
+        arrays, cuts, self.small, sources = [], [], [], []
         for image in _sample(len(self.paths), DAMAGED_IMAGES, seed + 1):
-            damaged, labels = damaged_inputs(
+            damaged, damaged_cuts, labels = damaged_inputs(
                 Path(self.paths[image]), base.preprocess, self.sizes, rng
             )
             arrays.append(damaged)
+            cuts.append(damaged_cuts)
             self.small += [size == self.sizes[0] for _, size in labels]
             sources += [int(image)] * len(labels)
         self.damaged = np.concatenate(arrays)
+        self.damaged_cuts = np.concatenate(cuts)  # part regions are found on these
         self.sources = np.asarray(sources)
         self.small = np.asarray(self.small)
 
@@ -528,12 +530,9 @@ class _Validation:
         shared[candidates[0].backbone] = time.perf_counter() - start
         good_features = train.features.reshape(images, *train.grid, channels).transpose(0, 3, 1, 2)
         good_regions = damaged_regions = None
-        preprocess = self.base.preprocess
         if train.regions is not None:
             good_regions = train.regions.reshape(images, *train.grid)
-            damaged_regions = part_regions(
-                self.damaged, preprocess.mean, preprocess.std, train.grid
-            )
+            damaged_regions = part_regions(self.damaged_cuts, train.grid)
         good = {c: np.empty(images) for c in candidates}
         defects = {c: np.empty(len(damaged)) for c in candidates}
         seconds = dict.fromkeys(candidates, 0.0)

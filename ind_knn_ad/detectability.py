@@ -24,25 +24,27 @@ IMAGES = 6
 # Defect sizes as fractions of the network input's shorter side (224 px: 9, 22 and 45 px).
 SIZES = (0.04, 0.1, 0.2)
 
-# (features of damaged images, their network inputs, the training image they came from)
-# -> their scores against a model without that image.
+# (features of damaged images, their (B, H, W, 3) uint8 cuts, the training image they came
+# from) -> their scores against a model without that image.
 HeldOutScorer = Callable[[np.ndarray, np.ndarray, int], list[float]]
 Extractor = Callable[[np.ndarray], np.ndarray]
 
 
 def damaged_inputs(
     path: Path, preprocess: Preprocess, sizes: Sequence[int], rng: np.random.Generator
-) -> tuple[np.ndarray, list[tuple[str, int]]]:
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
     """Network inputs of one good image with each defect kind at each size (pixels of the
-    input), and their (kind, size) labels. Damage is done on the cut the network sees."""
+    input), the damaged (B, H, W, 3) uint8 cuts they were made from, and their (kind, size)
+    labels. Damage is done on the cut the network sees."""
     cut = np.asarray(preprocess.geometry(load_image(path).convert("RGB")))
-    arrays, labels = [], []
+    arrays, cuts, labels = [], [], []
     for kind, defect in DEFECTS.items():
         for size in sizes:
             damaged, _ = defect(cut, size, rng)
             arrays.append(preprocess.normalise(damaged))
+            cuts.append(damaged)
             labels.append((kind, size))
-    return np.stack(arrays), labels
+    return np.stack(arrays), np.stack(cuts), labels
 
 
 def measure(
@@ -61,8 +63,8 @@ def measure(
     sizes = sorted({max(1, round(fraction * shorter)) for fraction in SIZES})
     caught: dict[tuple[str, int], list[bool]] = {}
     for image in chosen:
-        arrays, labels = damaged_inputs(paths[image], preprocess, sizes, rng)
-        scores = held_out(extractor(arrays), arrays, int(image))
+        arrays, cuts, labels = damaged_inputs(paths[image], preprocess, sizes, rng)
+        scores = held_out(extractor(arrays), cuts, int(image))
         for label, score in zip(labels, scores, strict=True):
             caught.setdefault(label, []).append(score >= threshold)
     return [

@@ -15,8 +15,9 @@ from .pipeline import preprocessed_batches, stack
 from .preprocess import Prepared, Preprocess
 from .scoring import PatchScores, anomaly_map
 
-# (B, 3, H, W) preprocessed images to their results, whichever method made the model.
-ScoreFn = Callable[[np.ndarray], list[PatchScores]]
+# (B, 3, H, W) network inputs and the (B, H, W, 3) uint8 cuts they were made from to
+# their results, whichever method made the model.
+ScoreFn = Callable[[np.ndarray, np.ndarray], list[PatchScores]]
 log = logging.getLogger(__name__)
 
 
@@ -115,8 +116,8 @@ def evaluate(
         for _, value in items:
             if not isinstance(value, Prepared):
                 raise value
-        _, arrays = stack(items)
-        for (path, prepared), result in zip(items, score(arrays), strict=True):
+        _, arrays, cuts = stack(items)
+        for (path, prepared), result in zip(items, score(arrays, cuts), strict=True):
             scores.append(result.score)
             if each is not None:
                 each(by_path[path], result, prepared.cut)

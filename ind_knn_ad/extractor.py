@@ -165,7 +165,7 @@ def extract_features(
         for _, value in items:
             if isinstance(value, ImageError):
                 raise value
-        _, arrays = stack(items)
+        _, arrays, cuts = stack(items)
         batch = extractor(arrays)
         count, channels, height, width = batch.shape
         if features is None:
@@ -175,7 +175,7 @@ def extract_features(
                 regions = np.empty((len(paths), height * width), dtype=bool)
         features[done : done + count] = batch.transpose(0, 2, 3, 1).reshape(count, -1, channels)
         if regions is not None:
-            found = part_regions(arrays, preprocess.mean, preprocess.std, grid)
+            found = part_regions(cuts, grid)
             regions[done : done + count] = found.reshape(count, -1)
         done += count
         if progress is not None:

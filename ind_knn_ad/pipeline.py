@@ -110,9 +110,14 @@ def preprocessed_batches(
             yield [(path, future.result()) for path, future in batch]
 
 
-def stack(items: Sequence[Item]) -> tuple[list[int], np.ndarray | None]:
-    """Positions of the decoded items and their arrays stacked into one (B, 3, H, W) batch."""
+def stack(
+    items: Sequence[Item],
+) -> tuple[list[int], np.ndarray | None, np.ndarray | None]:
+    """Positions of the decoded items, their network inputs stacked into one (B, 3, H, W)
+    float32 batch and their cuts into one (B, H, W, 3) uint8 batch (part regions are found
+    on the cuts); None and None when no item decoded."""
     good = [i for i, (_, value) in enumerate(items) if isinstance(value, Prepared)]
     if not good:
-        return good, None
-    return good, np.stack([items[i][1].array for i in good])
+        return good, None, None
+    prepared = [items[i][1] for i in good]
+    return good, np.stack([p.array for p in prepared]), np.stack([p.cut for p in prepared])

@@ -98,8 +98,10 @@ class Detector:
             raise ModelFileError("the model's feature graph gives non-finite features")
         return features
 
-    def score_arrays(self, images: np.ndarray) -> list[PatchScores]:
-        return self.scorer(self.features(images), images)
+    def score_arrays(self, images: np.ndarray, cuts: np.ndarray) -> list[PatchScores]:
+        """(B, 3, H, W) network inputs and the (B, H, W, 3) uint8 cuts they were made from
+        (aligned PatchCore scores the part found on them) to their results."""
+        return self.scorer(self.features(images), cuts)
 
     @property
     def batch_size(self) -> int:
@@ -136,10 +138,10 @@ class Detector:
             items = next(batches, None)
             if items is None:
                 return
-            positions, arrays = stack(items)
+            positions, arrays, cuts = stack(items)
             results: dict[int, PatchScores] = {}
-            if arrays is not None:
-                results = dict(zip(positions, self.score_arrays(arrays), strict=True))
+            if arrays is not None and cuts is not None:
+                results = dict(zip(positions, self.score_arrays(arrays, cuts), strict=True))
             share = (time.perf_counter() - start) / max(1, len(results))
             for index, (path, value) in enumerate(items):
                 result = results.get(index, value)

@@ -85,7 +85,7 @@ def train(
         scorer = methods.make_scorer(model, settings.preprocess)
         with progress("Testing", len(dataset.test)) as callback:
             evaluation = evaluate(
-                lambda images: scorer(extractor(images), images),
+                lambda images, cuts: scorer(extractor(images), cuts),
                 dataset,
                 settings.preprocess,
                 model.threshold,

@@ -145,6 +145,32 @@ def test_real_screws_fit_their_box() -> None:
         assert part[:, :half].sum() > part[:, half:].sum(), path.name
 
 
+def test_part_regions_from_cuts_equal_those_from_the_network_inputs() -> None:
+    """Real screws cut with a measured box: the cut's rounded channel mean is exactly the
+    grey that un-normalising the float32 network input gave, so the regions are the same.
+    The mean of three integers ends in .0, .33 or .67, far from a rounding tie."""
+    folder = mvtec_folder("screw_512")
+    train = sorted((folder / "train" / "good").glob("*.png"))
+    preprocess = Preprocess(512, 512, align=measure_box(train[::4]))
+    paths = train[::16] + sorted((folder / "test").rglob("*.png"))[::8]
+    prepared = [preprocess.prepare(Image.open(path)) for path in paths]
+    cuts = np.stack([p.cut for p in prepared])
+    arrays = np.stack([p.array for p in prepared])
+    width, height = preprocess.size
+    grid = (height // 8, width // 8)
+    # The formula part_regions used on the network inputs before it took the cuts.
+    scale = np.asarray(preprocess.std, np.float32)[:, None, None] * 255.0
+    offset = np.asarray(preprocess.mean, np.float32)[:, None, None] * 255.0
+    means = (arrays * scale + offset).mean(axis=1)
+    greys = np.clip(means + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(means * 3 - np.rint(means * 3)).max() < 0.01  # thirds, up to float error
+    np.testing.assert_array_equal(greys, (cuts.sum(axis=-1, dtype=np.uint16) + 1) // 3)
+    from_inputs = part_regions(np.repeat(greys[..., None], 3, axis=-1), grid)  # mean = grey
+    from_cuts = part_regions(cuts, grid)
+    np.testing.assert_array_equal(from_cuts, from_inputs)
+    assert 0.1 < from_cuts.mean() < 0.9  # parts found, not whole cuts
+
+
 @pytest.fixture(scope="module")
 def aligned_model(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tmp_path_factory.mktemp("aligned") / "aligned.safetensors"
@@ -205,13 +231,13 @@ def test_part_regions_cover_the_part_and_its_edge() -> None:
     preprocess = Preprocess(256, 256, align=Box(0.8, 0.4))
     photo = part_image(30, (128, 128))
     cut_image = preprocess.geometry(photo)
-    array = preprocess(photo)[None]
-    grid = (array.shape[2] // 8, array.shape[3] // 8)
-    [region] = part_regions(array, preprocess.mean, preprocess.std, grid)
+    cuts = np.asarray(cut_image)[None]
+    grid = (cuts.shape[1] // 8, cuts.shape[2] // 8)
+    [region] = part_regions(cuts, grid)
     part = np.asarray(cut_image.convert("L")) < 120
     cells = part[: grid[0] * 8, : grid[1] * 8].reshape(grid[0], 8, grid[1], 8).any(axis=(1, 3))
     assert region[cells].all()  # every patch with part pixels counts
     assert 0.3 < region.mean() < 0.9  # and not the whole cut
     assert not region[0, 0] and not region[-1, -1]  # the box's corners are background
-    blank = Preprocess(256, 256, align=Box(0.8, 0.4))(Image.new("RGB", (64, 64), BACKGROUND))
-    assert part_regions(blank[None], preprocess.mean, preprocess.std, grid).all()
+    blank = preprocess.prepare(Image.new("RGB", (64, 64), BACKGROUND)).cut
+    assert part_regions(blank[None], grid).all()

@@ -71,7 +71,8 @@ def test_batch_and_single_scores_are_identical(sample_model: Path, test_images: 
     Maps are BLAS distances, exact only where the score is made, so they are compared as
     the ONNX and torch maps are."""
     detector = Detector(load_model(sample_model), "cpu")
-    single = [detector.score_arrays(detector.preprocess.load(p)[None])[0] for p in test_images]
+    prepared = [detector.preprocess.prepare_file(p) for p in test_images]
+    single = [detector.score_arrays(p.array[None], p.cut[None])[0] for p in prepared]
     batched = [result for _, result in detector.score_files(test_images, batch_size=6)]
     for one, many in zip(single, batched, strict=True):
         assert one.score == many.score

@@ -23,8 +23,8 @@ from ..scoring import IMAGE_SCORES, PatchScores
 if TYPE_CHECKING:
     from ..extractor import FeatureExtractor, FitSettings, TrainFeatures
 
-# (B, C, h, w) features and the (B, 3, H, W) preprocessed images they came from ->
-# one result per image. Scoring, evaluation and the contact sheet see only this.
+# (B, C, h, w) features and the (B, H, W, 3) uint8 cuts their network inputs were made
+# from -> one result per image. Scoring, evaluation and the contact sheet see only this.
 Scorer = Callable[[np.ndarray, np.ndarray], list[PatchScores]]
 # (stage description, total) -> context yielding a callback that takes "items done".
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None] | None]]
@@ -117,7 +117,7 @@ class Method(ABC):
 def features_only(score: Callable[[np.ndarray], list[PatchScores]]) -> Scorer:
     """A scorer that needs the features alone."""
 
-    def scorer(features: np.ndarray, _images: np.ndarray) -> list[PatchScores]:
+    def scorer(features: np.ndarray, _cuts: np.ndarray) -> list[PatchScores]:
         return score(features)
 
     return scorer

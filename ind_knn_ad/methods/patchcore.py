@@ -111,11 +111,11 @@ class PatchCore(Method):
         held-out images are: against the bank without the image's own patches, their
         holes filled (`threshold.fill_holes`)."""
 
-        def held_out(features: np.ndarray, images: np.ndarray, image: int) -> list[float]:
+        def held_out(features: np.ndarray, cuts: np.ndarray, image: int) -> list[float]:
             own = sources == image
             bank = np.concatenate([model.tensors[BANK][~own], fillers[own]])
             scorer = self.scorer(replace(model, tensors={BANK: bank}), preprocess, maps=False)
-            return [result.score for result in scorer(features, images)]
+            return [result.score for result in scorer(features, cuts)]
 
         threshold, seed = model.threshold, model.settings["coreset"]["seed"]
         return detectability.measure(train.paths, preprocess, extractor, held_out, threshold, seed)
@@ -125,16 +125,15 @@ class PatchCore(Method):
 
     def scorer(self, model: Model, preprocess: Preprocess, maps: bool) -> Scorer:
         """An aligned part is scored on the part alone (`alignment.part_regions`, found on
-        the images); otherwise every patch counts."""
+        the cuts); otherwise every patch counts."""
         bank = SearchBank.of(model.tensors[BANK])
         rule = model.settings["image_score"]
         score = functools.partial(score_features, bank=bank, image_score=rule, maps=maps)
         if preprocess.align is None:
             return features_only(score)
 
-        def on_the_part(features: np.ndarray, images: np.ndarray) -> list[PatchScores]:
-            grid = (features.shape[2], features.shape[3])
-            regions = part_regions(images, preprocess.mean, preprocess.std, grid)
+        def on_the_part(features: np.ndarray, cuts: np.ndarray) -> list[PatchScores]:
+            regions = part_regions(cuts, (features.shape[2], features.shape[3]))
             return score(features, regions=regions)
 
         return on_the_part
