@@ -32,7 +32,7 @@ def scores(features: np.ndarray, grid: tuple[int, int], bank: np.ndarray) -> np.
     return np.array([r.score for r in score_features(batch, bank, "max", maps=False)])
 
 
-def run(name: str, shots: list[int], draws: int, coreset: float) -> dict[str, str]:
+def run(name: str, shots: list[int], draws: int, coreset: float | None) -> dict[str, str]:
     dataset = load_dataset(MVTEC / name, name)
     settings = FitSettings(backbone="efficientnet_lite0", coreset_fraction=coreset)
     extractor = FeatureExtractor(settings, torch.device("cpu"))
@@ -77,7 +77,12 @@ def main() -> None:
     )
     parser.add_argument("--shots", nargs="+", type=int, default=[5, 7, 10, 20, 50])
     parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--coreset", type=float, default=0.1)
+    parser.add_argument(
+        "--coreset",
+        type=lambda text: None if text == "default" else float(text),
+        default=None,
+        help="bank fraction, or 'default' (the fit's rule: whole up to 16,384 patches)",
+    )
     args = parser.parse_args()
     figures = {}
     for name in args.datasets:
@@ -85,7 +90,7 @@ def main() -> None:
     figures["machine"] = machine()
     command = [PYTHON, ROOT / "bench" / "few_shot.py", "--datasets", *args.datasets]
     command += ["--shots", *map(str, args.shots), "--draws", str(args.draws)]
-    command += ["--coreset", str(args.coreset)]
+    command += ["--coreset", "default" if args.coreset is None else str(args.coreset)]
     report("automatic threshold with few training images (PatchCore, max)", command, figures)
 
 
