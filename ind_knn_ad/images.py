@@ -99,6 +99,32 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _silence_libtiff() -> None:
+    """libtiff reports a damaged file on stderr itself, from C, around Python (about one
+    damaged TIFF in a few thousand: "TIFFReadDirectory: IO error ..."); Pillow raises for
+    the same failure, which becomes the file's one error line. So libtiff's own error
+    handler is turned off once, in the copy Pillow loaded (its warnings Pillow already
+    silences). Where that copy cannot be found (not Linux), nothing changes."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libtiff" in line.split()[-1]}
+    except OSError:
+        return
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        handler = library.TIFFSetErrorHandler
+        handler.restype, handler.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+        handler(None)
+
+
+_silence_libtiff()
+
+
 def _check_file(path: str | Path, name: str) -> None:
     """Refuse what is not a regular file before opening it: a FIFO would block forever."""
     mode = os.stat(path).st_mode

@@ -515,3 +515,52 @@ def test_the_largest_image_takes_one_copy(tmp_path: Path, mode: str) -> None:
     assert int(result.stdout) < 300, f"{mode}: peak grew by {result.stdout.strip()} MB"
     with pytest.raises(ImageError, match=r"refused before decoding"):
         load_image(beyond)
+
+
+LIBTIFF_CASE = """
+import io, struct, sys
+from PIL import Image
+buffer = io.BytesIO()
+Image.new("I;16", (32, 24), 900).save(buffer, "TIFF", compression="tiff_lzw")
+data = bytearray(buffer.getvalue())
+first = struct.unpack("<I", data[4:8])[0]
+for entry in range(struct.unpack("<H", data[first : first + 2])[0]):
+    at = first + 2 + 12 * entry
+    if data[at : at + 2] == bytes.fromhex("0201"):  # BitsPerSample: count 1 -> 16777217
+        data[at + 7] ^= 1
+open(sys.argv[1], "wb").write(data)
+if sys.argv[2] == "pillow":
+    try:
+        Image.open(sys.argv[1]).load()
+    except Exception:
+        pass
+else:
+    from ind_knn_ad.images import ImageError, load_image
+    try:
+        load_image(sys.argv[1])
+    except ImageError as error:
+        print(error)
+"""
+
+
+def test_libtiff_prints_nothing_of_its_own(tmp_path: Path) -> None:
+    """An LZW TIFF with one flipped bit in BitsPerSample's count (found by the fuzz target,
+    about one damaged TIFF in 3000) makes libtiff print "TIFFReadDirectory: IO error ..."
+    on stderr from C; the loader turns libtiff's error handler off, so the file's
+    ImageError is all a user sees."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+
+    def run(how: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", LIBTIFF_CASE, str(tmp_path / "case.tif"), how]
+        return subprocess.run(command, capture_output=True, text=True, env=env)
+
+    plain = run("pillow")
+    assert "TIFFReadDirectory" in plain.stderr  # the case still provokes libtiff
+    loaded = run("loader")
+    assert loaded.stderr == ""
+    assert loaded.stdout.startswith(str(tmp_path / "case.tif") + ": ")
