@@ -378,10 +378,11 @@ import sys
 from PIL import Image
 from ind_knn_ad.alignment import Box, find_pose
 from ind_knn_ad.preprocess import Preprocess
-for size in [(50000, 2), (2, 50000), (8192, 3)]:
+for size in [(50000, 2), (2, 50000), (8192, 3), (256, 256)]:
     image = Image.new("RGB", size, (200, 200, 200))
     image.paste((20, 20, 20), (size[0] // 3, 0, size[0] // 2, size[1]))
-    for preprocess in [Preprocess(), Preprocess(1024, 1024), Preprocess(256, align=Box(1, 0.3))]:
+    chosen = [Preprocess(), Preprocess(1024, 1024), Preprocess(256, align=Box(1, 0.3))]
+    for preprocess in [*chosen, Preprocess(100000)]:  # --image-size 100000: the crop alone
         assert preprocess(image).shape[1:] == preprocess.size[::-1]
     find_pose(image)
 print("ok")
@@ -390,7 +391,8 @@ print("ok")
 
 def test_thin_images_preprocess_in_bounded_memory() -> None:
     """A 50000x2 image resized whole to 1024 px across would take 150 GB, and found at
-    128 px across (alignment) 2.4 GB; each preprocess stays within 600 MB of address space."""
+    128 px across (alignment) 2.4 GB, and any image at --image-size 100000 more still (issue
+    13, items 1 and 2); each preprocess stays within 600 MB of address space."""
     import shutil
     import subprocess
     import sys
