@@ -60,25 +60,31 @@ class Evaluation:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _labelled(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, scores) of the test images, 1 for defective."""
+        labels = np.array([image["defect_type"] != GOOD for image in self.images], int)
+        return labels, np.array([image["score"] for image in self.images], np.float64)
+
     def labelled_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Scores of the good and of the defective test images."""
-        scores = np.array([image["score"] for image in self.images], np.float64)
-        defective = np.array([image["defect_type"] != GOOD for image in self.images], bool)
-        return scores[~defective], scores[defective]
+        labels, scores = self._labelled()
+        return scores[labels == 0], scores[labels == 1]
 
     def at(self, threshold: float) -> Evaluation:
         """The same scores judged at another threshold (after a recalibration)."""
-        from sklearn.metrics import confusion_matrix, f1_score
+        matrix, f1 = _judged(*self._labelled(), threshold)
+        return replace(self, threshold=threshold, confusion_matrix=matrix, f1=f1)
 
-        labels = np.array([image["defect_type"] != GOOD for image in self.images], int)
-        scores = np.array([image["score"] for image in self.images], np.float64)
-        predicted = (scores >= threshold).astype(int)
-        return replace(
-            self,
-            threshold=threshold,
-            confusion_matrix=confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
-            f1=float(f1_score(labels, predicted, zero_division=0.0)),
-        )
+
+def _judged(
+    labels: np.ndarray, scores: np.ndarray, threshold: float
+) -> tuple[list[list[int]], float]:
+    """The confusion matrix and F1 of flagging score >= threshold."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    predicted = (scores >= threshold).astype(int)
+    matrix = confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+    return matrix, float(f1_score(labels, predicted, zero_division=0.0))
 
 
 def _best_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
@@ -105,7 +111,7 @@ def evaluate(
     that want the maps and pictures too (the contact sheet) without keeping them all here
     or decoding the file again.
     """
-    from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
+    from sklearn.metrics import roc_auc_score
 
     by_path = {item.path: item for item in dataset.test}
     width, height = preprocess.size
@@ -146,15 +152,15 @@ def evaluate(
         truth = np.concatenate(pixel_labels)
         if 0 < truth.sum() < truth.size:
             pixel_auc = float(roc_auc_score(truth, np.concatenate(pixel_scores)))
-    predicted = (score_array >= threshold).astype(int)
+    matrix, f1 = _judged(labels, score_array, threshold)
     best_f1, best_threshold = _best_f1(labels, score_array) if both else (float("nan"),) * 2
     return Evaluation(
         image_rocauc=float(roc_auc_score(labels, score_array)) if both else None,
         pixel_rocauc=pixel_auc,
         per_defect_rocauc=per_defect,
         threshold=threshold,
-        confusion_matrix=confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
-        f1=float(f1_score(labels, predicted, zero_division=0.0)),
+        confusion_matrix=matrix,
+        f1=f1,
         best_f1=best_f1,
         best_f1_threshold=best_threshold,
         images=[
