@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.OK
     out.print(f"█│ Running {args.method} on {dataset.name} dataset.")
 
+    from ind_knn_ad import autosettings
     from ind_knn_ad.extractor import FitSettings
     from ind_knn_ad.train import train
 
@@ -138,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
     preprocess = preflight.fit_preprocess(
         dataset, args.image_size, args.crop, args.align and not args.auto, console.print
     )
-    settings = FitSettings(
-        backbone=args.backbone,
+    settings = FitSettings(  # checked now with what the choice starts from, and again after
+        backbone=autosettings.first_backbone(args.given) if args.auto else args.backbone,
         layers=tuple(args.layers) if args.layers else None,
         border=args.border,
         coreset_fraction=args.coreset,
@@ -177,8 +178,7 @@ def run(args: argparse.Namespace) -> int:
     if choice is not None:
         model.settings["auto_settings"] = choice.to_dict()
     if args.operating_point is not None and evaluation is not None:
-        source = f"{dataset.root}/test"
-        model, evaluation = recalibrate(model, evaluation, args.operating_point, source)
+        model, evaluation = recalibrate(model, evaluation, args.operating_point, dataset)
     console.print(reporting.fit_summary(model))
     if evaluation is not None:
         out.print(*reporting.results_tables(dataset.name, evaluation, model.method))

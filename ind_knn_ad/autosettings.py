@@ -376,6 +376,12 @@ def _geometry(paths: Sequence[Path], fixed: Mapping[str, Any], align: bool) -> P
     return Preprocess(resize=resize, crop=int(fixed.get("crop", FIXED_POSE.crop)))
 
 
+def first_backbone(fixed: Mapping[str, Any]) -> str:
+    """The backbone the search starts from (the given one, if any): what make_model.py
+    checks the other options against before choosing."""
+    return fixed.get("backbone", OFFLINE_BACKBONES[0])
+
+
 def _candidates(fixed: Mapping[str, Any], preprocess: Preprocess) -> list[Candidate]:
     """The searched grid in order of preference on a tie: cheaper first (Lite0 before Lite2,
     the smaller bank first), then the image score of today's default (fixed pose) or of the

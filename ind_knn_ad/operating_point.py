@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from .data import Dataset
     from .evaluate import Evaluation
     from .model_file import Model
 
@@ -74,8 +75,9 @@ def operating_threshold(
     # Scores are distances, never negative: below the lowest flags all, above the highest none.
     lowest, highest = scores[0] / 2, scores[-1] + max(scores[-1], 1.0) / 2
     cuts = np.concatenate([[lowest], (scores[:-1] + scores[1:]) / 2, [highest]])
-    false_alarms = (good[None, :] >= cuts[:, None]).sum(axis=1)
-    caught = (defective[None, :] >= cuts[:, None]).sum(axis=1)
+    # Images at or above each cut, by binary search: no (cuts x images) table.
+    false_alarms = good.size - np.searchsorted(np.sort(good), cuts, side="left")
+    caught = defective.size - np.searchsorted(np.sort(defective), cuts, side="left")
     if point.rule == "f1":
         # F1 = 2 TP / (2 TP + FP + FN); ties go to the higher threshold (fewer alarms).
         f1 = 2 * caught / (2 * caught + false_alarms + (defective.size - caught))
@@ -102,13 +104,13 @@ def operating_threshold(
 
 
 def recalibrate(
-    model: Model, evaluation: Evaluation, point: OperatingPoint, source: str
+    model: Model, evaluation: Evaluation, point: OperatingPoint, dataset: Dataset
 ) -> tuple[Model, Evaluation]:
-    """The model with its threshold set at `point` from an evaluation's labelled scores
-    (the rule it replaces is kept under "replaced"), and the evaluation at that threshold.
-    Nothing else of the model changes, so no refit is needed."""
+    """The model with its threshold set at `point` from the labelled scores of an
+    evaluation on `dataset`'s test/ (the rule it replaces is kept under "replaced"), and
+    the evaluation at that threshold. Nothing else of the model changes: no refit."""
     good, defective = evaluation.labelled_scores()
-    value, details = operating_threshold(good, defective, point, source)
+    value, details = operating_threshold(good, defective, point, f"{dataset.root}/test")
     previous = model.settings["threshold"]
     record = {"value": value, **details, "replaced": previous.get("replaced", previous)}
     settings = {**model.settings, "threshold": record}

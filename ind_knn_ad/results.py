@@ -162,6 +162,6 @@ def recalibrate_saved(
 ) -> tuple[Model, Evaluation]:
     """The saved model with its threshold set at `point` from its evaluation's labelled
     images, written back with its results and sheet: no refit, nothing else changed."""
-    model, evaluation = recalibrate(saved.model, saved.evaluation, point, f"{dataset.root}/test")
+    model, evaluation = recalibrate(saved.model, saved.evaluation, point, dataset)
     write_fit(model_path, model, evaluation, saved.entries, dataset.name)
     return model, evaluation
