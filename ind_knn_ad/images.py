@@ -23,6 +23,7 @@ What the loader accepts, and why:
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -99,12 +100,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@functools.cache
 def _silence_libtiff() -> None:
     """libtiff reports a damaged file on stderr itself, from C, around Python (about one
     damaged TIFF in a few thousand: "TIFFReadDirectory: IO error ..."); Pillow raises for
     the same failure, which becomes the file's one error line. So libtiff's own error
-    handler is turned off once, in the copy Pillow loaded (its warnings Pillow already
-    silences). Where that copy cannot be found (not Linux), nothing changes."""
+    handler is turned off, once, before the first TIFF is decoded, in the copy Pillow
+    loaded (its warnings Pillow already silences). Where that copy cannot be found (not
+    Linux), nothing changes."""
     import ctypes
 
     try:
@@ -120,9 +123,6 @@ def _silence_libtiff() -> None:
         handler = library.TIFFSetErrorHandler
         handler.restype, handler.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
         handler(None)
-
-
-_silence_libtiff()
 
 
 def _check_file(path: str | Path, name: str) -> None:
@@ -176,6 +176,8 @@ def load_image(path: str | Path) -> Image.Image:
                     f"{need / 1e6:.0f} MB to decode, more than the {DECODE_BYTES / 1e6:.0f} MB "
                     "limit (refused before decoding)"
                 )
+            if image.format == "TIFF":
+                _silence_libtiff()
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # a copy would double the memory
             return _to_rgb(image)
