@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from common import MVTEC, PYTHON, ROOT, machine, report
+from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
 from sklearn.metrics import roc_auc_score
 
 from ind_knn_ad.coreset import coreset_size, greedy_coreset
@@ -26,7 +26,6 @@ from ind_knn_ad.data import load_dataset
 from ind_knn_ad.extractor import FeatureExtractor, FitSettings
 from ind_knn_ad.images import ImageError
 from ind_knn_ad.pipeline import preprocessed_batches, stack
-from ind_knn_ad.scoring import score_features
 from ind_knn_ad.threshold import auto_threshold, holdout_scores
 
 # (C, H, W) network input -> its copies; square inputs only (256/224).
@@ -57,11 +56,6 @@ def features_of(extractor, paths, preprocess, copies) -> tuple[np.ndarray, tuple
         flat = out.transpose(0, 2, 3, 1).reshape(len(arrays), 1 + len(copies), -1, channels)
         rows.append(flat)
     return np.concatenate(rows), grid
-
-
-def image_scores(features: np.ndarray, grid, bank) -> np.ndarray:
-    batch = features.reshape(len(features), *grid, -1).transpose(0, 3, 1, 2)
-    return np.array([r.score for r in score_features(batch, bank, "max", maps=False)])
 
 
 def run(name: str) -> dict[str, str]:

@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ind_knn_ad.data import REAL_DATA_DIR as MVTEC
+from ind_knn_ad.scoring import score_features
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTTLE = MVTEC / "bottle_256"
@@ -139,3 +142,18 @@ def machine() -> str:
         memory = "unknown memory"
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return f"{cpu}, {os.cpu_count()} cores, {memory}; load average now {load}"
+
+
+def image_scores(
+    features: np.ndarray,
+    grid: tuple[int, int],
+    bank: np.ndarray,
+    rule: str = "max",
+    regions: np.ndarray | None = None,
+) -> np.ndarray:
+    """Image scores of (N, h*w, C) training-layout features against a bank, each image on
+    its (N, h*w) `regions` where given."""
+    batch = features.reshape(len(features), *grid, -1).transpose(0, 3, 1, 2)
+    counted = None if regions is None else regions.reshape(len(features), *grid)
+    results = score_features(batch, bank, rule, maps=False, regions=counted)
+    return np.array([result.score for result in results])

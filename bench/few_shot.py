@@ -17,19 +17,12 @@ import argparse
 
 import numpy as np
 import torch
-from common import MVTEC, PYTHON, ROOT, machine, report
+from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
 
 from ind_knn_ad.coreset import coreset_size, greedy_coreset
 from ind_knn_ad.data import load_dataset
 from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
-from ind_knn_ad.scoring import score_features
 from ind_knn_ad.threshold import auto_threshold, holdout_scores
-
-
-def scores(features: np.ndarray, grid: tuple[int, int], bank: np.ndarray) -> np.ndarray:
-    """Image scores of (N, h*w, C) features against a bank."""
-    batch = features.reshape(len(features), *grid, -1).transpose(0, 3, 1, 2)
-    return np.array([r.score for r in score_features(batch, bank, "max", maps=False)])
 
 
 def run(name: str, shots: list[int], draws: int, coreset: float | None) -> dict[str, str]:
@@ -55,8 +48,8 @@ def run(name: str, shots: list[int], draws: int, coreset: float | None) -> dict[
             sources = picked // patches
             held = holdout_scores(train.features[chosen], train.grid, bank, sources, "max")
             threshold, _ = auto_threshold(held)
-            new = scores(train.features[rest], train.grid, bank)
-            tested = scores(test.features, train.grid, bank)
+            new = image_scores(train.features[rest], train.grid, bank)
+            tested = image_scores(test.features, train.grid, bank)
             wrong = int(((tested >= threshold) != (labels == 1)).sum())
             rows.append((held.mean(), new.mean(), (new >= threshold).mean(), wrong))
         held_mean, new_mean, alarms, wrong = (np.mean([r[i] for r in rows]) for i in range(4))

@@ -23,14 +23,13 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from common import MVTEC, PYTHON, ROOT, machine, report
+from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
 
 from ind_knn_ad.alignment import measure_box
 from ind_knn_ad.coreset import coreset_size, greedy_coreset
 from ind_knn_ad.data import load_dataset
 from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
 from ind_knn_ad.preprocess import Preprocess
-from ind_knn_ad.scoring import score_features
 from ind_knn_ad.threshold import auto_threshold, holdout_scores
 
 # The settings the automatic choice makes for each set (docs/benchmarks.md).
@@ -43,15 +42,6 @@ SETTINGS = {
     ),
 }
 ALIGNED = {"screw_512": 512}
-
-
-def scores(features, grid, bank, rule, regions=None) -> np.ndarray:
-    """Image scores of (N, h*w, C) features against a bank."""
-    batch = features.reshape(len(features), *grid, -1).transpose(0, 3, 1, 2)
-    counted = None if regions is None else regions.reshape(len(features), *grid)
-    return np.array(
-        [r.score for r in score_features(batch, bank, rule, maps=False, regions=counted)]
-    )
 
 
 def run(name: str) -> dict[str, str]:
@@ -73,13 +63,14 @@ def run(name: str) -> dict[str, str]:
     for image in range(count):
         own = train.features[image : image + 1]
         region = None if train.regions is None else train.regions[image : image + 1]
-        held["removed"].append(scores(own, train.grid, bank[sources != image], rule, region)[0])
+        without = bank[sources != image]
+        held["removed"].append(image_scores(own, train.grid, without, rule, region)[0])
     start = time.perf_counter()
     held["filled"] = holdout_scores(
         train.features, train.grid, bank, sources, rule, regions=train.regions
     )
     seconds = time.perf_counter() - start
-    tested = scores(test.features, train.grid, bank, rule, test.regions)
+    tested = image_scores(test.features, train.grid, bank, rule, test.regions)
     good = tested[labels == 0].mean()
     figures = {}
     for key, values in held.items():
