@@ -10,12 +10,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ind_knn_ad.alignment import measure_box
 from ind_knn_ad.data import REAL_DATA_DIR as MVTEC
+from ind_knn_ad.extractor import FitSettings
+from ind_knn_ad.preprocess import Preprocess
 from ind_knn_ad.scoring import score_features
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +160,26 @@ def image_scores(
     counted = None if regions is None else regions.reshape(len(features), *grid)
     results = score_features(batch, bank, rule, maps=False, regions=counted)
     return np.array([result.score for result in results])
+
+
+# The settings the automatic choice makes for each shared set (docs/benchmarks.md, "Settings
+# chosen from good images"), so benchmarks of later steps fit what a user's default fit does.
+CHOSEN = {
+    "bottle_256": FitSettings(backbone="efficientnet_lite0"),
+    "hazelnut_reduced": FitSettings(backbone="efficientnet_lite2"),
+    "transistor_reduced": FitSettings(backbone="efficientnet_lite0"),
+    "screw_512": FitSettings(
+        backbone="efficientnet_lite0", coreset_fraction=0.01, image_score="top10"
+    ),
+}
+ALIGNED = {"screw_512": 512}  # sets the choice aligns, and the size it aligns them at
+
+
+def chosen_settings(name: str, train: list[Path], seed: int = 0) -> FitSettings:
+    """The automatic choice's settings for shared set `name`, aligned on the parts of
+    `train` where the choice aligns."""
+    settings = replace(CHOSEN[name], seed=seed)
+    if name in ALIGNED:
+        box = measure_box(train)
+        settings = replace(settings, preprocess=Preprocess(resize=ALIGNED[name], align=box))
+    return settings

@@ -19,37 +19,20 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
-from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
+from common import CHOSEN, MVTEC, PYTHON, ROOT, chosen_settings, image_scores, machine, report
 
-from ind_knn_ad.alignment import measure_box
 from ind_knn_ad.coreset import coreset_size, greedy_coreset
 from ind_knn_ad.data import load_dataset
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
-from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.extractor import FeatureExtractor, extract_features
 from ind_knn_ad.threshold import auto_threshold, holdout_scores
-
-# The settings the automatic choice makes for each set (docs/benchmarks.md).
-SETTINGS = {
-    "bottle_256": FitSettings(backbone="efficientnet_lite0"),
-    "hazelnut_reduced": FitSettings(backbone="efficientnet_lite2"),
-    "transistor_reduced": FitSettings(backbone="efficientnet_lite0"),
-    "screw_512": FitSettings(
-        backbone="efficientnet_lite0", coreset_fraction=0.01, image_score="top10"
-    ),
-}
-ALIGNED = {"screw_512": 512}
 
 
 def run(name: str) -> dict[str, str]:
     dataset = load_dataset(MVTEC / name, name)
-    settings = SETTINGS[name]
-    if name in ALIGNED:
-        box = measure_box(dataset.train)
-        settings = replace(settings, preprocess=Preprocess(resize=ALIGNED[name], align=box))
+    settings = chosen_settings(name, dataset.train)
     extractor = FeatureExtractor(settings, torch.device("cpu"))
     train = extract_features(extractor, dataset.train, settings.preprocess)
     test = extract_features(extractor, [t.path for t in dataset.test], settings.preprocess)
@@ -89,7 +72,7 @@ def run(name: str) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--datasets", nargs="+", default=list(CHOSEN), choices=list(CHOSEN))
     args = parser.parse_args()
     figures = {}
     for name in args.datasets:
