@@ -10,13 +10,20 @@ Rules tried on them:
 
 - `mean+3std`: the held-out good scores alone;
 - `balanced`: the cut with the fewest false alarms on held-out good images plus misses of
-  synthetic defects, each as a share of its kind (the middle of the best cuts);
-- `f1`: the cut of best F1 with synthetic defects as the positives (operating_point's rule).
+  synthetic defects, each as a share of its kind (`threshold.balanced_cut`);
+- `f1`: the cut of best F1 with synthetic defects as the positives (operating_point's rule);
+- `max`: just above the highest held-out good score (good images only);
+- `balanced<20`, `max<20`: `balanced` or `max` where fewer than 20 (`threshold.FEW`) good
+  images were held out, else `mean+3std`. `balanced<20` is the fit's own rule.
 
 Per set and k training images (k = all, and seeded few-shot draws): test images
 misclassified at each rule's threshold, as misses + false alarms, averaged over draws.
 
     python bench/synthetic_threshold.py [--datasets ...] [--shots 5 10 20] [--draws 2]
+        [--save DIR | --load DIR]
+
+`--save` keeps each fit's scores (DIR/<set>_k<k>_d<draw>.npz: good, defects, test, labels);
+`--load DIR` judges the rules on scores saved so, without fitting.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from common import CHOSEN, MVTEC, PYTHON, ROOT, chosen_settings, machine, report
@@ -32,25 +40,33 @@ import ind_knn_ad.detectability
 import ind_knn_ad.train
 from ind_knn_ad.data import Dataset, load_dataset
 from ind_knn_ad.operating_point import operating_threshold, parse_operating_point
+from ind_knn_ad.threshold import FEW, balanced_cut
 
 
-def balanced(good: np.ndarray, defects: np.ndarray) -> float:
-    """The middle of the cuts with the least false-alarm share plus miss share."""
-    scores = np.unique(np.concatenate([good, defects]))
-    cuts = np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2, [scores[-1] * 1.5]])
-    alarms = 1 - np.searchsorted(np.sort(good), cuts, side="left") / good.size
-    misses = np.searchsorted(np.sort(defects), cuts, side="left") / defects.size
-    cost = alarms + misses
-    best = np.flatnonzero(cost <= cost.min() + 1e-12)
-    return float(cuts[best[len(best) // 2]])
+def mean_3std(good: np.ndarray, _defects: np.ndarray) -> float:
+    return float(good.mean() + 3 * good.std())
 
 
-RULES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "mean+3std": lambda good, _defects: float(good.mean() + 3 * good.std()),
-    "balanced": balanced,
+def above_all(good: np.ndarray, _defects: np.ndarray) -> float:
+    return float(np.nextafter(good.max(), np.inf))
+
+
+Rule = Callable[[np.ndarray, np.ndarray], float]
+
+
+def below_few(rule: Rule, good: np.ndarray, defects: np.ndarray) -> float:
+    return (rule if good.size < FEW else mean_3std)(good, defects)
+
+
+RULES: dict[str, Rule] = {
+    "mean+3std": mean_3std,
+    "balanced": balanced_cut,
     "f1": lambda good, defects: operating_threshold(
         good, defects, parse_operating_point("f1"), "synthetic"
     )[0],
+    "max": above_all,
+    "balanced<20": lambda good, defects: below_few(balanced_cut, good, defects),
+    "max<20": lambda good, defects: below_few(above_all, good, defects),
 }
 
 
@@ -89,7 +105,9 @@ def fit_recording(dataset: Dataset, seed: int) -> tuple[np.ndarray, np.ndarray, 
     return np.array(recorded["good"]), np.array(recorded["defects"]), test
 
 
-def run(name: str, shots: list[int], draws: int) -> dict[str, str]:
+def run(
+    name: str, shots: list[int], draws: int, save: Path | None, load: Path | None
+) -> dict[str, str]:
     dataset = load_dataset(MVTEC / name, name)
     figures = {}
     plans = [(len(dataset.train), [0])] + [
@@ -99,9 +117,19 @@ def run(name: str, shots: list[int], draws: int) -> dict[str, str]:
         wrong: dict[str, list[tuple[int, int]]] = {rule: [] for rule in RULES}
         caught: dict[str, list[float]] = {rule: [] for rule in RULES}
         for seed in seeds:
-            chosen = np.sort(np.random.default_rng(seed).choice(len(dataset.train), k, False))
-            subset = replace(dataset, train=[dataset.train[i] for i in chosen])
-            good, defects, (scores, labels) = fit_recording(subset, seed)
+            file = f"{name}_k{k}_d{seed}.npz"
+            if load is not None:
+                saved = np.load(load / file)
+                good, defects = saved["good"], saved["defects"]
+                scores, labels = saved["test"], saved["labels"]
+            else:
+                chosen = np.sort(np.random.default_rng(seed).choice(len(dataset.train), k, False))
+                subset = replace(dataset, train=[dataset.train[i] for i in chosen])
+                good, defects, (scores, labels) = fit_recording(subset, seed)
+            if save is not None:
+                save.mkdir(parents=True, exist_ok=True)
+                arrays = {"good": good, "defects": defects, "test": scores, "labels": labels}
+                np.savez(save / file, **arrays)
             for rule, place in RULES.items():
                 cut = place(good, defects)
                 flagged = scores >= cut
@@ -123,10 +151,13 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(CHOSEN), choices=list(CHOSEN))
     parser.add_argument("--shots", nargs="*", type=int, default=[5, 10, 20])
     parser.add_argument("--draws", type=int, default=2)
+    saving = parser.add_mutually_exclusive_group()
+    saving.add_argument("--save", type=Path)
+    saving.add_argument("--load", type=Path)
     args = parser.parse_args()
     figures = {}
     for name in args.datasets:
-        figures.update(run(name, args.shots, args.draws))
+        figures.update(run(name, args.shots, args.draws, args.save, args.load))
         print(*(f"{key}: {value}" for key, value in figures.items()), sep="\n", flush=True)
     figures["machine"] = machine()
     command = [PYTHON, ROOT / "bench" / "synthetic_threshold.py", "--datasets", *args.datasets]

@@ -1,5 +1,6 @@
 """What a model can see, from good images alone: synthetic defects of each kind and size on
-held-out training images, and the share of them caught at the stored threshold.
+held-out training images, and the share of them caught at the stored threshold. With few
+training images their scores also place that threshold (`threshold.auto_threshold`).
 
 A user with only good images learns from it, for example, that 2 px scratches pass and
 20 px ones are caught. The damaged images are scored as new images would be, against a
@@ -10,6 +11,7 @@ is not hidden by the image's own patches in the bank.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,27 +49,42 @@ def damaged_inputs(
     return np.stack(arrays), np.stack(cuts), labels
 
 
-def measure(
+@dataclass(frozen=True)
+class Damaged:
+    """One synthetic defect on a held-out training image, and its score."""
+
+    kind: str
+    size_px: int
+    score: float
+
+
+def damaged_scores(
     paths: Sequence[Path],
     preprocess: Preprocess,
     extractor: Extractor,
     held_out: HeldOutScorer,
-    threshold: float,
     seed: int = 0,
-) -> list[dict]:
-    """Per defect kind and size: how many damaged held-out images score at or above
-    `threshold`, of how many. A seeded sample of at most IMAGES training images is used."""
+) -> list[Damaged]:
+    """Every defect kind at every size on a seeded sample of at most IMAGES training images,
+    each scored against the model without the image it was made on."""
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(paths), min(IMAGES, len(paths)), replace=False))
     shorter = min(preprocess.size)
     sizes = sorted({max(1, round(fraction * shorter)) for fraction in SIZES})
-    caught: dict[tuple[str, int], list[bool]] = {}
+    damaged = []
     for image in chosen:
         arrays, cuts, labels = damaged_inputs(paths[image], preprocess, sizes, rng)
         scores = held_out(extractor(arrays), cuts, int(image))
-        for label, score in zip(labels, scores, strict=True):
-            caught.setdefault(label, []).append(score >= threshold)
+        damaged += [Damaged(k, size, s) for (k, size), s in zip(labels, scores, strict=True)]
+    return damaged
+
+
+def caught(damaged: Sequence[Damaged], threshold: float) -> list[dict]:
+    """Per defect kind and size: how many score at or above `threshold`, of how many."""
+    hits: dict[tuple[str, int], list[bool]] = {}
+    for defect in damaged:
+        hits.setdefault((defect.kind, defect.size_px), []).append(defect.score >= threshold)
     return [
-        {"defect": kind, "size_px": size, "caught": int(sum(hits)), "tried": len(hits)}
-        for (kind, size), hits in caught.items()
+        {"defect": kind, "size_px": size, "caught": int(sum(found)), "tried": len(found)}
+        for (kind, size), found in hits.items()
     ]

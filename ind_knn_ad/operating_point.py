@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .threshold import cut_counts
+
 if TYPE_CHECKING:
     from .data import Dataset
     from .evaluate import Evaluation
@@ -70,14 +72,7 @@ def operating_threshold(
         )
     if not (np.isfinite(good).all() and np.isfinite(defective).all()):
         raise ValueError("labelled images score as infinite: their features overflow float32")
-    # Every distinct threshold is one of the places between two neighbouring scores.
-    scores = np.unique(np.concatenate([good, defective]))
-    # Scores are distances, never negative: below the lowest flags all, above the highest none.
-    lowest, highest = scores[0] / 2, scores[-1] + max(scores[-1], 1.0) / 2
-    cuts = np.concatenate([[lowest], (scores[:-1] + scores[1:]) / 2, [highest]])
-    # Images at or above each cut, by binary search: no (cuts x images) table.
-    false_alarms = good.size - np.searchsorted(np.sort(good), cuts, side="left")
-    caught = defective.size - np.searchsorted(np.sort(defective), cuts, side="left")
+    cuts, false_alarms, caught = cut_counts(good, defective)
     if point.rule == "f1":
         # F1 = 2 TP / (2 TP + FP + FN); ties go to the higher threshold (fewer alarms).
         f1 = 2 * caught / (2 * caught + false_alarms + (defective.size - caught))

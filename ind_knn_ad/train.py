@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import methods
+from . import detectability, methods
 from .data import Dataset, TestImage
 from .device import select_device
 from .evaluate import Evaluation, evaluate
@@ -110,10 +110,6 @@ def fit_method(
     fitter, image_score = find_method(method, settings.image_score)
     images, _positions, channels = features.features.shape
     fitted = fitter.fit(features, settings, image_score, progress)
-    if threshold == AUTO:
-        value, threshold_info = auto_threshold(fitted.holdout_scores())
-    else:
-        value, threshold_info = float(threshold), {"rule": "fixed, given by --threshold"}
     model_settings: dict[str, Any] = {
         "format": FORMAT,
         "format_version": required_version(settings.preprocess.to_dict()),
@@ -126,7 +122,7 @@ def fit_method(
         "feature_dim": int(channels),
         "feature_grid": list(features.grid),
         "image_score": image_score,
-        "threshold": {"value": value, **threshold_info},
+        "threshold": {},  # set below, from scores of the model
         **fitted.settings,
         "train_images": int(images),
         "dataset": dataset,
@@ -135,6 +131,13 @@ def fit_method(
     graph = extractor.export_onnx(settings.preprocess.size)
     tensors = {name: np.ascontiguousarray(array) for name, array in fitted.tensors.items()}
     model = Model(model_settings, graph, tensors)
-    if fitted.measure is not None:
-        model.settings.update(fitted.measure(model, extractor))
+    damaged = [] if fitted.synthetic is None else fitted.synthetic(model, extractor)
+    if threshold == AUTO:
+        defects = np.array([defect.score for defect in damaged])
+        value, threshold_info = auto_threshold(fitted.holdout_scores(), defects)
+    else:
+        value, threshold_info = float(threshold), {"rule": "fixed, given by --threshold"}
+    model.settings["threshold"] = {"value": value, **threshold_info}
+    if damaged:
+        model.settings["detectability"] = detectability.caught(damaged, value)
     return model

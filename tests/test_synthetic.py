@@ -79,6 +79,28 @@ def test_a_fit_records_what_it_can_see(sample_model) -> None:
         assert largest[kind]["caught"] == largest[kind]["tried"], kind
 
 
+def test_with_few_training_images_the_threshold_comes_from_the_synthetic_defects(
+    sample_dataset,
+) -> None:
+    """8 training images, fewer than FEW: the threshold is placed against the synthetic
+    defects that the detectability table counts, so the table's catches at it are the
+    rule's own."""
+    from dataclasses import replace
+
+    from ind_knn_ad.data import load_dataset
+    from ind_knn_ad.extractor import FitSettings
+    from ind_knn_ad.train import train
+
+    dataset = load_dataset(sample_dataset)
+    few = replace(dataset, train=dataset.train[:8], test=[])
+    model = train(few, FitSettings(backbone="efficientnet_lite0"), device="cpu").model
+    record = model.settings["threshold"]
+    assert "synthetic defects" in record["rule"] and record["holdout"]["count"] == 8
+    rows = model.settings["detectability"]
+    assert record["synthetic"]["count"] == sum(row["tried"] for row in rows) == 6 * 15
+    assert record["synthetic"]["caught"] == sum(row["caught"] for row in rows) > 0
+
+
 def test_the_fit_shows_and_saves_what_it_can_see(sample_model) -> None:
     import json
 

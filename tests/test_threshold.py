@@ -1,12 +1,13 @@
-"""The automatic threshold's held-out scores against a brute-force leave-one-image-out,
-with the held-out image's rows replaced by the nearest patches of other images."""
+"""The automatic threshold: its held-out scores against a brute-force leave-one-image-out,
+with the held-out image's rows replaced by the nearest patches of other images, and its
+rules (mean + 3 std; with few training images, the cut against synthetic defects)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ind_knn_ad.threshold import auto_threshold, holdout_scores
+from ind_knn_ad.threshold import FEW, auto_threshold, balanced_cut, holdout_scores
 
 
 def _features(images: int = 12, grid: tuple[int, int] = (3, 4), channels: int = 6):
@@ -67,6 +68,44 @@ def test_auto_threshold_is_mean_plus_three_std() -> None:
     value, details = auto_threshold(scores)
     assert value == scores.mean() + 3 * scores.std()
     assert details["holdout"]["count"] == 4 and details["holdout"]["max"] == 4.0
+
+
+def test_few_held_out_images_place_the_threshold_against_synthetic_defects() -> None:
+    """5 held-out good scores and defects from 6 up: mean + 3 std (7.0) would pass the
+    defects at 6 and 6.5; the cut between the two kinds flags every defect and no good."""
+    good, defects = np.array([2.0, 3.0, 3.0, 4.0, 5.0]), np.array([6.0, 6.5, 9.0, 12.0])
+    value, details = auto_threshold(good, defects)
+    assert value == 5.5
+    assert "synthetic defects" in details["rule"]
+    assert details["synthetic"] == {"count": 4, "caught": 4}
+    assert details["holdout"]["count"] == 5
+    assert details["expected_false_alarms"]["held_out_flagged"] == 0
+
+
+def test_from_few_held_out_images_on_the_rule_is_mean_plus_three_std() -> None:
+    good = np.linspace(2.0, 5.0, FEW)
+    value, details = auto_threshold(good, np.array([6.0, 9.0]))
+    assert value == pytest.approx(good.mean() + 3 * good.std())
+    assert "synthetic" not in details and details["rule"].startswith("mean + 3 std")
+    value, details = auto_threshold(good[:5], np.array([]))  # no defects: nothing to place
+    assert details["rule"].startswith("mean + 3 std")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_balanced_cut_has_the_least_false_alarm_plus_miss_share(seed: int) -> None:
+    """Against every threshold at or between the scores, on random scores with ties."""
+    rng = np.random.default_rng(seed)
+    good = rng.integers(0, 12, rng.integers(1, 15)).astype(float)
+    defects = rng.integers(4, 16, rng.integers(1, 40)).astype(float)
+
+    def cost(value: float) -> float:
+        return (good >= value).mean() + (defects < value).mean()
+
+    scores = np.unique(np.concatenate([good, defects]))
+    candidates = np.concatenate([[0.0], scores, [scores[-1] + 1]])
+    value = balanced_cut(good, defects)
+    assert cost(value) == pytest.approx(min(cost(c) for c in candidates))
+    assert not np.isin(value, scores)  # between scores, never on one
 
 
 def test_a_bank_from_one_image_is_filled_for_that_image() -> None:

@@ -21,6 +21,7 @@ from ..preprocess import Preprocess
 from ..scoring import IMAGE_SCORES, PatchScores
 
 if TYPE_CHECKING:
+    from ..detectability import Damaged
     from ..extractor import FeatureExtractor, FitSettings, TrainFeatures
 
 # (B, C, h, w) features and the (B, H, W, 3) uint8 cuts their network inputs were made
@@ -48,15 +49,16 @@ class Fitted:
 
     `settings` are its own settings, merged into the model's; `holdout_scores` gives each
     (sampled) training image's score against the model without it, called only for the
-    automatic threshold since it may cost a search per image; `measure`, when set, gives
-    further settings measured on the finished model with the feature network (PatchCore:
-    what it can see).
+    automatic threshold since it may cost a search per image; `synthetic`, when set, scores
+    synthetic defects on held-out training images with the model (before its threshold is
+    set) and the feature network: what the model can see, and with few training images
+    where the threshold goes.
     """
 
     tensors: dict[str, np.ndarray]
     settings: dict[str, Any]
     holdout_scores: Callable[[], np.ndarray]
-    measure: Callable[[Model, FeatureExtractor], dict[str, Any]] | None = None
+    synthetic: Callable[[Model, FeatureExtractor], list[Damaged]] | None = None
 
 
 class Method(ABC):

@@ -81,13 +81,10 @@ class PatchCore(Method):
                 fillers=fillers(),
             )
 
-        def measure(model: Model, extractor: FeatureExtractor) -> dict[str, Any]:
+        def synthetic(model: Model, extractor: FeatureExtractor) -> list[detectability.Damaged]:
             if not train.paths:
-                return {}
-            found = self._detectability(
-                model, extractor, train, sources, fillers(), settings.preprocess
-            )
-            return {"detectability": found}
+                return []
+            return self._synthetic(model, extractor, train, sources, fillers(), settings)
 
         coreset = {
             "fraction": settings.coreset_fraction,
@@ -96,17 +93,17 @@ class PatchCore(Method):
             "projection_dim": settings.projection_dim,
             "seed": settings.seed,
         }
-        return Fitted({BANK: bank}, {"coreset": coreset}, held_out, measure)
+        return Fitted({BANK: bank}, {"coreset": coreset}, held_out, synthetic)
 
-    def _detectability(
+    def _synthetic(
         self,
         model: Model,
         extractor: FeatureExtractor,
         train: TrainFeatures,
         sources: np.ndarray,
         fillers: np.ndarray,
-        preprocess: Preprocess,
-    ) -> list[dict]:
+        settings: FitSettings,
+    ) -> list[detectability.Damaged]:
         """Synthetic defects on held-out training images, scored as the threshold's
         held-out images are: against the bank without the image's own patches, their
         holes filled (`threshold.fill_holes`)."""
@@ -114,11 +111,12 @@ class PatchCore(Method):
         def held_out(features: np.ndarray, cuts: np.ndarray, image: int) -> list[float]:
             own = sources == image
             bank = np.concatenate([model.tensors[BANK][~own], fillers[own]])
-            scorer = self.scorer(replace(model, tensors={BANK: bank}), preprocess, maps=False)
+            scorer = self.scorer(replace(model, tensors={BANK: bank}), settings.preprocess, False)
             return [result.score for result in scorer(features, cuts)]
 
-        threshold, seed = model.threshold, model.settings["coreset"]["seed"]
-        return detectability.measure(train.paths, preprocess, extractor, held_out, threshold, seed)
+        return detectability.damaged_scores(
+            train.paths, settings.preprocess, extractor, held_out, settings.seed
+        )
 
     def tensor_specs(self, settings: dict[str, Any], source: str) -> dict[str, TensorSpec]:
         return {BANK: TensorSpec(np.float32, (None, settings["feature_dim"]), "memory bank")}
