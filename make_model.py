@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ind_knn_ad import environment, exit_codes  # noqa: F401 - environment first: see there
 from ind_knn_ad.arguments import checked, complete_fit_arguments, fraction, positive
+from ind_knn_ad.augment import VIEW_SETS
 from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.methods import DEFAULT, having_image_score, names
 from ind_knn_ad.model_file import DEFAULT_MODEL_PATH
@@ -73,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="find the part on a plain background and cut it out turned to one pose, for "
         "parts that lie anywhere at any angle (screws); --image-size then sets the scale",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=tuple(VIEW_SETS),
+        help="also choose the bank from flipped or turned copies of the training images, for "
+        "round parts lying at any angle (PatchCore; costs fit time); default: none",
     )
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="output file")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -147,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         image_score=args.image_score,
         preprocess=preprocess,
         seed=args.seed,
+        augment=args.augment,
     )
     check = partial(preflight.check_fit, dataset, method=args.method, device=args.device)
     check(settings=settings, auto_threshold=args.threshold == AUTO)

@@ -2,11 +2,12 @@
 """Orientation augmentation of the training images: does adding turned and flipped copies
 to the memory bank help parts that lie at any angle, and what does it cost?
 
-For each set, PatchCore on Lite0 at 256/224 (`max`), the bank chosen from the patches of
-the training images and of their copies under each augmentation, with as many rows as
-without augmentation (so scoring costs the same). The threshold is the fit's held-out rule
-(an image's copies are held out with it). Prints image ROC AUC, test images misclassified
-at the threshold, and the seconds of features and coreset.
+For each set and each view set of `ind_knn_ad.augment` (`make_model.py --augment`), the
+library's PatchCore fit on Lite0 at 256/224 (`max`): the bank chosen from the patches of
+the training images and of their views, with as many rows as without views (so scoring
+costs the same), and the fit's held-out threshold (an image's views are held out with it).
+Prints image ROC AUC, test images misclassified at the threshold, and the seconds of
+features and coreset.
 
     python bench/augment.py [--datasets ...]
 """
@@ -21,70 +22,34 @@ import torch
 from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
 from sklearn.metrics import roc_auc_score
 
-from ind_knn_ad.coreset import coreset_size, greedy_coreset
+from ind_knn_ad.augment import VIEW_SETS
 from ind_knn_ad.data import load_dataset
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings
-from ind_knn_ad.images import ImageError
-from ind_knn_ad.pipeline import preprocessed_batches, stack
-from ind_knn_ad.threshold import auto_threshold, holdout_scores
-
-# (C, H, W) network input -> its copies; square inputs only (256/224).
-AUGMENTATIONS = {
-    "none": [],
-    "rotations": [lambda a, k=k: np.rot90(a, k, axes=(1, 2)) for k in (1, 2, 3)],
-    "flips": [lambda a: a[:, :, ::-1], lambda a: a[:, ::-1, :]],
-    "dihedral": [lambda a, k=k: np.rot90(a, k, axes=(1, 2)) for k in (1, 2, 3)]
-    + [lambda a, k=k: np.rot90(a[:, :, ::-1], k, axes=(1, 2)) for k in range(4)],
-}
-
-
-def features_of(extractor, paths, preprocess, copies) -> tuple[np.ndarray, tuple[int, int]]:
-    """(images, 1 + len(copies), h*w, C) features of each image and its copies."""
-    rows = []
-    grid = (0, 0)
-    for items in preprocessed_batches(paths, preprocess, 8):
-        for _, value in items:
-            if isinstance(value, ImageError):
-                raise value
-        _, arrays, _ = stack(items)
-        batch = np.stack(
-            [np.ascontiguousarray(c(a)) for a in arrays for c in [lambda x: x, *copies]]
-        )
-        out = extractor(batch)
-        _, channels, height, width = out.shape
-        grid = (height, width)
-        flat = out.transpose(0, 2, 3, 1).reshape(len(arrays), 1 + len(copies), -1, channels)
-        rows.append(flat)
-    return np.concatenate(rows), grid
+from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.methods.patchcore import BANK, PatchCore
+from ind_knn_ad.threshold import auto_threshold
+from ind_knn_ad.train import no_progress
 
 
 def run(name: str) -> dict[str, str]:
     dataset = load_dataset(MVTEC / name, name)
-    settings = FitSettings(backbone="efficientnet_lite0")
-    extractor = FeatureExtractor(settings, torch.device("cpu"))
-    test_paths = [t.path for t in dataset.test]
+    base = FitSettings(backbone="efficientnet_lite0")
+    extractor = FeatureExtractor(base, torch.device("cpu"))
     labels = np.array([t.label for t in dataset.test])
-    test, grid = features_of(extractor, test_paths, settings.preprocess, [])
-    test = test[:, 0]
+    test = extract_features(extractor, [t.path for t in dataset.test], base.preprocess)
     figures = {}
-    for augmentation, copies in AUGMENTATIONS.items():
+    for augment in VIEW_SETS:
+        settings = FitSettings(backbone=base.backbone, augment=augment)
         start = time.perf_counter()
-        train, grid = features_of(extractor, dataset.train, settings.preprocess, copies)
+        train = extract_features(extractor, dataset.train, settings.preprocess, augment=augment)
         extracted = time.perf_counter() - start
-        count, views, patches, channels = train.shape
-        flat = train.reshape(-1, channels)
-        size = coreset_size(count * patches, settings.coreset_fraction)  # rows as without
         start = time.perf_counter()
-        chosen = greedy_coreset(flat, size)
+        fitted = PatchCore().fit(train, settings, "max", no_progress)  # the coreset
         selected = time.perf_counter() - start
-        bank = np.ascontiguousarray(flat[chosen])
-        sources = chosen // (views * patches)  # copies belong to their image
-        held = holdout_scores(train[:, 0], grid, bank, sources, "max")
-        threshold, _ = auto_threshold(held)
-        scores = image_scores(test, grid, bank)
+        threshold, _ = auto_threshold(fitted.holdout_scores())
+        scores = image_scores(test.features, test.grid, fitted.tensors[BANK])
         wrong = (scores >= threshold) != (labels == 1)
         misses, alarms = int((wrong & (labels == 1)).sum()), int((wrong & (labels == 0)).sum())
-        figures[f"{name} {augmentation}"] = (
+        figures[f"{name} {augment}"] = (
             f"ROC AUC {roc_auc_score(labels, scores):.4f}; {misses} misses, {alarms} false "
             f"alarms of {len(labels)}; features {extracted:.0f} s, coreset {selected:.0f} s"
         )

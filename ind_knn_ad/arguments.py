@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .augment import NONE
 from .borders import DEFAULT_BORDER
 from .limits import FIT_BYTES_PER_PIXEL, input_too_large
-from .methods import DEFAULT, DEFAULT_IMAGE_SCORE, find, having_image_score
+from .methods import DEFAULT, DEFAULT_IMAGE_SCORE, find, having_image_score, taking_views
 
 Value = TypeVar("Value")
 
@@ -76,14 +77,22 @@ def complete_fit_arguments(args: argparse.Namespace) -> str | None:
         coreset_fraction=args.coreset,
         layers=tuple(args.layers) if args.layers else None,
         border=args.border,
+        augment=args.augment,
     )
     args.auto = args.settings == "auto" and args.method == DEFAULT
     args.backbone = args.backbone or FIXED["backbone"]
     args.image_size = args.image_size or FIXED["resize"]
     args.image_score = args.image_score or FIXED["image_score"]
     args.border = args.border or DEFAULT_BORDER
+    args.augment = args.augment or NONE
     if args.align and args.crop is not None:
         return "--crop does not apply with --align: the cut follows the part"
+    if args.align and args.augment != NONE:
+        return (
+            "--augment does not apply with --align: an aligned part is already turned to one pose"
+        )
+    if args.augment != NONE and not find(args.method).takes_views:
+        return f"--augment is for --method {' or --method '.join(taking_views())} only"
     if args.crop is None:
         args.crop = args.image_size if args.align else 224
     if not 0 < args.crop <= args.image_size:

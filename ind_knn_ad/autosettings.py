@@ -43,6 +43,7 @@ from .alignment import (
     measure_box,
     part_regions,
 )
+from .augment import NONE
 from .borders import DEFAULT_BORDER
 from .coreset import PROJECTION_DIM, coreset_size, greedy_coreset
 from .detectability import damaged_inputs
@@ -58,7 +59,7 @@ OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")  # Lite1: see d
 FIXED_POSE = Preprocess()  # today's 256/224 centre crop
 ALIGNED_RESIZE = 512  # the README's screw recipe
 SEARCHED = ("backbone", "image_score", "coreset_fraction", "resize", "crop", "align")
-PASSED_ON = ("layers", "neighbourhood", "border", "projection_dim")
+PASSED_ON = ("layers", "neighbourhood", "border", "projection_dim", "augment")
 
 # Pose statistic (bench/auto_settings.py prints it for every shared set).
 POSE_IMAGES = 32  # seeded sample of training images whose pose is measured
@@ -308,19 +309,23 @@ def choose(
 
     `fixed` holds the settings the user gave explicitly; each wins and is not searched:
     `backbone`, `image_score`, `coreset_fraction`, `resize` (--image-size), `crop`, `align`
-    (bool; True for --align; a given crop means no alignment), and, passed on unsearched,
-    `layers`, `neighbourhood`, `border`, `projection_dim`. make_model.py parses with
+    (bool; True for --align; a given crop, or an `augment` other than none, means no
+    alignment), and, passed on unsearched, `layers`, `neighbourhood`, `border`,
+    `projection_dim`, `augment`. make_model.py parses with
     `default=None` to tell a given flag from a default and passes only the given ones;
     `--weights` belongs to a backbone, so with it `backbone` counts as given. `seed` and
     `device` are make_model's own. It then fits with `Choice.settings`, stores
     `Choice.to_dict()` as `settings["auto_settings"]` and prints `Choice.table()`;
-    `--settings fixed` skips this. ValueError for an unknown key, or for `align` on images
-    with no part found.
+    `--settings fixed` skips this. ValueError for an unknown key, for `align` with
+    `augment`, or for `align` on images with no part found.
     """
     fixed = dict(fixed or {})
     unknown = set(fixed) - set(SEARCHED) - set(PASSED_ON)
     if unknown:
         raise ValueError(f"settings that cannot be given: {', '.join(sorted(unknown))}")
+    augment = fixed.get("augment", NONE)
+    if fixed.get("align") and augment != NONE:
+        raise ValueError("augmentation does not apply to an aligned part, turned to one pose")
     start = time.perf_counter()
     paths = list(train_paths)
     pose = None
@@ -328,6 +333,8 @@ def choose(
         align, pose_reason = bool(fixed["align"]), "alignment given"
     elif "crop" in fixed:  # a centre crop was asked for, which an aligned cut replaces
         align, pose_reason = False, "centre crop given: not aligned"
+    elif augment != NONE:  # turned copies were asked for, where alignment would undo turns
+        align, pose_reason = False, "augmentation given: not aligned"
     else:
         pose = pose_spread(paths, seed)
         align, pose_reason = pose.varied, pose.reason()
@@ -343,6 +350,7 @@ def choose(
         image_score=candidates[0].image_score,
         preprocess=preprocess,
         seed=seed,
+        augment=augment,
     )
     if len(candidates) == 1:
         reason = f"{pose_reason}; every other searched setting was given"
@@ -503,6 +511,8 @@ class _Validation:
             batch = images_per_batch(preprocess.size, 16, extractor.workers)
             good = len(self.paths)
             with progress(f"Choosing: {backbone}", good + len(self.damaged)) as callback:
+                # Without the views of `augment`: they would multiply every candidate's time
+                # by their count, and the fit adds them to whichever candidate wins.
                 train = extract_features(extractor, self.paths, preprocess, batch, callback)
                 damaged = []
                 for first in range(0, len(self.damaged), batch):

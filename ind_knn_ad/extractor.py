@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .alignment import part_regions
+from .augment import NONE, views_of, with_views
 from .backbones import backbone_spec, build_backbone
 from .borders import DEFAULT_BORDER
 from .coreset import PROJECTION_DIM
@@ -34,8 +35,9 @@ Progress = Callable[[int], None]
 class FitSettings:
     """What a fit is made of, for every method; everything here ends up in the model file.
 
-    The coreset fraction and projection only matter to methods that keep a coreset, and
-    the image score to methods that offer a choice of it.
+    The coreset fraction and projection only matter to methods that keep a coreset, the
+    image score to methods that offer a choice of it, and `augment` (a view set of
+    `augment.VIEW_SETS`) to methods that take views (`Method.takes_views`).
     """
 
     backbone: str = "wide_resnet50_2"
@@ -47,6 +49,7 @@ class FitSettings:
     image_score: str = "max"
     preprocess: Preprocess = field(default_factory=Preprocess)
     seed: int = 0
+    augment: str = NONE
 
     def resolved_layers(self) -> tuple[int, ...]:
         return tuple(self.layers or backbone_spec(self.backbone).layers)
@@ -132,13 +135,19 @@ class FeatureExtractor:
 
 @dataclass
 class TrainFeatures:
-    """Patch features of every training image, (images, h*w, C), the grid shape, and for
-    aligned parts the patches each image is scored on, (images, h*w) bool."""
+    """Patch features of every training image, (images, views*h*w, C), the grid shape,
+    and for aligned parts the patches each image is scored on, (images, h*w) bool.
+
+    An image's first h*w rows are its own patches, then come those of each of its views
+    (`augment`), so that a patch's image is its row's index over `views*h*w`; without
+    augmentation `views` is 1.
+    """
 
     features: np.ndarray
     grid: tuple[int, int]
     regions: np.ndarray | None = None
     paths: list[Path] = field(default_factory=list)
+    views: int = 1
 
 
 def extract_features(
@@ -147,30 +156,37 @@ def extract_features(
     preprocess: Preprocess,
     batch_size: int = 16,
     progress: Progress | None = None,
+    augment: str = NONE,
 ) -> TrainFeatures:
-    """Features of training images; any unreadable image stops the fit with its error.
+    """Features of training images, and of their views under the view set `augment`; any
+    unreadable image stops the fit with its error.
 
     Each batch is written into one array allocated at the first batch, so memory peaks at
-    that array plus one batch of backbone maps: not at a list of chunks plus their
-    concatenation, and never at every image's full backbone maps.
+    that array (which grows by the view count) plus one batch of backbone maps: not at a
+    list of chunks plus their concatenation, and never at every image's full backbone
+    maps. A batch holds `batch_size` network inputs, views included.
     """
     paths = list(paths)
     if not paths:
         raise ValueError("no training images")
+    views = views_of(augment)
+    per_image = 1 + len(views)
     features: np.ndarray | None = None
     regions: np.ndarray | None = None
     grid: tuple[int, int] = (0, 0)
     done = 0
-    for items in preprocessed_batches(paths, preprocess, batch_size):
+    for items in preprocessed_batches(paths, preprocess, max(1, batch_size // per_image)):
         for _, value in items:
             if isinstance(value, ImageError):
                 raise value
         _, arrays, cuts = stack(items)
-        batch = extractor(arrays)
-        count, channels, height, width = batch.shape
+        batch = extractor(with_views(arrays, views))
+        _, channels, height, width = batch.shape
+        count = len(arrays)
         if features is None:
             grid = (height, width)
-            features = np.empty((len(paths), height * width, channels), dtype=np.float32)
+            shape = (len(paths), per_image * height * width, channels)
+            features = np.empty(shape, dtype=np.float32)
             if preprocess.align is not None:
                 regions = np.empty((len(paths), height * width), dtype=bool)
         features[done : done + count] = batch.transpose(0, 2, 3, 1).reshape(count, -1, channels)
@@ -181,4 +197,4 @@ def extract_features(
         if progress is not None:
             progress(done)
     assert features is not None  # paths is not empty
-    return TrainFeatures(features, grid, regions, paths)
+    return TrainFeatures(features, grid, regions, paths, per_image)

@@ -50,8 +50,13 @@ def holdout_scores(
     in it; beyond `limit` images a seeded random `limit` of them are scored. `regions`
     ((images, h*w) bool) are the patches each image is scored on, as scoring will;
     `fillers` are `fill_holes`'s, where the caller has them already.
+
+    With augmentation an image's row holds its views' patches after its own h*w
+    (`extractor.TrainFeatures`): the image alone is scored, its views are held out with
+    it, and other images' views may fill its holes.
     """
     count, _patches, channels = train_features.shape
+    positions = grid[0] * grid[1]
     images = np.arange(count)
     if count > limit:
         images = np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
@@ -61,7 +66,8 @@ def holdout_scores(
     for slot, image in enumerate(images):
         own = bank_sources == image
         others = np.concatenate([bank[~own], fillers[own]])
-        features = train_features[image].reshape(1, *grid, channels).transpose(0, 3, 1, 2)
+        patches = train_features[image, :positions]  # the image, not its views
+        features = patches.reshape(1, *grid, channels).transpose(0, 3, 1, 2)
         counted = None if regions is None else regions[image].reshape(1, *grid)
         (result,) = score_features(features, others, image_score, maps=False, regions=counted)
         scores[slot] = result.score
@@ -73,8 +79,9 @@ def holdout_scores(
 def fill_holes(
     train_features: np.ndarray, bank: np.ndarray, bank_sources: np.ndarray, seed: int = 0
 ) -> np.ndarray:
-    """For each bank row, the nearest patch of another training image than its own, among
-    at most FILL_IMAGES seeded ones: what covers its place when its image is held out."""
+    """For each bank row, the nearest patch of another training image than its own (or of
+    its views), among at most FILL_IMAGES seeded ones: what covers its place when its image
+    is held out."""
     count, _patches, channels = train_features.shape
     searched = np.arange(count)
     if count > FILL_IMAGES:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import detectability, methods
+from .augment import NONE, views_of
 from .data import Dataset, TestImage
 from .device import select_device
 from .evaluate import Evaluation, evaluate
@@ -39,9 +40,10 @@ class TrainResult:
     evaluation: Evaluation | None
 
 
-def find_method(name: str, image_score: str) -> tuple[methods.Method, str]:
+def find_method(name: str, image_score: str, augment: str = NONE) -> tuple[methods.Method, str]:
     """The method called `name` and the image-score rule it stores for `image_score`;
-    ValueError, naming the methods that have the rule, when it has no such rule."""
+    ValueError, naming the methods that have the rule (or take views), when it has no such
+    rule or cannot take the views of `augment`."""
     method = methods.find(name)
     if method is None:
         known = ", ".join(methods.names())
@@ -50,6 +52,8 @@ def find_method(name: str, image_score: str) -> tuple[methods.Method, str]:
     if rule is None:
         having = " or ".join(methods.having_image_score(image_score))
         raise ValueError(f"image score {image_score!r} is for {having} only")
+    if views_of(augment) and not method.takes_views:
+        raise ValueError(f"augment {augment!r} is for {' or '.join(methods.taking_views())} only")
     return method, rule
 
 
@@ -70,13 +74,13 @@ def train(
     The backbone, layers, preprocessing and seed of `settings` apply to every method; the
     rest to the methods that use them (`methods`).
     """
-    find_method(method, settings.image_score)
+    find_method(method, settings.image_score, settings.augment)
     extractor = FeatureExtractor(settings, select_device(device), weights)
     # 16 images at 224 px, fewer for larger inputs, but one per core at least.
     batch_size = batch_size or images_per_batch(settings.preprocess.size, 16, extractor.workers)
     with progress("Feature extraction", len(dataset.train)) as callback:
         features = extract_features(
-            extractor, dataset.train, settings.preprocess, batch_size, callback
+            extractor, dataset.train, settings.preprocess, batch_size, callback, settings.augment
         )
     model = fit_method(method, extractor, features, settings, threshold, dataset.name, progress)
     del features
@@ -107,7 +111,10 @@ def fit_method(
 ) -> Model:
     """The model of `method` from training features: the settings every method shares,
     the method's own tensors and settings, the threshold and the exported graph."""
-    fitter, image_score = find_method(method, settings.image_score)
+    fitter, image_score = find_method(method, settings.image_score, settings.augment)
+    views = 1 + len(views_of(settings.augment))
+    if features.views != views:
+        raise ValueError(f"features of {features.views} views per image; augment makes {views}")
     images, _positions, channels = features.features.shape
     fitted = fitter.fit(features, settings, image_score, progress)
     model_settings: dict[str, Any] = {
@@ -119,6 +126,8 @@ def fit_method(
         "neighbourhood": settings.neighbourhood,
         "border": settings.border,
         "preprocess": settings.preprocess.to_dict(),
+        # Only when views were added, so a default fit's settings stay as they were.
+        **({"augment": settings.augment} if settings.augment != NONE else {}),
         "feature_dim": int(channels),
         "feature_grid": list(features.grid),
         "image_score": image_score,

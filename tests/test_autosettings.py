@@ -164,6 +164,20 @@ def test_a_given_crop_is_not_aligned(tmp_path: Path) -> None:
     assert "crop given" in choice.reason
 
 
+def test_given_augmentation_is_not_aligned(tmp_path: Path) -> None:
+    """Turned copies are asked for where the parts turn: the choice keeps the centre crop
+    (alignment would undo the turns the copies stand for) and carries the views on."""
+    rng = np.random.default_rng(8)
+    paths = save([bar_image(rng.uniform(0, 360), (64, 64)) for _ in range(4)], tmp_path)
+    fixed = {"backbone": "efficientnet_lite0", "image_score": "max", "augment": "rotations"}
+    choice = choose(paths, fixed)
+    assert choice.settings.preprocess == Preprocess()
+    assert choice.settings.augment == "rotations"
+    assert "augmentation given: not aligned" in choice.reason and choice.pose is None
+    with pytest.raises(ValueError, match="does not apply to an aligned part"):
+        choose(paths, {**fixed, "align": True})
+
+
 def test_unknown_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot be given"):
         choose([tmp_path / "x.png"], {"threshold": 3.0})

@@ -10,9 +10,12 @@ import pytest
 from ind_knn_ad.threshold import FEW, auto_threshold, balanced_cut, holdout_scores
 
 
-def _features(images: int = 12, grid: tuple[int, int] = (3, 4), channels: int = 6):
+def _features(images: int = 12, grid: tuple[int, int] = (3, 4), channels: int = 6, views: int = 1):
+    """Training features with `views` blocks of patches per image (`augment`), a bank of
+    40 of their rows and each row's image."""
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(images, grid[0] * grid[1], channels)).astype(np.float32)
+    shape = (images, views * grid[0] * grid[1], channels)
+    features = rng.normal(size=shape).astype(np.float32)
     rows = rng.choice(features.shape[0] * features.shape[1], 40, replace=False)
     bank = features.reshape(-1, channels)[rows]
     return features, grid, bank, rows // features.shape[1]
@@ -28,14 +31,18 @@ def _filler(features: np.ndarray, row: np.ndarray, source: int) -> np.ndarray:
     return others[np.argmin(_distances(row[None], others)[0])]
 
 
-def test_each_image_is_scored_without_its_own_patches_and_their_holes_filled() -> None:
-    features, grid, bank, sources = _features()
+@pytest.mark.parametrize("views", [1, 3])
+def test_each_image_is_scored_without_its_own_patches_and_their_holes_filled(views: int) -> None:
+    """With views, the image alone is scored (its first h*w patches), without the rows of
+    any of its views, and other images' views may fill its holes."""
+    features, grid, bank, sources = _features(views=views)
     scores = holdout_scores(features, grid, bank, sources, "max")
     for image, score in enumerate(scores):
         own = sources == image
         fillers = [_filler(features, row, image) for row in bank[own]]
         rows = np.concatenate([bank[~own], np.reshape(fillers, (-1, bank.shape[1]))])
-        assert np.isclose(score, _distances(features[image], rows).min(axis=1).max(), rtol=1e-5)
+        patches = features[image, : grid[0] * grid[1]]
+        assert np.isclose(score, _distances(patches, rows).min(axis=1).max(), rtol=1e-5)
         # A filler is a patch of another image: the image's own patches are never used.
         assert not np.isclose(score, 0.0)
 

@@ -33,6 +33,7 @@ __all__ = [
     "make_scorer",
     "names",
     "register",
+    "taking_views",
 ]
 
 ENTRY_POINTS = "ind_knn_ad.methods"
@@ -83,6 +84,11 @@ def names() -> tuple[str, ...]:
 def having_image_score(rule: str) -> list[str]:
     """The methods that can score images by `rule`, by name."""
     return [name for name in names() if rule in _REGISTRY[name].image_scores]
+
+
+def taking_views() -> list[str]:
+    """The methods that can fit on training images' views (`augment`), by name."""
+    return [name for name in names() if _REGISTRY[name].takes_views]
 
 
 def make_scorer(model: Model, preprocess: Preprocess, maps: bool = True) -> Scorer:

@@ -72,6 +72,10 @@ class Method(ABC):
     map_in_score_units: ClassVar[bool]
     # Settings its model files must hold beyond the shared ones, with their JSON types.
     required_settings: ClassVar[dict[str, type]]
+    # Whether it can fit on training images' views (`augment`): only a method that pools
+    # patches from every position and image can. One with a model per position (PaDiM)
+    # or an image vector and grid per training image (SPADE) has no place for them.
+    takes_views: ClassVar[bool] = False
 
     def image_score_for(self, asked: str) -> str | None:
         """The rule a fit stores when `asked` is asked for, or None if it has no such rule."""

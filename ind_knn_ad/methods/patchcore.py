@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import detectability
 from ..alignment import part_regions
+from ..augment import NONE
 from ..coreset import coreset_size, greedy_coreset
 from ..exit_codes import UsageError
 from ..model_file import Model
@@ -35,6 +36,7 @@ class PatchCore(Method):
     name = "patchcore"
     image_scores = IMAGE_SCORES
     map_in_score_units = True  # the image score is a patch distance, as the map's are
+    takes_views = True  # the bank pools patches from every position and image
     required_settings = {"coreset": dict}  # noqa: RUF012 - read only
 
     def check_fit(self, settings: FitSettings, patches: int, auto_threshold: bool) -> None:
@@ -56,14 +58,17 @@ class PatchCore(Method):
         image_score: str,
         progress: ProgressFactory,
     ) -> Fitted:
-        """The greedy coreset of every training patch."""
-        _images, patches, channels = train.features.shape
+        """The greedy coreset of every training patch, views included (`augment`), with as
+        many rows as without views, so that scoring costs the same."""
+        images, patches, channels = train.features.shape
         flat = train.features.reshape(-1, channels)
-        size = coreset_size(flat.shape[0], settings.coreset_fraction)
+        size = coreset_size(images * patches // train.views, settings.coreset_fraction)
         with progress("Coreset selection", size) as callback:
             chosen = greedy_coreset(flat, size, settings.projection_dim, settings.seed, callback)
         bank = np.ascontiguousarray(flat[chosen])
-        sources = chosen // patches  # the training image each bank patch came from
+        # The training image each bank patch came from: a view's patches belong to its
+        # image, so a held-out image takes its views with it.
+        sources = chosen // patches
 
         @functools.cache
         def fillers() -> np.ndarray:
@@ -138,7 +143,10 @@ class PatchCore(Method):
 
     def summary(self, model: Model) -> str:
         kept = model.tensors[BANK].shape[0]
-        return f"Memory bank: {kept} of {model.settings['coreset']['total_patches']} patches"
+        total = model.settings["coreset"]["total_patches"]
+        augment = model.settings.get("augment", NONE)
+        views = "" if augment == NONE else f" (images and their views, --augment {augment})"
+        return f"Memory bank: {kept} of {total} patches{views}"
 
 
 def _round_up(value: float) -> float:
