@@ -133,6 +133,8 @@ def auto_threshold(
         "p95": float(np.percentile(scores, 95)),
     }
     details: dict = {}
+    if defects is not None:  # one whose features overflowed is caught at any cut
+        defects = defects[np.isfinite(defects)]
     if defects is not None and defects.size and scores.size < FEW:
         value = balanced_cut(scores, defects)
         details["rule"] = (

@@ -89,6 +89,12 @@ def test_few_held_out_images_place_the_threshold_against_synthetic_defects() -> 
     assert details["expected_false_alarms"]["held_out_flagged"] == 0
 
 
+def test_a_synthetic_defect_scoring_infinite_leaves_a_finite_threshold() -> None:
+    good, defects = np.array([2.0, 3.0, 4.0]), np.array([6.0, np.inf, np.nan])
+    value, details = auto_threshold(good, defects)
+    assert value == 5.0 and details["synthetic"] == {"count": 1, "caught": 1}
+
+
 def test_from_few_held_out_images_on_the_rule_is_mean_plus_three_std() -> None:
     good = np.linspace(2.0, 5.0, FEW)
     value, details = auto_threshold(good, np.array([6.0, 9.0]))
