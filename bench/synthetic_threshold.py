@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 from common import CHOSEN, MVTEC, PYTHON, ROOT, chosen_settings, machine, report
 
-import ind_knn_ad.detectability
 import ind_knn_ad.train
 from ind_knn_ad.data import Dataset, load_dataset
 from ind_knn_ad.operating_point import operating_threshold, parse_operating_point
@@ -73,36 +72,25 @@ RULES: dict[str, Rule] = {
 def fit_recording(dataset: Dataset, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit as make_model.py does; the held-out good scores, the synthetic-defect scores and
     the test scores with their labels (labels stacked under scores)."""
-    recorded: dict[str, list[float]] = {"good": [], "defects": []}
+    recorded: dict[str, np.ndarray] = {}
     auto_threshold = ind_knn_ad.train.auto_threshold
-    measure = ind_knn_ad.detectability.measure
 
-    def threshold(scores: np.ndarray, *args: object) -> tuple[float, dict]:
-        recorded["good"] = list(scores)
-        return auto_threshold(scores, *args)
-
-    def measuring(paths, preprocess, extractor, held_out, limit, seed=0):
-        def scored(features: np.ndarray, cuts: np.ndarray, image: int) -> list[float]:
-            found = held_out(features, cuts, image)
-            recorded["defects"].extend(found)
-            return found
-
-        return measure(paths, preprocess, extractor, scored, limit, seed)
+    def threshold(scores: np.ndarray, defects: np.ndarray) -> tuple[float, dict]:
+        recorded["good"], recorded["defects"] = scores, defects  # the fit's own call sees both
+        return auto_threshold(scores, defects)
 
     settings = chosen_settings(dataset.name, dataset.train, seed)
     ind_knn_ad.train.auto_threshold = threshold
-    ind_knn_ad.detectability.measure = measuring
     try:
         result = ind_knn_ad.train.train(dataset, settings, device="cpu")
     finally:
         ind_knn_ad.train.auto_threshold = auto_threshold
-        ind_knn_ad.detectability.measure = measure
     assert result.evaluation is not None
     good, defective = result.evaluation.labelled_scores()
     test = np.stack(
         [np.concatenate([good, defective]), np.r_[np.zeros(good.size), np.ones(defective.size)]]
     )
-    return np.array(recorded["good"]), np.array(recorded["defects"]), test
+    return recorded["good"], recorded["defects"], test
 
 
 def run(
