@@ -123,19 +123,19 @@ def auto_threshold(
 
     Returns the value and the statistics stored in the model.
     """
-    mean, std, top = float(scores.mean()), float(scores.std()), float(scores.max())
+    mean, std = float(scores.mean()), float(scores.std())
     holdout = {
         "count": int(scores.size),
         "mean": mean,
         "std": std,
         "min": float(scores.min()),
-        "max": top,
+        "max": float(scores.max()),
         "p95": float(np.percentile(scores, 95)),
     }
     details: dict = {}
-    if defects is not None:  # one whose features overflowed is caught at any cut
-        defects = defects[np.isfinite(defects)]
-    if defects is not None and defects.size and scores.size < FEW:
+    # A defect whose features overflowed is caught at any cut: it places nothing.
+    defects = np.empty(0) if defects is None else defects[np.isfinite(defects)]
+    if defects.size and scores.size < FEW:
         value = balanced_cut(scores, defects)
         details["rule"] = (
             f"fewest false alarms plus misses between {scores.size} leave-one-image-out scores "
