@@ -12,7 +12,7 @@ CR or LF is enclosed in double quotes, with any double quote doubled. Every reco
 line except for names that contain a line break, whose quoted field spans lines; a CSV
 reader gets every name back exactly. The score has 6 decimals and the flag is computed from
 the printed score, so the two always agree. Names are written byte for byte as given, even
-when they are not valid UTF-8. Exit codes: see ind_knn_ad/exit_codes.py.
+when they are not valid UTF-8. Exit codes: see ind_knn_ad/cli/exit_codes.py.
 """
 
 from __future__ import annotations
@@ -29,15 +29,18 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from ind_knn_ad import environment, exit_codes  # noqa: F401 - environment first: see there
-from ind_knn_ad.exit_codes import WriteError
-from ind_knn_ad.images import ImageError, shown_name
-from ind_knn_ad.model_file import DEFAULT_MODEL_PATH, load_model, named
-from ind_knn_ad.pipeline import expand_inputs
-from ind_knn_ad.threshold import parse_threshold
+from ind_knn_ad.cli import environment  # noqa: F401 - first: it may re-run us in the venv
+
+# isort: split
+from ind_knn_ad.calibration.threshold import parse_threshold
+from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.cli.exit_codes import WriteError
+from ind_knn_ad.io.batches import expand_inputs
+from ind_knn_ad.io.images import ImageError, shown_name
+from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH, load_model, named
 
 if TYPE_CHECKING:
-    from ind_knn_ad.model_file import Model
+    from ind_knn_ad.model_file.store import Model
 
 log = logging.getLogger("anomaly_detector")
 # ONNX Runtime's telemetry writes a device ID under HOME, and prints a coloured warning of
@@ -143,7 +146,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
     """Score every file, writing records as they come; the exit code says which images
     failed, and an error that stops the run is raised (see exit_codes)."""
     model = load_model(args.model)
-    from ind_knn_ad.runtime import Detector
+    from ind_knn_ad.runtime.detector import Detector
 
     with named(args.model):
         # Patch maps only for heatmaps: without them some methods search less.
@@ -151,8 +154,8 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
     threshold = model.threshold if args.threshold is None else args.threshold
     log.info("model %s: %s, threshold %.4g", args.model, model.settings["backbone"], threshold)
     if args.heatmap is not None:
-        from ind_knn_ad.heatmap import write_heatmap
-        from ind_knn_ad.model_file import check_writable
+        from ind_knn_ad.model_file.store import check_writable
+        from ind_knn_ad.report.heatmap import write_heatmap
 
         try:  # now, not after the first image
             check_writable(args.heatmap / "heatmap.png")

@@ -10,15 +10,18 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ind_knn_ad import environment, exit_codes  # noqa: F401 - environment first: see there
-from ind_knn_ad.arguments import checked, complete_fit_arguments, fraction, positive
-from ind_knn_ad.augment import VIEW_SETS
-from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
+from ind_knn_ad.cli import environment  # noqa: F401 - first: it may re-run us in the venv
+
+# isort: split
+from ind_knn_ad.calibration.operating_point import parse_operating_point, recalibrate
+from ind_knn_ad.calibration.threshold import AUTO, parse_threshold
+from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.cli.arguments import checked, complete_fit_arguments, fraction, positive
+from ind_knn_ad.features.augment import VIEW_SETS
+from ind_knn_ad.features.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.methods import DEFAULT, having_image_score, names
-from ind_knn_ad.model_file import DEFAULT_MODEL_PATH
-from ind_knn_ad.operating_point import parse_operating_point, recalibrate
-from ind_knn_ad.scoring import IMAGE_SCORES
-from ind_knn_ad.threshold import AUTO, parse_threshold
+from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH
+from ind_knn_ad.search.nearest import IMAGE_SCORES
 
 # As in anomaly_detector.py: no ONNX Runtime telemetry, nor its warning on stderr.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -103,7 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Fit (or with --evaluate-only evaluate) and print; errors are raised for run_cli."""
-    from ind_knn_ad import preflight, reporting, results
+    from ind_knn_ad.cli import preflight
+    from ind_knn_ad.report import console as reporting
+    from ind_knn_ad.report import results
 
     preflight.check_outputs(args.model)
     online = not args.auto or "backbone" in args.given  # auto picks among offline backbones
@@ -136,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.OK
     out.print(f"█│ Running {args.method} on {dataset.name} dataset.")
 
-    from ind_knn_ad import autosettings
-    from ind_knn_ad.extractor import FitSettings
+    from ind_knn_ad.features.extractor import FitSettings
     from ind_knn_ad.train import train
+    from ind_knn_ad.tuning import autosettings
 
     if args.operating_point is not None and not dataset.test:
         raise exit_codes.UsageError("--operating-point needs labelled images in test/")

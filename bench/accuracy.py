@@ -30,11 +30,11 @@ from dataclasses import replace
 import numpy as np
 from common import MVTEC
 
-from ind_knn_ad.alignment import measure_box
-from ind_knn_ad.borders import BORDERS
-from ind_knn_ad.data import load_dataset
-from ind_knn_ad.extractor import FitSettings
-from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.features.borders import BORDERS
+from ind_knn_ad.features.extractor import FitSettings
+from ind_knn_ad.io.alignment import measure_box
+from ind_knn_ad.io.datasets import load_dataset
+from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.train import train
 
 DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512")

@@ -2,7 +2,7 @@
 """Orientation augmentation of the training images: does adding turned and flipped copies
 to the memory bank help parts that lie at any angle, and what does it cost?
 
-For each set and each view set of `ind_knn_ad.augment` (`make_model.py --augment`), the
+For each set and each view set of `ind_knn_ad.features.augment` (`make_model.py --augment`), the
 library's PatchCore fit on Lite0 at 256/224 (`max`): the bank chosen from the patches of
 the training images and of their views, with as many rows as without views (so scoring
 costs the same), and the fit's held-out threshold (an image's views are held out with it).
@@ -22,11 +22,11 @@ import torch
 from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
 from sklearn.metrics import roc_auc_score
 
-from ind_knn_ad.augment import VIEW_SETS
-from ind_knn_ad.data import load_dataset
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.calibration.threshold import auto_threshold
+from ind_knn_ad.features.augment import VIEW_SETS
+from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.methods.patchcore import BANK, PatchCore
-from ind_knn_ad.threshold import auto_threshold
 from ind_knn_ad.train import no_progress
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Settings chosen from good images (ind_knn_ad.autosettings) on every shared MVTec AD set.
+"""Settings chosen from good images (ind_knn_ad.tuning.autosettings) on every shared MVTec AD set.
 
 For each set: the pose statistic, the choice with its candidate table and choosing
 seconds, then two fits without any tuning flag, evaluated on test/: before (today's
@@ -26,10 +26,10 @@ from dataclasses import replace
 from common import MVTEC
 from rich.console import Console
 
-from ind_knn_ad.autosettings import choose, pose_spread
-from ind_knn_ad.data import Dataset, list_images, load_dataset
-from ind_knn_ad.extractor import FitSettings
+from ind_knn_ad.features.extractor import FitSettings
+from ind_knn_ad.io.datasets import Dataset, list_images, load_dataset
 from ind_knn_ad.train import train
+from ind_knn_ad.tuning.autosettings import choose, pose_spread
 
 DATASETS = ("bottle_256", "hazelnut_reduced", "transistor_reduced", "screw_512")
 POSE_ONLY = "bottle_fullres_samples"

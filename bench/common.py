@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.alignment import measure_box
-from ind_knn_ad.data import REAL_DATA_DIR as MVTEC
-from ind_knn_ad.extractor import FitSettings
-from ind_knn_ad.preprocess import Preprocess
-from ind_knn_ad.scoring import score_features
+from ind_knn_ad.features.extractor import FitSettings
+from ind_knn_ad.io.alignment import measure_box
+from ind_knn_ad.io.datasets import REAL_DATA_DIR as MVTEC
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.search.nearest import score_features
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTTLE = MVTEC / "bottle_256"

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
 
-from ind_knn_ad.coreset import coreset_size, greedy_coreset
-from ind_knn_ad.data import load_dataset
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
-from ind_knn_ad.threshold import auto_threshold, holdout_scores
+from ind_knn_ad.calibration.threshold import auto_threshold, holdout_scores
+from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.io.datasets import load_dataset
+from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
 
 
 def run(name: str, shots: list[int], draws: int, coreset: float | None) -> dict[str, str]:

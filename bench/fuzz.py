@@ -31,8 +31,8 @@ from fuzzing import (  # noqa: E402
     score_model,
 )
 
-from ind_knn_ad.preprocess import Preprocess  # noqa: E402
-from ind_knn_ad.sample_data import generate_sample_dataset  # noqa: E402
+from ind_knn_ad.io.preprocess import Preprocess  # noqa: E402
+from ind_knn_ad.io.sample_data import generate_sample_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

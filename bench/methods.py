@@ -22,14 +22,14 @@ from pathlib import Path
 
 from common import MVTEC
 
-from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER
-from ind_knn_ad.data import load_dataset
-from ind_knn_ad.device import select_device
-from ind_knn_ad.evaluate import evaluate
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.features.borders import BORDERS, DEFAULT_BORDER
+from ind_knn_ad.features.device import select_device
+from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.methods import names
-from ind_knn_ad.model_file import load_model, save_model
-from ind_knn_ad.runtime import Detector
+from ind_knn_ad.model_file.store import load_model, save_model
+from ind_knn_ad.report.evaluate import evaluate
+from ind_knn_ad.runtime.detector import Detector
 from ind_knn_ad.train import fit_method
 
 DATASETS = ("bottle_256", "hazelnut_reduced")

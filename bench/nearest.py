@@ -14,9 +14,9 @@ import time
 import numpy as np
 from common import BOTTLE, PYTHON, ROOT, ensure_model, machine, report, spread
 
-from ind_knn_ad.model_file import load_model
-from ind_knn_ad.runtime import Detector
-from ind_knn_ad.scoring import SearchBank, score_features
+from ind_knn_ad.model_file.store import load_model
+from ind_knn_ad.runtime.detector import Detector
+from ind_knn_ad.search.nearest import SearchBank, score_features
 
 
 def main(argv: list[str] | None = None) -> None:

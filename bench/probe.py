@@ -4,7 +4,7 @@
 Features are extracted once per (input size, stages, neighbourhood, augmentation) with the
 library's own extractor and preprocessing; bank sizes and image-score rules are then tried
 on those features with a torch nearest-neighbour search (CUDA when present). On a GPU the
-greedy coreset is a plain torch loop, the same algorithm as `ind_knn_ad.coreset` (which
+greedy coreset is a plain torch loop, the same algorithm as `ind_knn_ad.search.coreset` (which
 the CPU uses), so a GPU can try banks that would take minutes on a laptop CPU.
 make_model.py remains the measure of record (bench/accuracy.py); this script decides what
 is worth measuring there.
@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from ind_knn_ad.coreset import greedy_coreset, project
-from ind_knn_ad.data import load_dataset
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings
-from ind_knn_ad.images import ImageError
-from ind_knn_ad.pipeline import preprocessed_batches, stack
-from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings
+from ind_knn_ad.io.batches import preprocessed_batches, stack
+from ind_knn_ad.io.datasets import load_dataset
+from ind_knn_ad.io.images import ImageError
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.search.coreset import greedy_coreset, project
 
 AUGMENTATIONS = {
     "none": [(0, False)],
@@ -66,7 +66,7 @@ def augmented(images: np.ndarray, augmentation: str) -> np.ndarray:
 
 
 def greedy(points: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
-    """Greedy k-center indices (the same rule as ind_knn_ad.coreset, plain loop)."""
+    """Greedy k-center indices (the same rule as ind_knn_ad.search.coreset, plain loop)."""
     start = int(np.random.default_rng(seed).integers(len(points)))
     chosen = torch.empty(size, dtype=torch.long, device=points.device)
     chosen[0] = start

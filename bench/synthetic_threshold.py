@@ -37,9 +37,9 @@ import numpy as np
 from common import CHOSEN, MVTEC, PYTHON, ROOT, chosen_settings, machine, report
 
 import ind_knn_ad.train
-from ind_knn_ad.data import Dataset, load_dataset
-from ind_knn_ad.operating_point import operating_threshold, parse_operating_point
-from ind_knn_ad.threshold import FEW, balanced_cut
+from ind_knn_ad.calibration.operating_point import operating_threshold, parse_operating_point
+from ind_knn_ad.calibration.threshold import FEW, balanced_cut
+from ind_knn_ad.io.datasets import Dataset, load_dataset
 
 
 def mean_3std(good: np.ndarray, _defects: np.ndarray) -> float:

@@ -22,11 +22,11 @@ import onnxruntime
 import torch
 from common import MVTEC, PYTHON, ROOT, fit_command, machine, report, run
 
-from ind_knn_ad.borders import fitted_border
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings
+from ind_knn_ad.features.borders import fitted_border
+from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings
 from ind_knn_ad.methods import make_scorer
-from ind_knn_ad.model_file import load_model
-from ind_knn_ad.runtime import Detector
+from ind_knn_ad.model_file.store import load_model
+from ind_knn_ad.runtime.detector import Detector
 
 
 def onnx_features(model, images: np.ndarray, **options) -> np.ndarray:

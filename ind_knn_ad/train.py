@@ -16,18 +16,24 @@ from typing import Any
 
 import numpy as np
 
-from . import detectability, methods
-from .augment import NONE, views_of
-from .data import Dataset, TestImage
-from .device import select_device
-from .evaluate import Evaluation, evaluate
-from .extractor import FeatureExtractor, FitSettings, TrainFeatures, extract_features
-from .methods.base import ProgressFactory
-from .model_file import FORMAT, Model, required_version
-from .pipeline import images_per_batch
-from .provenance import package_versions
-from .scoring import PatchScores
-from .threshold import AUTO, auto_threshold
+from ind_knn_ad import methods
+from ind_knn_ad.calibration import detectability
+from ind_knn_ad.calibration.threshold import AUTO, auto_threshold
+from ind_knn_ad.features.augment import NONE, views_of
+from ind_knn_ad.features.device import select_device
+from ind_knn_ad.features.extractor import (
+    FeatureExtractor,
+    FitSettings,
+    TrainFeatures,
+    extract_features,
+)
+from ind_knn_ad.io.batches import images_per_batch
+from ind_knn_ad.io.datasets import Dataset, TestImage
+from ind_knn_ad.methods.base import ProgressFactory
+from ind_knn_ad.model_file.provenance import package_versions
+from ind_knn_ad.model_file.store import FORMAT, Model, required_version
+from ind_knn_ad.report.evaluate import Evaluation, evaluate
+from ind_knn_ad.search.nearest import PatchScores
 
 
 def no_progress(description: str, total: int) -> AbstractContextManager[None]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ind_knn_ad.data import REAL_DATA_DIR
+from ind_knn_ad.io.datasets import REAL_DATA_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 _CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -67,7 +67,7 @@ def mvtec_folder(name: str) -> Path:
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The deterministic synthetic metal-nut set, in MVTec layout."""
-    from ind_knn_ad.sample_data import generate_sample_dataset
+    from ind_knn_ad.io.sample_data import generate_sample_dataset
 
     return generate_sample_dataset(tmp_path_factory.mktemp("data"))
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.images import MAX_PIXELS, ImageError, load_image
-from ind_knn_ad.model_file import DIGESTS, METADATA_KEY, ModelFileError, load_model
-from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.io.images import MAX_PIXELS, ImageError, load_image
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import DIGESTS, METADATA_KEY, ModelFileError, load_model
 
 MEMORY_LIMIT = 300 * 2**20  # what one case may add to the peak resident memory
 
@@ -102,7 +102,7 @@ def mutate_model(rng: random.Random, data: bytes) -> tuple[str, bytes]:
 def score_model(path: Path, images: list[Path]) -> list[float] | ModelFileError:
     """What anomaly_detector.py would print for `images` with this model, or its refusal.
     Anything else that escapes is a failure of the target."""
-    from ind_knn_ad.runtime import Detector
+    from ind_knn_ad.runtime.detector import Detector
 
     try:
         detector = Detector(load_model(path), "cpu", maps=False)

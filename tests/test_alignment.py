@@ -11,10 +11,10 @@ import pytest
 from conftest import fit_efficientnet, mvtec_folder, run_script
 from PIL import Image, ImageDraw
 
-from ind_knn_ad.alignment import MARGIN, Box, cut, find_pose, measure_box, part_regions
-from ind_knn_ad.heatmap import BAR_PANEL, HEADER
-from ind_knn_ad.model_file import load_model
-from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.io.alignment import MARGIN, Box, cut, find_pose, measure_box, part_regions
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import load_model
+from ind_knn_ad.report.heatmap import BAR_PANEL, HEADER
 
 BACKGROUND = (200, 200, 200)
 SHAFT = (100, 40)  # length, width in pixels

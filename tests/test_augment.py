@@ -12,10 +12,10 @@ import pytest
 from conftest import fit_efficientnet, run_script
 from PIL import Image, ImageDraw
 
-from ind_knn_ad.augment import VIEW_SETS, views_of, with_views
-from ind_knn_ad.extractor import extract_features
-from ind_knn_ad.model_file import load_model
-from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.features.augment import VIEW_SETS, views_of, with_views
+from ind_knn_ad.features.extractor import extract_features
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import load_model
 
 SIDE = 96  # the flag images' side, and the network input's (no resize, no crop)
 

@@ -12,7 +12,9 @@ import pytest
 from conftest import mvtec_folder
 from PIL import Image, ImageDraw
 
-from ind_knn_ad.autosettings import (
+from ind_knn_ad.io.datasets import list_images
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.tuning.autosettings import (
     TIE,
     TURNED_DEGREES,
     Candidate,
@@ -21,8 +23,6 @@ from ind_knn_ad.autosettings import (
     choose,
     pose_spread,
 )
-from ind_knn_ad.data import list_images
-from ind_knn_ad.preprocess import Preprocess
 
 BACKGROUND = (210, 210, 210)
 

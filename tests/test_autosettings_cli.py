@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 
-from ind_knn_ad.model_file import load_model
+from ind_knn_ad.model_file.store import load_model
 
 pytestmark = pytest.mark.slow
 

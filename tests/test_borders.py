@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ind_knn_ad.borders import BORDERS, DEFAULT_BORDER, UNRECORDED_BORDER, fitted_border
-from ind_knn_ad.extractor import FeatureExtractor, FitSettings, TrainFeatures
-from ind_knn_ad.features import PatchFeatures
-from ind_knn_ad.model_file import load_model, save_model
-from ind_knn_ad.preprocess import Preprocess
-from ind_knn_ad.runtime import Detector
+from ind_knn_ad.features.borders import BORDERS, DEFAULT_BORDER, UNRECORDED_BORDER, fitted_border
+from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, TrainFeatures
+from ind_knn_ad.features.patches import PatchFeatures
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import load_model, save_model
+from ind_knn_ad.runtime.detector import Detector
 from ind_knn_ad.train import fit_method
 
 

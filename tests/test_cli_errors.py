@@ -29,9 +29,9 @@ from conftest import ROOT
 from PIL import Image
 from test_image_loader import encoded, half, noise, png_chunk, png_header, zero_png
 
-from ind_knn_ad import exit_codes
-from ind_knn_ad.images import shown_name
-from ind_knn_ad.model_file import FORMAT_VERSION, METADATA_KEY, load_model
+from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.io.images import shown_name
+from ind_knn_ad.model_file.store import FORMAT_VERSION, METADATA_KEY, load_model
 
 RECORD = re.compile(r"^\d+\.\d{6}$")
 
@@ -583,7 +583,7 @@ def test_cuda_provider_that_does_not_start(
     """ONNX Runtime lists CUDA but cannot start it: an error, not a silent run on the CPU."""
     import onnxruntime
 
-    from ind_knn_ad.runtime import PROVIDERS, Detector
+    from ind_knn_ad.runtime.detector import PROVIDERS, Detector
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(PROVIDERS.values()))
     monkeypatch.setattr(onnxruntime, "InferenceSession", _cpu_only_session(onnxruntime))
@@ -650,7 +650,7 @@ def test_heatmaps_for_long_names_and_one_that_cannot_be_written(
     """Issue 13, items 4 and 5: a heatmap name of 254 bytes, and one hashed down to 255,
     are written (their temporary names fit too); a FIFO where a heatmap goes is left as it
     is and costs that image alone: the others are scored, and the exit code is 6."""
-    from ind_knn_ad.heatmap import heatmap_name
+    from ind_knn_ad.report.heatmap import heatmap_name
 
     names = ["n" * 250, "d" * 200 + "/" + "h" * 200, "blocked.png", "good.png"]
     (tmp_path / ("d" * 200)).mkdir()

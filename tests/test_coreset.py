@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ind_knn_ad.coreset import (
+from ind_knn_ad.search.coreset import (
     FULL_BANK_PATCHES,
     coreset_size,
     greedy_coreset,

@@ -10,8 +10,8 @@ import pytest
 from conftest import run_script
 from PIL import Image
 
-from ind_knn_ad import exit_codes
-from ind_knn_ad.data import DATASETS_DIR, DatasetError, load_dataset
+from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.io.datasets import DATASETS_DIR, DatasetError, load_dataset
 
 
 def _copy_as(sources: list[Path], folder: Path, suffixes: list[str]) -> None:

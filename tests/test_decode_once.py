@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ind_knn_ad.data import load_dataset
-from ind_knn_ad.results import evaluate_saved
+from ind_knn_ad.io.datasets import load_dataset
+from ind_knn_ad.report.results import evaluate_saved
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ind_knn_ad import download
-from ind_knn_ad.download import (
+from ind_knn_ad.io import download
+from ind_knn_ad.io.download import (
     BASE_URL_ENV,
     MVTEC_CATEGORIES,
     Archive,

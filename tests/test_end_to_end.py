@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 
-from ind_knn_ad.sample_data import DEFECT_KINDS
+from ind_knn_ad.io.sample_data import DEFECT_KINDS
 
 LINE = re.compile(r"^(?P<file>[^,]+),(?P<score>\d+\.\d{6}),(?P<flag>[01])$")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ind_knn_ad.model_file import ModelFileError, load_model
-from ind_knn_ad.pipeline import expand_inputs
-from ind_knn_ad.runtime import Detector
-from ind_knn_ad.scoring import IMAGE_SCORES, score_features
+from ind_knn_ad.io.batches import expand_inputs
+from ind_knn_ad.model_file.store import ModelFileError, load_model
+from ind_knn_ad.runtime.detector import Detector
+from ind_knn_ad.search.nearest import IMAGE_SCORES, score_features
 
 RTOL = 1e-4
 # Scores from two feature implementations (two machines' arithmetic) differ by at most this,
@@ -30,7 +30,7 @@ def torch_scores(sample_model: Path, test_images: list[Path]) -> tuple[np.ndarra
     fit itself takes, one image at a time."""
     import torch
 
-    from ind_knn_ad.extractor import FeatureExtractor, FitSettings
+    from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings
 
     model = load_model(sample_model)
     settings = FitSettings(

@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 from conftest import ARITHMETIC, ROOT
 
-from ind_knn_ad import scoring
 from ind_knn_ad.methods import padim, spade
-from ind_knn_ad.scoring import IMAGE_SCORES, REWEIGHT_NEIGHBOURS, reweighted_score, score_features
+from ind_knn_ad.search import nearest as scoring
+from ind_knn_ad.search.nearest import (
+    IMAGE_SCORES,
+    REWEIGHT_NEIGHBOURS,
+    reweighted_score,
+    score_features,
+)
 
 
 def exhaustive(features: np.ndarray, bank: np.ndarray, image_score: str, regions=None) -> list:
@@ -188,7 +193,7 @@ SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from test_exact_search import case, padim_case
-from ind_knn_ad.scoring import IMAGE_SCORES, score_features
+from ind_knn_ad.search.nearest import IMAGE_SCORES, score_features
 out = []
 for seed in range(25):
     features, bank, regions = case(seed)

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from ind_knn_ad import exit_codes
-from ind_knn_ad.model_file import Model, atomic_write, load_model, save_model
+from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.model_file.store import Model, atomic_write, load_model, save_model
 
 
 def listing(folder: Path) -> dict[str, str]:
@@ -139,7 +139,7 @@ def test_failed_write_keeps_the_old_file(
 ) -> None:
     target = tmp_path / "model.safetensors"
     target.write_bytes(b"old model")
-    import ind_knn_ad.model_file as model_file
+    import ind_knn_ad.model_file.store as model_file
 
     monkeypatch.setattr(
         model_file,
@@ -233,7 +233,7 @@ def test_model_results_and_sheet_are_replaced_together(
     so it is also sent to another thread."""
     import threading
 
-    import ind_knn_ad.model_file as model_file
+    import ind_knn_ad.model_file.store as model_file
 
     names = ["model.safetensors", "model.results.json", "model.contact_sheet.png"]
     for name in names:
@@ -274,7 +274,7 @@ def test_interrupt_before_the_renames_keeps_every_old_file(
     names = ["model.safetensors", "model.results.json", "model.contact_sheet.png"]
     for name in names:
         (tmp_path / name).write_bytes(b"old")
-    import ind_knn_ad.model_file as model_file
+    import ind_knn_ad.model_file.store as model_file
 
     real_open = open
     opened = []
@@ -307,7 +307,7 @@ def test_results_name_their_model_by_sha256(sample_model: Path) -> None:
 FULL_DISK_SCRIPT = """
 import sys
 from pathlib import Path
-from ind_knn_ad.model_file import load_model, save_model
+from ind_knn_ad.model_file.store import load_model, save_model
 try:
     save_model(load_model(Path(sys.argv[1])), Path(sys.argv[2]))
 except OSError as error:

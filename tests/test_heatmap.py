@@ -10,8 +10,10 @@ import pytest
 from conftest import ROOT, run_script
 from PIL import Image
 
-from ind_knn_ad import exit_codes
-from ind_knn_ad.heatmap import (
+from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import load_model
+from ind_knn_ad.report.heatmap import (
     BAR_PANEL,
     COLUMNS,
     HEADER,
@@ -20,8 +22,6 @@ from ind_knn_ad.heatmap import (
     colormap,
     heatmap_name,
 )
-from ind_knn_ad.model_file import load_model
-from ind_knn_ad.preprocess import Preprocess
 
 
 def heat_of(pixels: np.ndarray) -> np.ndarray:

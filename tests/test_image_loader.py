@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ind_knn_ad.images import MAX_PIXELS, ImageError, load_image, shown_name
+from ind_knn_ad.io.images import MAX_PIXELS, ImageError, load_image, shown_name
 
 PROPERTY = settings(
     max_examples=150,
@@ -376,8 +376,8 @@ def test_random_png_dimensions(
 THIN = """
 import sys
 from PIL import Image
-from ind_knn_ad.alignment import Box, find_pose
-from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.io.alignment import Box, find_pose
+from ind_knn_ad.io.preprocess import Preprocess
 for size in [(50000, 2), (2, 50000), (8192, 3), (256, 256)]:
     image = Image.new("RGB", size, (200, 200, 200))
     image.paste((20, 20, 20), (size[0] // 3, 0, size[0] // 2, size[1]))
@@ -438,7 +438,7 @@ def test_ordinary_images_preprocess_as_before(
 ) -> None:
     """Bounding memory changed no result: every image whose resized frame is no larger than
     it (or than four crops) takes the old path, bit for bit."""
-    from ind_knn_ad.preprocess import Preprocess
+    from ind_knn_ad.io.preprocess import Preprocess
 
     image = noise(*size)
     expected = np.asarray(_whole_then_crop(image, resize, crop))
@@ -448,7 +448,7 @@ def test_ordinary_images_preprocess_as_before(
 def test_thin_image_matches_whole_resize_closely() -> None:
     """The thin-image path resizes only the cropped region; Pillow may order its two passes
     differently there, so values may differ by rounding, but the picture is the same."""
-    from ind_knn_ad.preprocess import Preprocess
+    from ind_knn_ad.io.preprocess import Preprocess
 
     image = noise(4000, 12)
     expected = np.asarray(_whole_then_crop(image, 64, 48)).astype(int)
@@ -464,7 +464,7 @@ def test_fuzzed_images_load_or_are_refused(tmp_path: Path) -> None:
 
     from fuzzing import check_image_case, image_seeds, mutate_image
 
-    from ind_knn_ad.preprocess import Preprocess
+    from ind_knn_ad.io.preprocess import Preprocess
 
     rng, seeds, preprocess = random.Random(13), image_seeds(), Preprocess()
     outcomes = Counter(
@@ -477,7 +477,7 @@ def test_fuzzed_images_load_or_are_refused(tmp_path: Path) -> None:
 MAKE_LARGEST = """
 import sys
 from PIL import Image
-from ind_knn_ad.images import DECODE_BYTES, MAX_PIXELS, decode_bytes
+from ind_knn_ad.io.images import DECODE_BYTES, MAX_PIXELS, decode_bytes
 mode = sys.argv[2]
 side = int(min(MAX_PIXELS, DECODE_BYTES // decode_bytes(mode, 1)) ** 0.5)
 Image.new(mode, (side, side), 90).save(sys.argv[1])
@@ -486,8 +486,8 @@ Image.new(mode, (side + 1, side + 1), 90).save(sys.argv[3])
 # In a process of its own, so that making the image does not raise the peak first.
 LOAD_LARGEST = """
 import resource, sys
-from ind_knn_ad.images import load_image
-from ind_knn_ad.preprocess import Preprocess
+from ind_knn_ad.io.images import load_image
+from ind_knn_ad.io.preprocess import Preprocess
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 Preprocess()(load_image(sys.argv[1]))
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
@@ -537,7 +537,7 @@ if sys.argv[2] == "pillow":
     except Exception:
         pass
 else:
-    from ind_knn_ad.images import ImageError, load_image
+    from ind_knn_ad.io.images import ImageError, load_image
     try:
         load_image(sys.argv[1])
     except ImageError as error:

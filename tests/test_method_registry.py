@@ -23,13 +23,13 @@ import pytest
 from conftest import ROOT
 
 from ind_knn_ad import methods
+from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.base import Fitted, Method, Scorer, TensorSpec, features_only
-from ind_knn_ad.model_file import Model, load_model, save_model
-from ind_knn_ad.preprocess import Preprocess
-from ind_knn_ad.scoring import PatchScores
+from ind_knn_ad.model_file.store import Model, load_model, save_model
+from ind_knn_ad.search.nearest import PatchScores
 
 if TYPE_CHECKING:
-    from ind_knn_ad.extractor import FitSettings, TrainFeatures
+    from ind_knn_ad.features.extractor import FitSettings, TrainFeatures
     from ind_knn_ad.methods.base import ProgressFactory
 
 NAME = "mean_distance"
@@ -119,9 +119,9 @@ def run(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess:
 def test_a_registered_method_fits_saves_loads_and_scores_through_the_cli(
     registered: None, sample_dataset: Path, plugin_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from ind_knn_ad.data import load_dataset
-    from ind_knn_ad.extractor import FitSettings
-    from ind_knn_ad.runtime import Detector
+    from ind_knn_ad.features.extractor import FitSettings
+    from ind_knn_ad.io.datasets import load_dataset
+    from ind_knn_ad.runtime.detector import Detector
     from ind_knn_ad.train import train
 
     dataset = load_dataset(sample_dataset)

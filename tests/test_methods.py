@@ -14,9 +14,9 @@ import pytest
 from conftest import run_script
 from safetensors.numpy import save_file
 
-from ind_knn_ad import exit_codes
+from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.methods import padim, spade
-from ind_knn_ad.model_file import METADATA_KEY, ModelFileError, load_model, save_model
+from ind_knn_ad.model_file.store import METADATA_KEY, ModelFileError, load_model, save_model
 
 OTHER_METHODS = ("padim", "spade")
 

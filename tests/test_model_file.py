@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from ind_knn_ad.model_file import (
+from ind_knn_ad.model_file.store import (
     FORMAT,
     FORMAT_VERSION,
     METADATA_KEY,
@@ -21,7 +21,7 @@ from ind_knn_ad.model_file import (
     save_model,
     validate_settings,
 )
-from ind_knn_ad.runtime import Detector
+from ind_knn_ad.runtime.detector import Detector
 
 
 def test_round_trip_gives_bit_identical_scores(
@@ -144,7 +144,7 @@ def test_save_then_load_small_model(tmp_path: Path) -> None:
 def test_files_carry_sha256_of_every_tensor_and_the_settings(sample_model: Path) -> None:
     from safetensors import safe_open
 
-    from ind_knn_ad.model_file import DIGESTS, SETTINGS_DIGEST_KEY, tensor_digest
+    from ind_knn_ad.model_file.store import DIGESTS, SETTINGS_DIGEST_KEY, tensor_digest
 
     with safe_open(str(sample_model), framework="numpy") as reader:
         metadata = reader.metadata()

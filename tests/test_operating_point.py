@@ -8,7 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from ind_knn_ad.operating_point import OperatingPoint, operating_threshold, parse_operating_point
+from ind_knn_ad.calibration.operating_point import (
+    OperatingPoint,
+    operating_threshold,
+    parse_operating_point,
+)
 
 
 def errors(good: np.ndarray, defective: np.ndarray, value: float) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_script
 
-from ind_knn_ad.model_file import load_model
+from ind_knn_ad.model_file.store import load_model
 
 FIELDS = {"file", "score", "flag", "threshold", "model", "method", "seconds"}
 

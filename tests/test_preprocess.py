@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ind_knn_ad.model_file import load_model
-from ind_knn_ad.pipeline import preprocessed_batches
-from ind_knn_ad.preprocess import Preprocess
-from ind_knn_ad.runtime import Detector
+from ind_knn_ad.io.batches import preprocessed_batches
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import load_model
+from ind_knn_ad.runtime.detector import Detector
 
 
 def test_fit_and_score_preprocess_identically(

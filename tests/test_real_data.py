@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from conftest import mvtec_folder
 
-from ind_knn_ad.data import load_dataset
-from ind_knn_ad.extractor import FitSettings
+from ind_knn_ad.features.extractor import FitSettings
+from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.train import train
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ind_knn_ad import sample_data
-from ind_knn_ad.sample_data import DEFECT_KINDS, generate_sample_dataset, main
+from ind_knn_ad.io import sample_data
+from ind_knn_ad.io.sample_data import DEFECT_KINDS, generate_sample_dataset, main
 
 SIZE = 256
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ind_knn_ad import scoring
-from ind_knn_ad.scoring import anomaly_map, nearest_neighbours, score_features
+from ind_knn_ad.search import nearest as scoring
+from ind_knn_ad.search.nearest import anomaly_map, nearest_neighbours, score_features
 
 
 def brute_force(queries: np.ndarray, bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

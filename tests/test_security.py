@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_script
 
-from ind_knn_ad import exit_codes
-from ind_knn_ad.model_file import ModelFileError, load_model
+from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.model_file.store import ModelFileError, load_model
 
 
 class _Payload:

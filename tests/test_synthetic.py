@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ind_knn_ad.synthetic import DEFECTS, smooth_noise
+from ind_knn_ad.calibration.synthetic import DEFECTS, smooth_noise
 
 
 def surface(seed: int, level: int) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_smooth_noise_is_smooth_and_in_range() -> None:
 def test_a_fit_records_what_it_can_see(sample_model) -> None:
     """Every kind at every size on held-out training images; large defects are caught more
     often than small ones, and the largest blotches and missing regions always."""
-    from ind_knn_ad.model_file import load_model
+    from ind_knn_ad.model_file.store import load_model
 
     model = load_model(sample_model)
     rows = model.settings["detectability"]
@@ -87,8 +87,8 @@ def test_with_few_training_images_the_threshold_comes_from_the_synthetic_defects
     rule's own."""
     from dataclasses import replace
 
-    from ind_knn_ad.data import load_dataset
-    from ind_knn_ad.extractor import FitSettings
+    from ind_knn_ad.features.extractor import FitSettings
+    from ind_knn_ad.io.datasets import load_dataset
     from ind_knn_ad.train import train
 
     dataset = load_dataset(sample_dataset)

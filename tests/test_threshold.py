@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ind_knn_ad.threshold import FEW, auto_threshold, balanced_cut, holdout_scores
+from ind_knn_ad.calibration.threshold import FEW, auto_threshold, balanced_cut, holdout_scores
 
 
 def _features(images: int = 12, grid: tuple[int, int] = (3, 4), channels: int = 6, views: int = 1):

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..model_file import Model
-from ..preprocess import Preprocess
-from ..scoring import IMAGE_SCORES, PatchScores
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import Model
+from ind_knn_ad.search.nearest import IMAGE_SCORES, PatchScores
 
 if TYPE_CHECKING:
-    from ..detectability import Damaged
-    from ..extractor import FeatureExtractor, FitSettings, TrainFeatures
+    from ind_knn_ad.calibration.detectability import Damaged
+    from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, TrainFeatures
 
 # (B, C, h, w) features and the (B, H, W, 3) uint8 cuts their network inputs were made
 # from -> one result per image. Scoring, evaluation and the contact sheet see only this.

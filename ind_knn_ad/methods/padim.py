@@ -15,14 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..model_file import Model, ModelFileError, feature_positions, positive_int
-from ..preprocess import Preprocess
-from ..scoring import UNIT_ROUNDOFF, PatchScores
-from ..threads import one_blas_thread
-from .base import Fitted, Method, ProgressFactory, Scorer, TensorSpec, features_only
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.methods.base import (
+    Fitted,
+    Method,
+    ProgressFactory,
+    Scorer,
+    TensorSpec,
+    features_only,
+)
+from ind_knn_ad.model_file.store import Model, ModelFileError, feature_positions, positive_int
+from ind_knn_ad.search.nearest import UNIT_ROUNDOFF, PatchScores
+from ind_knn_ad.threads import one_blas_thread
 
 if TYPE_CHECKING:
-    from ..extractor import FitSettings, TrainFeatures
+    from ind_knn_ad.features.extractor import FitSettings, TrainFeatures
 
 CHANNELS = 100  # the paper's choice for ResNet-18; at most the backbone's channel count
 REGULARISATION = 0.01  # added to each covariance's diagonal, as in the paper

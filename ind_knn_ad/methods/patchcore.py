@@ -15,19 +15,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import detectability
-from ..alignment import part_regions
-from ..augment import NONE
-from ..coreset import coreset_size, greedy_coreset
-from ..exit_codes import UsageError
-from ..model_file import Model
-from ..preprocess import Preprocess
-from ..scoring import IMAGE_SCORES, PatchScores, SearchBank, score_features
-from ..threshold import fill_holes, holdout_scores
-from .base import Fitted, Method, ProgressFactory, Scorer, TensorSpec, features_only
+from ind_knn_ad.calibration import detectability
+from ind_knn_ad.calibration.threshold import fill_holes, holdout_scores
+from ind_knn_ad.cli.exit_codes import UsageError
+from ind_knn_ad.features.augment import NONE
+from ind_knn_ad.io.alignment import part_regions
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.methods.base import (
+    Fitted,
+    Method,
+    ProgressFactory,
+    Scorer,
+    TensorSpec,
+    features_only,
+)
+from ind_knn_ad.model_file.store import Model
+from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
+from ind_knn_ad.search.nearest import IMAGE_SCORES, PatchScores, SearchBank, score_features
 
 if TYPE_CHECKING:
-    from ..extractor import FeatureExtractor, FitSettings, TrainFeatures
+    from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, TrainFeatures
 
 BANK = "memory_bank"
 

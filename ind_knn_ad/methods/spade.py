@@ -13,13 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..model_file import Model, ModelFileError, feature_positions, positive_int
-from ..preprocess import Preprocess
-from ..scoring import PatchScores, exact_squared, nearest_neighbours
-from .base import Fitted, Method, ProgressFactory, Scorer, TensorSpec, features_only
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.methods.base import (
+    Fitted,
+    Method,
+    ProgressFactory,
+    Scorer,
+    TensorSpec,
+    features_only,
+)
+from ind_knn_ad.model_file.store import Model, ModelFileError, feature_positions, positive_int
+from ind_knn_ad.search.nearest import PatchScores, exact_squared, nearest_neighbours
 
 if TYPE_CHECKING:
-    from ..extractor import FitSettings, TrainFeatures
+    from ind_knn_ad.features.extractor import FitSettings, TrainFeatures
 
 # K of the image-level kNN, and the number of training images whose patches form the
 # pixel-level gallery. The library's default; the paper's K = 50 ranked worse with this

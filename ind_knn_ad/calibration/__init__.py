@@ -1,0 +1,1 @@
+"""Where "defective" starts: threshold rules, operating points, synthetic defects, detectability."""

@@ -1,0 +1,1 @@
+"""The two commands: arguments, preflight checks, exit codes, memory limits, environment."""

@@ -1,0 +1,42 @@
+"""Run the tools in the project's environment even when started with another Python.
+
+The README runs `./anomaly_detector.py IMAGE`, whose `#!/usr/bin/env python3` finds
+whichever Python is first on PATH, usually one without NumPy or ONNX Runtime. Both scripts
+import this module before anything else of ours that needs them; importing it checks: if
+they are missing and the venv that `make demo` creates is there, the script is run again
+with its Python and the same arguments; if there is no such venv, one line says what to
+do (exit code 2). Standard library only, so that it runs before anything else can fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+_RESTARTED = "IND_KNN_AD_RESTARTED"  # set for the second run, so it never loops
+REQUIRED = ("numpy", "PIL", "onnxruntime", "safetensors")
+
+
+def use_project_environment(script: str, required: tuple[str, ...] = REQUIRED) -> None:
+    """Return if `required` imports here; else re-execute `script` with the venv's Python,
+    or exit with code 2 and one line naming what is missing."""
+    missing = [name for name in required if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    if VENV_PYTHON.is_file() and not os.environ.get(_RESTARTED):
+        os.environ[_RESTARTED] = "1"
+        os.execv(VENV_PYTHON, [str(VENV_PYTHON), script, *sys.argv[1:]])
+    name = Path(script).name
+    print(
+        f"{name}: this Python ({sys.executable}) lacks {', '.join(missing)}; run `make demo` "
+        f"(or `make venv`) first, or run it as .venv/bin/python {name}",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
+use_project_environment(sys.argv[0])

@@ -1,0 +1,158 @@
+"""What make_model.py settles before a fit: the outputs, the dataset (downloaded when
+missing), the preprocessing, and every check that would otherwise fail only after minutes
+of feature extraction, each said in the user's terms (the options they gave)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ind_knn_ad import methods
+from ind_knn_ad.cli.exit_codes import UsageError, WriteError
+from ind_knn_ad.io.datasets import DATASETS_DIR, Dataset, DatasetError, load_dataset
+from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import check_writable
+from ind_knn_ad.report.results import beside
+
+if TYPE_CHECKING:
+    from ind_knn_ad.features.extractor import FitSettings
+    from ind_knn_ad.methods.base import ProgressFactory
+    from ind_knn_ad.tuning.autosettings import Choice
+
+WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
+
+
+def check_outputs(model_path: Path) -> None:
+    """WriteError now, not after a long fit, if the model or a file written beside it
+    (names up to 6 bytes longer) could not be written."""
+    for path in (model_path, *beside(model_path)):
+        try:
+            check_writable(path)
+        except OSError as error:
+            raise WriteError(f"cannot write {path}: {error}") from error
+
+
+def offline_unless_reachable() -> None:
+    """Without network, the Hugging Face hub retried a missing download for about 53 s
+    before failing: when its host cannot be reached in 3 s, tell it to stay offline (it
+    then uses cached weights or fails at once, and the fit says what to do instead)."""
+    if os.environ.get("HF_HUB_OFFLINE"):
+        return
+    try:
+        socket.create_connection(WEIGHTS_HOST, timeout=3).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported
+
+
+def find_dataset(data_dir: Path | None, category: str, download_url: str | None) -> Dataset:
+    """`data_dir`, or the MVTec AD category under ind_knn_ad/datasets/, downloaded when
+    missing."""
+    if data_dir is not None:
+        return load_dataset(data_dir, data_dir.name)
+    root = DATASETS_DIR / category
+    if not root.is_dir():
+        from ind_knn_ad.io.download import download_category
+
+        download_category(category, DATASETS_DIR, base_url=download_url)
+    return load_dataset(root, category)
+
+
+def fit_preprocess(
+    dataset: Dataset, resize: int, crop: int, align: bool, say: Callable[[str], None]
+) -> Preprocess:
+    """The preprocess settings; with `align`, the cut is measured on the training images
+    (and `say` hears its size), DatasetError if no part is found there."""
+    if not align:
+        return Preprocess(resize=resize, crop=crop)
+    from ind_knn_ad.io.alignment import measure_box
+
+    try:
+        box = measure_box(dataset.train)
+    except ValueError as error:
+        raise DatasetError(f"{dataset.root}: {error}; fit without --align") from None
+    preprocess = Preprocess(resize=resize, crop=crop, align=box)
+    width, height = preprocess.size
+    say(f"Aligned cut: {width}x{height} px ({box.length} x {box.breadth} of the frame).")
+    return preprocess
+
+
+def backbone_strides(backbone: str, layers: tuple[int, ...] | None) -> list[int]:
+    """The strides of the chosen backbone stages, from the architecture alone (no weights,
+    nothing downloaded); UsageError for a stage the backbone does not have."""
+    import timm
+
+    from ind_knn_ad.features.backbones import backbone_spec
+
+    spec = backbone_spec(backbone)
+    try:
+        network = timm.create_model(spec.timm_name, pretrained=False, features_only=True)
+    except Exception:  # the fit itself reports what is wrong with the backbone
+        return []
+    strides = network.feature_info.reduction()
+    layers = layers or spec.layers
+    wrong = [layer for layer in layers if not 0 <= layer < len(strides)]
+    if wrong:
+        default = " ".join(map(str, spec.layers))
+        raise UsageError(
+            f"--layers {' '.join(map(str, wrong))}: backbone {backbone} has stages 0 to "
+            f"{len(strides) - 1} (default: {default})"
+        )
+    return [strides[layer] for layer in layers]
+
+
+def check_fit(
+    dataset: Dataset, settings: FitSettings, method: str, device: str, auto_threshold: bool
+) -> None:
+    """DatasetError for too few training images, UsageError for options that cannot work
+    with this backbone, dataset or machine (the method checks its own)."""
+    count = len(dataset.train)
+    if count < 2:
+        raise DatasetError(
+            f"{dataset.root}: {count} training image; a fit needs at least 2 (the threshold "
+            "and the methods compare each training image with the others)"
+        )
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+    width, height = settings.preprocess.size
+    problem = input_too_large(width, height, FIT_BYTES_PER_PIXEL)
+    if problem:
+        raise UsageError(f"--image-size {settings.preprocess.resize} with --align: {problem}")
+    strides = backbone_strides(settings.backbone, settings.layers)
+    if strides:
+        step = min(strides)
+        patches = count * -(-width // step) * -(-height // step)
+        methods.find(method).check_fit(settings, patches, auto_threshold)
+
+
+def choose_settings(
+    dataset: Dataset,
+    given: dict,
+    device: str,
+    progress: ProgressFactory,
+    seed: int,
+    weights: Path | None = None,
+) -> Choice:
+    """The automatic settings for this dataset (`autosettings.choose`); a failure on the
+    training images is the data's (DatasetError), as in the fit."""
+    from ind_knn_ad.tuning.autosettings import choose
+
+    with data_at_fault(dataset):
+        return choose(dataset.train, given, device, seed, progress, weights)
+
+
+@contextmanager
+def data_at_fault(dataset: Dataset) -> Iterator[None]:
+    """A ValueError or ArithmeticError in a fit whose options were checked comes from the
+    images: it becomes a DatasetError naming the dataset."""
+    try:
+        yield
+    except (ValueError, ArithmeticError) as error:
+        raise DatasetError(f"{dataset.root}: cannot fit on these images ({error})") from None

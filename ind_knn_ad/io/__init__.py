@@ -1,0 +1,3 @@
+"""Getting images in: files, datasets, the download, sample data, preprocessing, alignment,
+batches, atomic writes.
+"""

@@ -1,0 +1,3 @@
+"""The model file: its schema (typed settings per method) and its store (versioned, validated,
+atomic).
+"""

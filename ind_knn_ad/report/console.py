@@ -1,0 +1,98 @@
+"""What make_model.py shows people: progress bars and the results table (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ind_knn_ad import methods
+from ind_knn_ad.model_file.store import Model
+from ind_knn_ad.report.evaluate import Evaluation
+
+
+@contextmanager
+def progress_bar(console: Console, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar for one stage; yields a callback taking the number of items done so far."""
+    with Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.update(task, completed=done)
+
+
+def fit_summary(model: Model) -> str:
+    """What a fit kept, in the method's words, and the threshold with its rule."""
+    summary = methods.find(model.method).summary(model)
+    record = model.settings["threshold"]
+    line = f"{summary}; threshold {model.threshold:.4g} ({record['rule']})."
+    expected = record.get("expected_false_alarms")
+    if expected is not None:
+        line += (
+            f" Expected false alarms on good images: at most {expected['upper_95']:.1%} "
+            f"({expected['held_out_flagged']} of {expected['held_out']} held-out good images "
+            "flagged; 95% bound)."
+        )
+    labelled = record.get("labelled")
+    if labelled is not None:
+        line += (
+            f" At it, {labelled['source']}: {labelled['false_alarms']} of {labelled['good']} "
+            f"good flagged, {labelled['misses']} of {labelled['defective']} defective missed."
+        )
+    return line
+
+
+def _metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def results_tables(category: str, evaluation: Evaluation, method: str) -> list[Table]:
+    """The reference layout: metrics, then actual good/defective by predicted good/defective."""
+    metrics = Table(title=None)
+    metrics.add_column(f"Test results {category}")
+    metrics.add_column("image_rocauc", justify="right")
+    metrics.add_column("pixel_rocauc", justify="right")
+    metrics.add_row(method, _metric(evaluation.image_rocauc), _metric(evaluation.pixel_rocauc))
+    for defect, auc in evaluation.per_defect_rocauc.items():
+        metrics.add_row(f"  {defect}", _metric(auc), "")
+    (tn, fp), (fn, tp) = evaluation.confusion_matrix
+    matrix = Table(title=f"Confusion matrix at threshold {evaluation.threshold:.4g}")
+    matrix.add_column("actual \\ predicted")
+    matrix.add_column("good", justify="right")
+    matrix.add_column("defective", justify="right")
+    matrix.add_row("good", str(tn), str(fp))
+    matrix.add_row("defective", str(fn), str(tp))
+    return [metrics, matrix]
+
+
+def detectability_table(model: Model) -> Table:
+    """Synthetic defects caught at the fit's threshold, by kind (rows) and size (columns);
+    the fit's also when an operating point replaced it, since they were counted there."""
+    rows = model.settings["detectability"]
+    record = model.settings["threshold"]
+    threshold = record.get("replaced", record)["value"]
+    sizes = sorted({row["size_px"] for row in rows})
+    table = Table(title=f"Synthetic defects on held-out good images, caught at {threshold:.4g}")
+    table.add_column("defect")
+    for size in sizes:
+        table.add_column(f"{size} px", justify="right")
+    cells = {(row["defect"], row["size_px"]): f"{row['caught']}/{row['tried']}" for row in rows}
+    for kind in dict.fromkeys(row["defect"] for row in rows):
+        table.add_row(kind, *(cells.get((kind, size), "") for size in sizes))
+    return table

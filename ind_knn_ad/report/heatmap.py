@@ -1,0 +1,267 @@
+"""Pictures of the anomaly map: one PNG per scored image, and a contact sheet of a test set.
+
+NumPy and Pillow only (PIL's default font for the labels), so `--heatmap` adds no
+dependency; SciPy is imported, by `anomaly_map`, only when a map is drawn.
+
+The map is drawn on the image as the model saw it: resized and cut to the model's input
+(the centre square, or with part alignment the turned box around the part), so every
+coloured pixel lies exactly where the model looked.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ind_knn_ad import methods
+from ind_knn_ad.io.datasets import GOOD
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import Model, atomic_write
+from ind_knn_ad.search.nearest import PatchScores, anomaly_map
+
+ALPHA = 0.5  # weight of the colour over the image
+BAR_PANEL = 64  # pixels to the right of the image: the colour bar and its labels
+BAR_WIDTH = 12
+HEADER = 16  # pixels above the image: score, threshold and verdict
+TILE = 128  # longer side of each picture on the contact sheet
+COLUMNS = 4  # contact-sheet cells per row; each cell is the image and its map, side by side
+CAPTION = 30  # two text lines under each contact-sheet cell
+MAX_NAME_BYTES = 255  # the usual limit on one file name
+BACKGROUND = (255, 255, 255)
+TEXT = (0, 0, 0)
+WRONG = (200, 0, 0)  # caption colour of a contact-sheet image the threshold gets wrong
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] to RGB uint8 on the jet scale: dark blue, cyan, yellow, dark red."""
+    scaled = 4.0 * np.clip(values, 0.0, 1.0)[..., None]
+    rgb = np.clip(1.5 - np.abs(scaled - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def colour_range(amap: np.ndarray, in_score_units: bool, threshold: float) -> tuple[float, float]:
+    """The values the colour bar spans for one image's map.
+
+    From the map's lowest value to its highest, or up to the threshold when that is higher
+    and the map is in score units (`Method.map_in_score_units`): then the top colour (dark
+    red) only appears where a patch alone reaches the threshold, and a good image does not
+    glow red at its least-normal spot. Other maps span their own range.
+    """
+    low, high = float(amap.min()), float(amap.max())
+    if in_score_units:
+        high = max(high, threshold)
+    return low, max(high, low + 1e-6)
+
+
+def overlay(image: Image.Image, amap: np.ndarray, low: float, high: float) -> Image.Image:
+    """The RGB image with the map's colours blended over it (both the same size)."""
+    colours = colormap((amap - low) / (high - low)).astype(np.float32)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return Image.fromarray(((1.0 - ALPHA) * pixels + ALPHA * colours + 0.5).astype(np.uint8))
+
+
+def _label(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _colour_bar(length: int, low: float, high: float, vertical: bool) -> Image.Image:
+    """A bar from low to high (high at the top or on the right) with its end values."""
+    ramp = colormap(np.linspace(0.0, 1.0, length))
+    font = ImageFont.load_default()
+    if vertical:
+        bar = Image.fromarray(np.repeat(ramp[::-1, None, :], BAR_WIDTH, axis=1))
+        panel = Image.new("RGB", (BAR_PANEL, length), BACKGROUND)
+        panel.paste(bar, (4, 0))
+        draw = ImageDraw.Draw(panel)
+        draw.text((BAR_WIDTH + 7, 0), _label(high), fill=TEXT, font=font)
+        draw.text((BAR_WIDTH + 7, length - 12), _label(low), fill=TEXT, font=font)
+        return panel
+    bar = Image.fromarray(np.repeat(ramp[None, :, :], BAR_WIDTH, axis=0))
+    panel = Image.new("RGB", (length, BAR_WIDTH + 14), BACKGROUND)
+    panel.paste(bar, (0, 0))
+    draw = ImageDraw.Draw(panel)
+    draw.text((0, BAR_WIDTH + 1), _label(low), fill=TEXT, font=font)
+    draw.text((length, BAR_WIDTH + 1), _label(high), fill=TEXT, font=font, anchor="ra")
+    return panel
+
+
+def heatmap_picture(
+    image: Image.Image, amap: np.ndarray, low: float, high: float, title: str
+) -> Image.Image:
+    """One image's PNG: a title line, the blended image, a colour bar on the right.
+
+    The size is (width + BAR_PANEL) x (height + HEADER) for a model input of width x height.
+    """
+    height, width = amap.shape
+    picture = Image.new("RGB", (width + BAR_PANEL, height + HEADER), BACKGROUND)
+    ImageDraw.Draw(picture).text((2, 2), title, fill=TEXT, font=ImageFont.load_default())
+    picture.paste(overlay(image, amap, low, high), (0, HEADER))
+    picture.paste(_colour_bar(height, low, high, vertical=True), (width, HEADER))
+    return picture
+
+
+def heatmap_name(path: str | os.PathLike[str]) -> str:
+    """The PNG name for an input: its path as given, made one file name, plus `.png`.
+
+    `%` becomes `%25`, `/` becomes `%2F`, and a leading `.`, control characters and bytes
+    that are not UTF-8 are percent-encoded too, so distinct paths always give distinct
+    names (`test/good/000.png` -> `test%2Fgood%2F000.png.png`) and no name is hidden or
+    `..`. A name longer than a file system allows keeps its first part and gains a hash
+    of the whole path.
+    """
+    text = os.fsdecode(path)
+    parts = []
+    for index, char in enumerate(text):
+        if char in "%/" or not char.isprintable() or (char == "." and index == 0):
+            raw = char.encode("utf-8", "surrogateescape")
+            parts.append("".join(f"%{byte:02X}" for byte in raw))
+        else:
+            parts.append(char)
+    name = "".join(parts) + ".png"
+    encoded = name.encode()
+    if len(encoded) <= MAX_NAME_BYTES:
+        return name
+    digest = sha256(os.fsencode(text)).hexdigest()[:16]
+    head = encoded[: MAX_NAME_BYTES - len(digest) - 6].decode("utf-8", "ignore")
+    return f"{head}~{digest}.png"
+
+
+def image_heatmap(
+    cut: np.ndarray,
+    patch_map: np.ndarray,
+    preprocess: Preprocess,
+    in_score_units: bool,
+    threshold: float,
+    title: str,
+) -> Image.Image:
+    """The PNG for one scored image: its (H, W, 3) uint8 cut, as the model saw it, with
+    its blurred, upsampled map over it."""
+    image = Image.fromarray(cut)
+    amap = anomaly_map(patch_map, preprocess.size)
+    low, high = colour_range(amap, in_score_units, threshold)
+    return heatmap_picture(image, amap, low, high, title)
+
+
+def write_heatmap(
+    folder: Path,
+    path: Path | str,
+    cut: np.ndarray,
+    result: PatchScores,
+    model: Model,
+    preprocess: Preprocess,
+    threshold: float,
+    flag: int,
+) -> str:
+    """The heatmap PNG of the image scored from `path`, drawn on its cut (as prepared for
+    scoring, not read again), in `folder`, named after the path (see heatmap_name); the
+    name written."""
+    verdict = "defective" if flag else "good"
+    title = f"score {result.score:.6f}  threshold {threshold:.6g}  {verdict}"
+    units = methods.find(model.method).map_in_score_units
+    picture = image_heatmap(cut, result.patch_map, preprocess, units, threshold, title)
+    target = folder / heatmap_name(path)
+    write_png(picture, target)
+    return os.fsdecode(target)
+
+
+def png_bytes(picture: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """The picture as PNG bytes, with `text` as tEXt chunks (key, value)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def write_png(picture: Image.Image, path: Path) -> None:
+    """Encode, then write atomically: a reader never sees half a PNG."""
+    atomic_write(path, png_bytes(picture))
+
+
+@dataclass
+class SheetEntry:
+    """One contact-sheet cell: the image as the model saw it and its map, both shrunk to
+    TILE pixels (a large test set then costs little memory), its score and ground truth."""
+
+    image: Image.Image
+    amap: np.ndarray
+    score: float
+    defect_type: str
+    name: str
+
+
+def sheet_entry(
+    path: Path,
+    cut: np.ndarray,
+    patch_map: np.ndarray,
+    preprocess: Preprocess,
+    score: float,
+    defect_type: str,
+) -> SheetEntry:
+    """The cell for one scored test image, from its (H, W, 3) uint8 cut: only the shrunk
+    tile is kept, so the sheet holds no full cut."""
+    width, height = preprocess.size
+    scale = TILE / max(width, height)  # an aligned cut is wider than high: keep its shape
+    tile = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = Image.fromarray(cut).resize(tile, Image.Resampling.BILINEAR)
+    amap = Image.fromarray(anomaly_map(patch_map, preprocess.size), mode="F")
+    small = np.asarray(amap.resize(tile, Image.Resampling.BILINEAR))
+    return SheetEntry(image, small, score, defect_type, path.name)
+
+
+def contact_sheet(entries: Sequence[SheetEntry], threshold: float, title: str) -> Image.Image:
+    """The entries, highest score first, each as image and blended map side by side over
+    its score, verdict and `defect type/file name`; a caption in red marks an image the
+    threshold gets wrong. One colour scale for the whole sheet, so maps compare at a glance.
+    """
+    ordered = sorted(entries, key=lambda entry: -entry.score)
+    low = min((float(entry.amap.min()) for entry in ordered), default=0.0)
+    high = max((float(entry.amap.max()) for entry in ordered), default=1.0)
+    high = max(high, low + 1e-6)
+    # Every picture has the model's input shape: square, or wider than high when aligned.
+    tile_width, tile_height = ordered[0].image.size if ordered else (TILE, TILE)
+    cell_width, cell_height = 2 * tile_width + 8, tile_height + CAPTION
+    width = COLUMNS * cell_width
+    rows = -(-len(ordered) // COLUMNS)
+    top = 56
+    sheet = Image.new("RGB", (width, top + rows * cell_height), BACKGROUND)
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 4), title, fill=TEXT, font=font)
+    sheet.paste(_colour_bar(width // 2, low, high, vertical=False), (4, 22))
+    for index, entry in enumerate(ordered):
+        x = (index % COLUMNS) * cell_width
+        y = top + (index // COLUMNS) * cell_height
+        sheet.paste(entry.image, (x, y))
+        sheet.paste(overlay(entry.image, entry.amap, low, high), (x + tile_width, y))
+        flagged = entry.score >= threshold
+        colour = WRONG if flagged != (entry.defect_type != GOOD) else TEXT
+        lines = (
+            f"{entry.score:.4g}  {'defective' if flagged else 'good'}",
+            f"{entry.defect_type}/{entry.name}",
+        )
+        for line, text in enumerate(lines):
+            draw.text(
+                (x + 2, y + tile_height + 2 + 13 * line), _fit(text, font), fill=colour, font=font
+            )
+    return sheet
+
+
+def _fit(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
+    """The text, cut short with `...` where it would overflow a contact-sheet cell."""
+    limit = 2 * TILE + 4
+    if font.getlength(text) <= limit:
+        return text
+    while text and font.getlength(text + "...") > limit:
+        text = text[:-1]
+    return text + "..."

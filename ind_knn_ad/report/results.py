@@ -1,0 +1,167 @@
+"""What an evaluation leaves beside its model: `<model>.results.json` and
+`<model>.contact_sheet.png`, made while the test set is scored, and the evaluation of a
+saved model (make_model.py --evaluate-only).
+
+Both files name their model by its SHA-256 (`model_sha256`: a JSON field, a PNG text
+chunk), so files that do not match their model can be told.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ind_knn_ad.calibration.operating_point import OperatingPoint, recalibrate
+from ind_knn_ad.cli.exit_codes import WriteError
+from ind_knn_ad.io.datasets import Dataset, DatasetError, TestImage
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.model_file.store import Model, load_model, serialise, write_together
+from ind_knn_ad.report.evaluate import Evaluation, evaluate
+from ind_knn_ad.report.heatmap import SheetEntry, contact_sheet, png_bytes, sheet_entry
+from ind_knn_ad.search.nearest import PatchScores
+
+SUFFIXES = (".results.json", ".contact_sheet.png")
+
+
+def beside(model_path: Path) -> list[Path]:
+    """The results file and contact sheet of a model file (none for a nameless path)."""
+    return [model_path.with_suffix(suffix) for suffix in SUFFIXES] if model_path.name else []
+
+
+class SheetCollector:
+    """Gathers the contact sheet's cells while the test set is evaluated (an `each`
+    callback), so no test image is scored twice."""
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        self.preprocess = preprocess
+        self.entries: list[SheetEntry] = []
+
+    def __call__(self, item: TestImage, result: PatchScores, cut: np.ndarray) -> None:
+        self.entries.append(
+            sheet_entry(
+                item.path, cut, result.patch_map, self.preprocess, result.score, item.defect_type
+            )
+        )
+
+
+def evaluation_files(
+    model_path: Path,
+    model_bytes: bytes,
+    evaluation: Evaluation,
+    entries: list[SheetEntry],
+    model: Model,
+    threshold: float,
+    dataset: str,
+) -> list[tuple[Path, bytes]]:
+    """The results file and the contact sheet, as (path, bytes)."""
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    results = {
+        "model_sha256": digest,
+        **evaluation.to_dict(),
+        "threshold_rule": model.settings["threshold"],
+    }
+    if "detectability" in model.settings:
+        results["detectability"] = model.settings["detectability"]
+    title = (
+        f"{model.method} on {dataset}: {len(entries)} test images by score, "
+        f"threshold {threshold:.4g}; red captions: wrong verdicts"
+    )
+    results_path, sheet_path = beside(model_path)
+    return [
+        (results_path, (json.dumps(results, indent=2) + "\n").encode()),
+        (sheet_path, png_bytes(contact_sheet(entries, threshold, title), {"model_sha256": digest})),
+    ]
+
+
+def write_fit(
+    model_path: Path,
+    model: Model,
+    evaluation: Evaluation | None,
+    entries: list[SheetEntry],
+    dataset: str,
+) -> None:
+    """Write a fitted model, and its results file and contact sheet when it was evaluated,
+    as one unit: an interrupt leaves all the old files or all the new ones."""
+    payload = serialise(model)
+    files = [(model_path, payload)]
+    if evaluation is not None:
+        files += evaluation_files(
+            model_path, payload, evaluation, entries, model, model.threshold, dataset
+        )
+    try:
+        write_together(files)
+    except OSError as error:
+        raise WriteError(f"cannot write {model_path}: {error}") from error
+
+
+@dataclass
+class SavedEvaluation:
+    """A saved model's evaluation, at the threshold it was evaluated at."""
+
+    model: Model
+    evaluation: Evaluation
+    threshold: float
+    entries: list[SheetEntry]
+
+
+def evaluate_saved(
+    model_path: Path,
+    dataset: Dataset,
+    device: str,
+    threshold: float | None,
+    batch_size: int | None,
+    loaded: Callable[[Model], None],
+) -> SavedEvaluation:
+    """Evaluate a model file on the dataset's test/ with the graph it carries, exactly as
+    scoring runs, at `threshold` (None: the model's); `loaded` sees the model before the
+    test images are scored. DatasetError without test/."""
+    from ind_knn_ad.runtime.detector import Detector
+
+    if not dataset.test:
+        raise DatasetError(f"{dataset.root}: no test/ folder to evaluate on")
+    model = load_model(model_path)
+    detector = Detector(model, device)
+    loaded(model)
+    threshold = model.threshold if threshold is None else threshold
+    sheet = SheetCollector(detector.preprocess)
+    evaluation = evaluate(
+        detector.score_arrays,
+        dataset,
+        detector.preprocess,
+        threshold,
+        batch_size or detector.batch_size,
+        each=sheet,
+    )
+    return SavedEvaluation(model, evaluation, threshold, sheet.entries)
+
+
+def write_saved(model_path: Path, saved: SavedEvaluation, dataset: str) -> None:
+    """The results file and contact sheet of an evaluated model file, beside it."""
+    try:
+        files = evaluation_files(
+            model_path,
+            model_path.read_bytes(),
+            saved.evaluation,
+            saved.entries,
+            saved.model,
+            saved.threshold,
+            dataset,
+        )
+        write_together(files)
+    except OSError as error:
+        raise WriteError(f"cannot write results beside {model_path}: {error}") from error
+
+
+def recalibrate_saved(
+    model_path: Path, saved: SavedEvaluation, point: OperatingPoint, dataset: Dataset
+) -> tuple[Model, Evaluation]:
+    """The saved model with its threshold set at `point` from its evaluation's labelled
+    images, written back with its results and sheet: no refit, nothing else changed."""
+    model, evaluation = recalibrate(saved.model, saved.evaluation, point, dataset)
+    write_fit(model_path, model, evaluation, saved.entries, dataset.name)
+    return model, evaluation

@@ -1,0 +1,1 @@
+"""Fit settings chosen from good images: pose statistics and the automatic settings."""
