@@ -34,9 +34,9 @@ from ind_knn_ad.cli import environment  # noqa: F401 - first: it may re-run us i
 # isort: split
 from ind_knn_ad.calibration.threshold import parse_threshold
 from ind_knn_ad.cli import exit_codes
-from ind_knn_ad.cli.exit_codes import WriteError
+from ind_knn_ad.errors import ImageError, WriteError
 from ind_knn_ad.io.batches import expand_inputs
-from ind_knn_ad.io.images import ImageError, shown_name
+from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH, load_model, named
 
 if TYPE_CHECKING:

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from ind_knn_ad.errors import ImageError
 from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings
 from ind_knn_ad.io.batches import preprocessed_batches, stack
 from ind_knn_ad.io.datasets import load_dataset
-from ind_knn_ad.io.images import ImageError
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.search.coreset import greedy_coreset, project
 

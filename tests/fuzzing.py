@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.io.images import MAX_PIXELS, ImageError, load_image
+from ind_knn_ad.errors import ImageError, ModelFileError
+from ind_knn_ad.io.images import MAX_PIXELS, load_image
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.model_file.store import DIGESTS, METADATA_KEY, ModelFileError, load_model
+from ind_knn_ad.model_file.store import DIGESTS, METADATA_KEY, load_model
 
 MEMORY_LIMIT = 300 * 2**20  # what one case may add to the peak resident memory
 

@@ -11,7 +11,8 @@ from conftest import run_script
 from PIL import Image
 
 from ind_knn_ad.cli import exit_codes
-from ind_knn_ad.io.datasets import DATASETS_DIR, DatasetError, load_dataset
+from ind_knn_ad.errors import DatasetError
+from ind_knn_ad.io.datasets import DATASETS_DIR, load_dataset
 
 
 def _copy_as(sources: list[Path], folder: Path, suffixes: list[str]) -> None:

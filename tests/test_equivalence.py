@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.io.batches import expand_inputs
-from ind_knn_ad.model_file.store import ModelFileError, load_model
+from ind_knn_ad.model_file.store import load_model
 from ind_knn_ad.runtime.detector import Detector
 from ind_knn_ad.search.nearest import IMAGE_SCORES, score_features
 

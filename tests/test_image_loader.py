@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ind_knn_ad.io.images import MAX_PIXELS, ImageError, load_image, shown_name
+from ind_knn_ad.errors import ImageError
+from ind_knn_ad.io.images import MAX_PIXELS, load_image, shown_name
 
 PROPERTY = settings(
     max_examples=150,
@@ -537,7 +538,8 @@ if sys.argv[2] == "pillow":
     except Exception:
         pass
 else:
-    from ind_knn_ad.io.images import ImageError, load_image
+    from ind_knn_ad.io.images import load_image
+    from ind_knn_ad.errors import ImageError
     try:
         load_image(sys.argv[1])
     except ImageError as error:

@@ -15,8 +15,9 @@ from conftest import run_script
 from safetensors.numpy import save_file
 
 from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.methods import padim, spade
-from ind_knn_ad.model_file.store import METADATA_KEY, ModelFileError, load_model, save_model
+from ind_knn_ad.model_file.store import METADATA_KEY, load_model, save_model
 
 OTHER_METHODS = ("padim", "spade")
 

@@ -22,7 +22,8 @@ import pytest
 from conftest import ROOT, run_script
 
 from ind_knn_ad.cli import exit_codes
-from ind_knn_ad.model_file.store import ModelFileError, load_model
+from ind_knn_ad.errors import ModelFileError
+from ind_knn_ad.model_file.store import load_model
 
 
 class _Payload:

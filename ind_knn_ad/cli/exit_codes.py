@@ -13,6 +13,8 @@ import signal
 import sys
 from collections.abc import Callable
 
+from ind_knn_ad import errors
+
 OK = 0
 SOME_INPUTS_FAILED = 1  # anomaly_detector.py: at least one image could not be scored
 # bad command line (argparse's own code); an option this backbone, dataset or machine cannot
@@ -36,31 +38,25 @@ class UsageError(ValueError):
     """An option that cannot work with this backbone, dataset or machine (exit code 2)."""
 
 
-class WriteError(Exception):
-    """An output that could not be written (exit code 6); the message names it."""
-
-
-# The errors a tool reports as one line and its exit code, by the exception class's module
-# and name, matched along the class's MRO (a subclass takes its base's code). Names, not
-# classes: importing the classes would load torch (backbones) and rich (download) into
-# scoring. Any other exception is a bug and keeps its traceback.
-EXIT_CODES: dict[str, int] = {
-    "ind_knn_ad.cli.exit_codes.UsageError": USAGE,
-    "ind_knn_ad.model_file.store.ModelFileError": MODEL_ERROR,
-    "ind_knn_ad.io.datasets.DatasetError": DATA_ERROR,
-    "ind_knn_ad.io.download.DownloadError": DATA_ERROR,
-    "ind_knn_ad.io.images.ImageError": DATA_ERROR,
-    "ind_knn_ad.features.backbones.BackboneError": BACKBONE_ERROR,
-    "ind_knn_ad.cli.exit_codes.WriteError": WRITE_ERROR,
+# The errors a tool reports as one line and its exit code, matched along the class's MRO
+# (a subclass takes its base's code). Any other exception is a bug and keeps its traceback.
+EXIT_CODES: dict[type[BaseException], int] = {
+    UsageError: USAGE,
+    errors.ConfigError: USAGE,
+    errors.ModelFileError: MODEL_ERROR,
+    errors.DatasetError: DATA_ERROR,
+    errors.DownloadError: DATA_ERROR,
+    errors.ImageError: DATA_ERROR,
+    errors.BackboneError: BACKBONE_ERROR,
+    errors.WriteError: WRITE_ERROR,
 }
 
 
 def exit_code(error: BaseException) -> int | None:
     """The exit code of an error in the table, or None."""
     for kind in type(error).__mro__:
-        code = EXIT_CODES.get(f"{kind.__module__}.{kind.__qualname__}")
-        if code is not None:
-            return code
+        if kind in EXIT_CODES:
+            return EXIT_CODES[kind]
     return None
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ind_knn_ad import methods
-from ind_knn_ad.cli.exit_codes import UsageError, WriteError
-from ind_knn_ad.io.datasets import DATASETS_DIR, Dataset, DatasetError, load_dataset
+from ind_knn_ad.cli.exit_codes import UsageError
+from ind_knn_ad.errors import DatasetError, WriteError
+from ind_knn_ad.io.datasets import DATASETS_DIR, Dataset, load_dataset
 from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.model_file.store import check_writable

@@ -17,11 +17,9 @@ import timm
 import torch
 from torch import nn
 
+from ind_knn_ad.errors import BackboneError
+
 DEFAULT_LAYERS = (2, 3)
-
-
-class BackboneError(Exception):
-    """The backbone or its weights cannot be had; the message says what to do instead."""
 
 
 # Tensors in each package's checkpoint: as many as timm's state dict of the same network.

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ind_knn_ad.errors import ImageError
 from ind_knn_ad.features.augment import NONE, views_of, with_views
 from ind_knn_ad.features.backbones import backbone_spec, build_backbone
 from ind_knn_ad.features.borders import DEFAULT_BORDER
 from ind_knn_ad.features.patches import PatchFeatures
 from ind_knn_ad.io.alignment import part_regions
 from ind_knn_ad.io.batches import preprocessed_batches, stack
-from ind_knn_ad.io.images import ImageError
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.search.coreset import PROJECTION_DIM
 from ind_knn_ad.threads import cpu_count

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.io.images import ImageError, is_image_file, shown_name
+from ind_knn_ad.errors import ImageError
+from ind_knn_ad.io.images import is_image_file, shown_name
 from ind_knn_ad.io.preprocess import Prepared, Preprocess
 
 Item = tuple[Path | str, "Prepared | ImageError"]

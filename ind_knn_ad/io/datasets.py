@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ind_knn_ad.errors import DatasetError
 from ind_knn_ad.io.images import is_image_file
 
 GOOD = "good"
@@ -17,10 +18,6 @@ REAL_DATA_DIR = Path(
     os.environ.get("IND_KNN_AD_REAL_DATA")
     or Path(__file__).resolve().parents[3] / "shared" / "data" / "mvtec"
 )
-
-
-class DatasetError(Exception):
-    """A dataset folder that cannot be used; the message names the folder and the problem."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from rich.progress import (
 )
 
 from ind_knn_ad import __version__
+from ind_knn_ad.errors import DownloadError
 from ind_knn_ad.io.images import is_image_file
 
 BASE_URL_ENV = "IND_KNN_AD_MVTEC_URL"
@@ -48,10 +49,6 @@ _SHARE = "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/d
 # MVTec's own download page serves pill from a separate share.
 _PILL_SHARE = "https://www.mydrive.ch/shares/43421/11a215a5749fcfb75e331ddd5f8e43ee/download"
 _CHUNK = 1 << 20
-
-
-class DownloadError(Exception):
-    """A dataset could not be fetched; the message says where to put the data by hand."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
+from ind_knn_ad.errors import ImageError
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 # Refuse anything larger before decoding it: a 20000x20000 PNG or a decompression bomb
 # would otherwise take gigabytes. 8192x8192 is far beyond any inspection camera we expect.
@@ -44,10 +46,6 @@ DECODE_BYTES = MAX_PIXELS * 3
 MIN_SIDE = 2
 # What Pillow's parsers raise on malformed data, besides OSError and the bomb guard.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
-
-
-class ImageError(Exception):
-    """An image file that cannot be used; the message names the file and the problem."""
 
 
 def shown_name(path: str | Path) -> str:

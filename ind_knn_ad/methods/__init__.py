@@ -13,12 +13,13 @@ scan of the installed packages.
 
 from __future__ import annotations
 
+from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.base import DEFAULT_IMAGE_SCORE, Fitted, Method, Scorer, TensorSpec
 from ind_knn_ad.methods.padim import Padim
 from ind_knn_ad.methods.patchcore import PatchCore
 from ind_knn_ad.methods.spade import Spade
-from ind_knn_ad.model_file.store import Model, ModelFileError
+from ind_knn_ad.model_file.store import Model
 
 __all__ = [
     "DEFAULT",

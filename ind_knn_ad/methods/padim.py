@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.base import (
     Fitted,
@@ -24,7 +25,7 @@ from ind_knn_ad.methods.base import (
     TensorSpec,
     features_only,
 )
-from ind_knn_ad.model_file.store import Model, ModelFileError, feature_positions, positive_int
+from ind_knn_ad.model_file.store import Model, feature_positions, positive_int
 from ind_knn_ad.search.nearest import UNIT_ROUNDOFF, PatchScores
 from ind_knn_ad.threads import one_blas_thread
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.io.images import shown_name
 
 if TYPE_CHECKING:
@@ -71,10 +72,6 @@ REQUIRED = {
     "dataset": str,
     "versions": dict,
 }
-
-
-class ModelFileError(Exception):
-    """A model file that cannot be used; the message names the file and the problem."""
 
 
 @dataclass

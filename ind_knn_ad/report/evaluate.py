@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ind_knn_ad.errors import ImageError
 from ind_knn_ad.io.batches import preprocessed_batches, stack
 from ind_knn_ad.io.datasets import GOOD, Dataset, TestImage
-from ind_knn_ad.io.images import ImageError, load_image, shown_name
+from ind_knn_ad.io.images import load_image, shown_name
 from ind_knn_ad.io.preprocess import Prepared, Preprocess
 from ind_knn_ad.search.nearest import PatchScores, anomaly_map
 

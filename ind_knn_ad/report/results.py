@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ind_knn_ad.calibration.operating_point import OperatingPoint, recalibrate
-from ind_knn_ad.cli.exit_codes import WriteError
-from ind_knn_ad.io.datasets import Dataset, DatasetError, TestImage
+from ind_knn_ad.errors import DatasetError, WriteError
+from ind_knn_ad.io.datasets import Dataset, TestImage
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.model_file.store import Model, load_model, serialise, write_together
 from ind_knn_ad.report.evaluate import Evaluation, evaluate

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ind_knn_ad.cli.exit_codes import UsageError
+from ind_knn_ad.errors import ImageError, ModelFileError
 from ind_knn_ad.io.batches import images_per_batch, preprocessed_batches, stack
-from ind_knn_ad.io.images import ImageError, shown_name
+from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.io.preprocess import Prepared, Preprocess
 from ind_knn_ad.methods import make_scorer
-from ind_knn_ad.model_file.store import Model, ModelFileError
+from ind_knn_ad.model_file.store import Model
 from ind_knn_ad.search.nearest import PatchScores
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
