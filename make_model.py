@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.OK
     out.print(f"█│ Running {args.method} on {dataset.name} dataset.")
 
-    from ind_knn_ad.features.extractor import FitSettings
+    from ind_knn_ad.config import FitConfig
     from ind_knn_ad.train import train
     from ind_knn_ad.tuning import autosettings
 
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     preprocess = preflight.fit_preprocess(
         dataset, args.image_size, args.crop, args.align and not args.auto, console.print
     )
-    settings = FitSettings(  # checked now with what the choice starts from, and again after
+    settings = FitConfig(  # checked now with what the choice starts from, and again after
         backbone=autosettings.first_backbone(args.given) if args.auto else args.backbone,
         layers=tuple(args.layers) if args.layers else None,
         border=args.border,

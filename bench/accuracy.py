@@ -30,18 +30,18 @@ from dataclasses import replace
 import numpy as np
 from common import MVTEC
 
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.features.borders import BORDERS
-from ind_knn_ad.features.extractor import FitSettings
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.train import train
 
 DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512")
-BASE = FitSettings(backbone="efficientnet_lite0")
+BASE = FitConfig(backbone="efficientnet_lite0")
 
 
-def small_defects(size: int) -> FitSettings:
+def small_defects(size: int) -> FitConfig:
     """`size` px per shorter side (the whole frame; the part's cut for `align...` settings),
     a 1% coreset and the top10 score."""
     return replace(

@@ -23,8 +23,9 @@ from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
 from sklearn.metrics import roc_auc_score
 
 from ind_knn_ad.calibration.threshold import auto_threshold
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.features.augment import VIEW_SETS
-from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.features.extractor import FeatureExtractor, extract_features
 from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.methods.patchcore import BANK, PatchCore
 from ind_knn_ad.train import no_progress
@@ -32,13 +33,13 @@ from ind_knn_ad.train import no_progress
 
 def run(name: str) -> dict[str, str]:
     dataset = load_dataset(MVTEC / name, name)
-    base = FitSettings(backbone="efficientnet_lite0")
+    base = FitConfig(backbone="efficientnet_lite0")
     extractor = FeatureExtractor(base, torch.device("cpu"))
     labels = np.array([t.label for t in dataset.test])
     test = extract_features(extractor, [t.path for t in dataset.test], base.preprocess)
     figures = {}
     for augment in VIEW_SETS:
-        settings = FitSettings(backbone=base.backbone, augment=augment)
+        settings = FitConfig(backbone=base.backbone, augment=augment)
         start = time.perf_counter()
         train = extract_features(extractor, dataset.train, settings.preprocess, augment=augment)
         extracted = time.perf_counter() - start

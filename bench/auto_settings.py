@@ -26,14 +26,14 @@ from dataclasses import replace
 from common import MVTEC
 from rich.console import Console
 
-from ind_knn_ad.features.extractor import FitSettings
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.io.datasets import Dataset, list_images, load_dataset
 from ind_knn_ad.train import train
 from ind_knn_ad.tuning.autosettings import choose, pose_spread
 
 DATASETS = ("bottle_256", "hazelnut_reduced", "transistor_reduced", "screw_512")
 POSE_ONLY = "bottle_fullres_samples"
-BEFORE = FitSettings(backbone="efficientnet_lite0")
+BEFORE = FitConfig(backbone="efficientnet_lite0")
 
 
 class FitClock:
@@ -49,7 +49,7 @@ class FitClock:
         yield None
 
 
-def fit(dataset: Dataset, settings: FitSettings, seed: int) -> tuple[float, str, float]:
+def fit(dataset: Dataset, settings: FitConfig, seed: int) -> tuple[float, str, float]:
     """Image ROC AUC, misclassified/total at the stored threshold, fit seconds."""
     clock = FitClock()
     start = time.perf_counter()
@@ -59,7 +59,7 @@ def fit(dataset: Dataset, settings: FitSettings, seed: int) -> tuple[float, str,
     return result.evaluation.image_rocauc, f"{fp + fn}/{tn + fp + fn + tp}", seconds
 
 
-def describe(settings: FitSettings) -> str:
+def describe(settings: FitConfig) -> str:
     preprocess = settings.preprocess
     if preprocess.align is not None:
         geometry = f"align {preprocess.resize} ({preprocess.size[0]}x{preprocess.size[1]})"

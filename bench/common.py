@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.features.extractor import FitSettings
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.datasets import REAL_DATA_DIR as MVTEC
 from ind_knn_ad.io.preprocess import Preprocess
@@ -165,17 +165,17 @@ def image_scores(
 # The settings the automatic choice makes for each shared set (docs/benchmarks.md, "Settings
 # chosen from good images"), so benchmarks of later steps fit what a user's default fit does.
 CHOSEN = {
-    "bottle_256": FitSettings(backbone="efficientnet_lite0"),
-    "hazelnut_reduced": FitSettings(backbone="efficientnet_lite2"),
-    "transistor_reduced": FitSettings(backbone="efficientnet_lite0"),
-    "screw_512": FitSettings(
+    "bottle_256": FitConfig(backbone="efficientnet_lite0"),
+    "hazelnut_reduced": FitConfig(backbone="efficientnet_lite2"),
+    "transistor_reduced": FitConfig(backbone="efficientnet_lite0"),
+    "screw_512": FitConfig(
         backbone="efficientnet_lite0", coreset_fraction=0.01, image_score="top10"
     ),
 }
 ALIGNED = {"screw_512": 512}  # sets the choice aligns, and the size it aligns them at
 
 
-def chosen_settings(name: str, train: list[Path], seed: int = 0) -> FitSettings:
+def chosen_settings(name: str, train: list[Path], seed: int = 0) -> FitConfig:
     """The automatic choice's settings for shared set `name`, aligned on the parts of
     `train` where the choice aligns."""
     settings = replace(CHOSEN[name], seed=seed)

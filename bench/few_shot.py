@@ -22,14 +22,15 @@ import torch
 from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
 
 from ind_knn_ad.calibration.threshold import auto_threshold, holdout_scores
-from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.config import FitConfig
+from ind_knn_ad.features.extractor import FeatureExtractor, extract_features
 from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
 
 
 def run(name: str, shots: list[int], draws: int, coreset: float | None) -> dict[str, str]:
     dataset = load_dataset(MVTEC / name, name)
-    settings = FitSettings(backbone="efficientnet_lite0", coreset_fraction=coreset)
+    settings = FitConfig(backbone="efficientnet_lite0", coreset_fraction=coreset)
     extractor = FeatureExtractor(settings, torch.device("cpu"))
     train = extract_features(extractor, dataset.train, settings.preprocess)
     test = extract_features(extractor, [t.path for t in dataset.test], settings.preprocess)

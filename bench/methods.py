@@ -22,9 +22,10 @@ from pathlib import Path
 
 from common import MVTEC
 
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.features.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.features.device import select_device
-from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, extract_features
+from ind_knn_ad.features.extractor import FeatureExtractor, extract_features
 from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.methods import names
 from ind_knn_ad.model_file.store import load_model, save_model
@@ -54,7 +55,7 @@ def row(cells: list[str]) -> str:
 
 def bench(name: str, folder: Path, border: str) -> None:
     dataset = load_dataset(folder, name)
-    settings = FitSettings(backbone="efficientnet_lite0", border=border)
+    settings = FitConfig(backbone="efficientnet_lite0", border=border)
     extractor = FeatureExtractor(settings, select_device("cpu"))
     start = time.perf_counter()
     features = extract_features(extractor, dataset.train, settings.preprocess)

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import ImageError
-from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings
+from ind_knn_ad.features.extractor import FeatureExtractor
 from ind_knn_ad.io.batches import preprocessed_batches, stack
 from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.io.preprocess import Preprocess
@@ -129,7 +130,7 @@ def main() -> None:
         size, stages, neighbourhood, augmentation = spec.split("/")
         resize, _, crop = size.partition(":")
         preprocess = Preprocess(int(resize), int(crop or resize))
-        settings = FitSettings(
+        settings = FitConfig(
             backbone="efficientnet_lite0",
             layers=tuple(int(s) for s in stages.split(",")),
             neighbourhood=int(neighbourhood),

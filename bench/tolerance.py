@@ -22,8 +22,9 @@ import onnxruntime
 import torch
 from common import MVTEC, PYTHON, ROOT, fit_command, machine, report, run
 
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.features.borders import fitted_border
-from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings
+from ind_knn_ad.features.extractor import FeatureExtractor
 from ind_knn_ad.methods import make_scorer
 from ind_knn_ad.model_file.store import load_model
 from ind_knn_ad.runtime.detector import Detector
@@ -42,7 +43,7 @@ def onnx_features(model, images: np.ndarray, **options) -> np.ndarray:
 
 def torch_features(model, images: np.ndarray, dtype: torch.dtype, onednn: bool) -> np.ndarray:
     s = model.settings
-    settings = FitSettings(
+    settings = FitConfig(
         backbone=s["backbone"],
         layers=tuple(s["layers"]),
         neighbourhood=s["neighbourhood"],

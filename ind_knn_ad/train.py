@@ -23,7 +23,7 @@ from ind_knn_ad.features.augment import NONE, views_of
 from ind_knn_ad.features.device import select_device
 from ind_knn_ad.features.extractor import (
     FeatureExtractor,
-    FitSettings,
+    FitConfig,
     TrainFeatures,
     extract_features,
 )
@@ -65,7 +65,7 @@ def find_method(name: str, image_score: str, augment: str = NONE) -> tuple[metho
 
 def train(
     dataset: Dataset,
-    settings: FitSettings,
+    settings: FitConfig,
     threshold: float | str = AUTO,
     device: str = "auto",
     weights: Path | None = None,
@@ -110,7 +110,7 @@ def fit_method(
     method: str,
     extractor: FeatureExtractor,
     features: TrainFeatures,
-    settings: FitSettings,
+    settings: FitConfig,
     threshold: float | str = AUTO,
     dataset: str = "custom",
     progress: ProgressFactory = no_progress,

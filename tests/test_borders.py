@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.features.borders import BORDERS, DEFAULT_BORDER, UNRECORDED_BORDER, fitted_border
-from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, TrainFeatures
+from ind_knn_ad.features.extractor import FeatureExtractor, TrainFeatures
 from ind_knn_ad.features.patches import PatchFeatures
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.model_file.store import load_model, save_model
@@ -72,7 +73,7 @@ def test_an_unknown_rule_is_refused() -> None:
 
 
 def test_the_settings_default_is_the_module_default() -> None:
-    assert FitSettings().border == DEFAULT_BORDER in BORDERS
+    assert FitConfig().border == DEFAULT_BORDER in BORDERS
 
 
 def test_files_without_the_key_mean_the_old_rule() -> None:
@@ -95,7 +96,7 @@ def train_features() -> TrainFeatures:
 def test_the_model_carries_its_rule_in_settings_and_graph(
     method: str, border: str, train_features: TrainFeatures, tmp_path: Path
 ) -> None:
-    settings = FitSettings(
+    settings = FitConfig(
         backbone="efficientnet_lite0", border=border, preprocess=Preprocess(64, 64)
     )
     extractor = FeatureExtractor(settings, torch.device("cpu"))
@@ -117,7 +118,7 @@ def test_the_model_carries_its_rule_in_settings_and_graph(
 def test_a_file_written_without_the_key_still_loads_and_scores(
     train_features: TrainFeatures, tmp_path: Path
 ) -> None:
-    settings = FitSettings(
+    settings = FitConfig(
         backbone="efficientnet_lite0", border="exclude", preprocess=Preprocess(64, 64)
     )
     extractor = FeatureExtractor(settings, torch.device("cpu"))

@@ -31,10 +31,11 @@ def torch_scores(sample_model: Path, test_images: list[Path]) -> tuple[np.ndarra
     fit itself takes, one image at a time."""
     import torch
 
-    from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings
+    from ind_knn_ad.config import FitConfig
+    from ind_knn_ad.features.extractor import FeatureExtractor
 
     model = load_model(sample_model)
-    settings = FitSettings(
+    settings = FitConfig(
         backbone=model.settings["backbone"],
         layers=tuple(model.settings["layers"]),
         neighbourhood=model.settings["neighbourhood"],

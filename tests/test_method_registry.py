@@ -29,7 +29,8 @@ from ind_knn_ad.model_file.store import Model, load_model, save_model
 from ind_knn_ad.search.nearest import PatchScores
 
 if TYPE_CHECKING:
-    from ind_knn_ad.features.extractor import FitSettings, TrainFeatures
+    from ind_knn_ad.config import FitConfig
+    from ind_knn_ad.features.extractor import TrainFeatures
     from ind_knn_ad.methods.base import ProgressFactory
 
 NAME = "mean_distance"
@@ -52,7 +53,7 @@ class MeanDistance(Method):
     def fit(
         self,
         train: TrainFeatures,
-        settings: FitSettings,
+        settings: FitConfig,
         image_score: str,
         progress: ProgressFactory,
     ) -> Fitted:
@@ -119,13 +120,13 @@ def run(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess:
 def test_a_registered_method_fits_saves_loads_and_scores_through_the_cli(
     registered: None, sample_dataset: Path, plugin_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from ind_knn_ad.features.extractor import FitSettings
+    from ind_knn_ad.config import FitConfig
     from ind_knn_ad.io.datasets import load_dataset
     from ind_knn_ad.runtime.detector import Detector
     from ind_knn_ad.train import train
 
     dataset = load_dataset(sample_dataset)
-    result = train(dataset, FitSettings(backbone="efficientnet_lite0"), device="cpu", method=NAME)
+    result = train(dataset, FitConfig(backbone="efficientnet_lite0"), device="cpu", method=NAME)
     model = result.model
     assert model.method == NAME and model.settings["image_score"] == "max_distance"
     height, width = model.settings["feature_grid"]

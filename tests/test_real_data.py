@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 from conftest import mvtec_folder
 
-from ind_knn_ad.features.extractor import FitSettings
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.train import train
 
 pytestmark = pytest.mark.slow
 
-OFFLINE = FitSettings(backbone="efficientnet_lite0")
+OFFLINE = FitConfig(backbone="efficientnet_lite0")
 
 
 def test_hazelnut_reduced() -> None:

@@ -87,13 +87,13 @@ def test_with_few_training_images_the_threshold_comes_from_the_synthetic_defects
     rule's own."""
     from dataclasses import replace
 
-    from ind_knn_ad.features.extractor import FitSettings
+    from ind_knn_ad.config import FitConfig
     from ind_knn_ad.io.datasets import load_dataset
     from ind_knn_ad.train import train
 
     dataset = load_dataset(sample_dataset)
     few = replace(dataset, train=dataset.train[:8], test=[])
-    model = train(few, FitSettings(backbone="efficientnet_lite0"), device="cpu").model
+    model = train(few, FitConfig(backbone="efficientnet_lite0"), device="cpu").model
     record = model.settings["threshold"]
     assert "synthetic defects" in record["rule"] and record["holdout"]["count"] == 8
     rows = model.settings["detectability"]

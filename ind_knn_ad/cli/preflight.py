@@ -21,7 +21,7 @@ from ind_knn_ad.model_file.store import check_writable
 from ind_knn_ad.report.results import beside
 
 if TYPE_CHECKING:
-    from ind_knn_ad.features.extractor import FitSettings
+    from ind_knn_ad.config import FitConfig
     from ind_knn_ad.methods.base import ProgressFactory
     from ind_knn_ad.tuning.autosettings import Choice
 
@@ -107,7 +107,7 @@ def backbone_strides(backbone: str, layers: tuple[int, ...] | None) -> list[int]
 
 
 def check_fit(
-    dataset: Dataset, settings: FitSettings, method: str, device: str, auto_threshold: bool
+    dataset: Dataset, settings: FitConfig, method: str, device: str, auto_threshold: bool
 ) -> None:
     """DatasetError for too few training images, UsageError for options that cannot work
     with this backbone, dataset or machine (the method checks its own)."""

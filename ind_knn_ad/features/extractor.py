@@ -17,49 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import ImageError
 from ind_knn_ad.features.augment import NONE, views_of, with_views
-from ind_knn_ad.features.backbones import backbone_spec, build_backbone
-from ind_knn_ad.features.borders import DEFAULT_BORDER
+from ind_knn_ad.features.backbones import build_backbone
 from ind_knn_ad.features.patches import PatchFeatures
 from ind_knn_ad.io.alignment import part_regions
 from ind_knn_ad.io.batches import preprocessed_batches, stack
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.search.coreset import PROJECTION_DIM
 from ind_knn_ad.threads import cpu_count
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """What a fit is made of, for every method; everything here ends up in the model file.
-
-    The coreset fraction and projection only matter to methods that keep a coreset, the
-    image score to methods that offer a choice of it, and `augment` (a view set of
-    `augment.VIEW_SETS`) to methods that take views (`Method.takes_views`).
-    """
-
-    backbone: str = "wide_resnet50_2"
-    layers: tuple[int, ...] | None = None
-    neighbourhood: int = 3
-    border: str = DEFAULT_BORDER
-    coreset_fraction: float | None = None  # None: coreset_size's default rule
-    projection_dim: int = PROJECTION_DIM
-    image_score: str = "max"
-    preprocess: Preprocess = field(default_factory=Preprocess)
-    seed: int = 0
-    augment: str = NONE
-
-    def resolved_layers(self) -> tuple[int, ...]:
-        return tuple(self.layers or backbone_spec(self.backbone).layers)
 
 
 class FeatureExtractor:
     """The torch patch-feature network on a device, taking and giving NumPy arrays."""
 
     def __init__(
-        self, settings: FitSettings, device: torch.device, weights: Path | None = None
+        self, settings: FitConfig, device: torch.device, weights: Path | None = None
     ) -> None:
         backbone = build_backbone(settings.backbone, settings.resolved_layers(), weights)
         # Channels-last runs the convolutions (depthwise ones above all) a third faster on

@@ -22,7 +22,8 @@ from ind_knn_ad.search.nearest import IMAGE_SCORES, PatchScores
 
 if TYPE_CHECKING:
     from ind_knn_ad.calibration.detectability import Damaged
-    from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, TrainFeatures
+    from ind_knn_ad.config import FitConfig
+    from ind_knn_ad.features.extractor import FeatureExtractor, TrainFeatures
 
 # (B, C, h, w) features and the (B, H, W, 3) uint8 cuts their network inputs were made
 # from -> one result per image. Scoring, evaluation and the contact sheet see only this.
@@ -84,7 +85,7 @@ class Method(ABC):
         return self.image_scores[0] if asked == DEFAULT_IMAGE_SCORE else None
 
     def check_fit(  # noqa: B027 - an optional check: most methods have none
-        self, settings: FitSettings, patches: int, auto_threshold: bool
+        self, settings: FitConfig, patches: int, auto_threshold: bool
     ) -> None:
         """Raise exit_codes.UsageError for options that would fail only after feature
         extraction, given about how many training patches there will be."""
@@ -93,7 +94,7 @@ class Method(ABC):
     def fit(
         self,
         train: TrainFeatures,
-        settings: FitSettings,
+        settings: FitConfig,
         image_score: str,
         progress: ProgressFactory,
     ) -> Fitted:

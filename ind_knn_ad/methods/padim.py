@@ -30,7 +30,8 @@ from ind_knn_ad.search.nearest import UNIT_ROUNDOFF, PatchScores
 from ind_knn_ad.threads import one_blas_thread
 
 if TYPE_CHECKING:
-    from ind_knn_ad.features.extractor import FitSettings, TrainFeatures
+    from ind_knn_ad.config import FitConfig
+    from ind_knn_ad.features.extractor import TrainFeatures
 
 CHANNELS = 100  # the paper's choice for ResNet-18; at most the backbone's channel count
 REGULARISATION = 0.01  # added to each covariance's diagonal, as in the paper
@@ -166,7 +167,7 @@ class Padim(Method):
     def fit(
         self,
         train: TrainFeatures,
-        settings: FitSettings,
+        settings: FitConfig,
         image_score: str,
         progress: ProgressFactory,
     ) -> Fitted:

@@ -34,7 +34,8 @@ from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
 from ind_knn_ad.search.nearest import IMAGE_SCORES, PatchScores, SearchBank, score_features
 
 if TYPE_CHECKING:
-    from ind_knn_ad.features.extractor import FeatureExtractor, FitSettings, TrainFeatures
+    from ind_knn_ad.config import FitConfig
+    from ind_knn_ad.features.extractor import FeatureExtractor, TrainFeatures
 
 BANK = "memory_bank"
 
@@ -46,7 +47,7 @@ class PatchCore(Method):
     takes_views = True  # the bank pools patches from every position and image
     required_settings = {"coreset": dict}  # noqa: RUF012 - read only
 
-    def check_fit(self, settings: FitSettings, patches: int, auto_threshold: bool) -> None:
+    def check_fit(self, settings: FitConfig, patches: int, auto_threshold: bool) -> None:
         """A bank of one patch measures every image by its distance to that patch: nothing a
         user can mean, and the held-out threshold would rest on it alone."""
         if not auto_threshold or coreset_size(patches, settings.coreset_fraction) >= 2:
@@ -61,7 +62,7 @@ class PatchCore(Method):
     def fit(
         self,
         train: TrainFeatures,
-        settings: FitSettings,
+        settings: FitConfig,
         image_score: str,
         progress: ProgressFactory,
     ) -> Fitted:
@@ -114,7 +115,7 @@ class PatchCore(Method):
         train: TrainFeatures,
         sources: np.ndarray,
         fillers: np.ndarray,
-        settings: FitSettings,
+        settings: FitConfig,
     ) -> list[detectability.Damaged]:
         """Synthetic defects on held-out training images, scored as the threshold's
         held-out images are: against the bank without the image's own patches, their

@@ -27,7 +27,8 @@ from ind_knn_ad.model_file.store import Model, feature_positions, positive_int
 from ind_knn_ad.search.nearest import PatchScores, exact_squared, nearest_neighbours
 
 if TYPE_CHECKING:
-    from ind_knn_ad.features.extractor import FitSettings, TrainFeatures
+    from ind_knn_ad.config import FitConfig
+    from ind_knn_ad.features.extractor import TrainFeatures
 
 # K of the image-level kNN, and the number of training images whose patches form the
 # pixel-level gallery. The library's default; the paper's K = 50 ranked worse with this
@@ -111,7 +112,7 @@ class Spade(Method):
     def fit(
         self,
         train: TrainFeatures,
-        settings: FitSettings,
+        settings: FitConfig,
         image_score: str,
         progress: ProgressFactory,
     ) -> Fitted:

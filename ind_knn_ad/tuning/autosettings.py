@@ -40,7 +40,7 @@ from ind_knn_ad.features.borders import DEFAULT_BORDER
 from ind_knn_ad.features.device import select_device
 from ind_knn_ad.features.extractor import (
     FeatureExtractor,
-    FitSettings,
+    FitConfig,
     TrainFeatures,
     extract_features,
 )
@@ -244,7 +244,7 @@ class Trial:
 class Choice:
     """What `choose` decided: the complete fit settings, why, and the evidence."""
 
-    settings: FitSettings
+    settings: FitConfig
     fixed: dict[str, Any]
     pose: PoseSpread | None
     trials: list[Trial]
@@ -345,7 +345,7 @@ def choose(
         align, pose_reason = pose.varied, pose.reason()
     preprocess = _geometry(paths, fixed, align)
     candidates = _candidates(fixed, preprocess)
-    base = FitSettings(
+    base = FitConfig(
         backbone=candidates[0].backbone,
         layers=fixed.get("layers"),
         neighbourhood=fixed.get("neighbourhood", 3),
@@ -419,7 +419,7 @@ def _candidates(fixed: Mapping[str, Any], preprocess: Preprocess) -> list[Candid
     ]
 
 
-def _with(settings: FitSettings, candidate: Candidate) -> FitSettings:
+def _with(settings: FitConfig, candidate: Candidate) -> FitConfig:
     return replace(
         settings,
         backbone=candidate.backbone,
@@ -457,7 +457,7 @@ class _Validation:
     patches, as the automatic threshold's held-out images are.
     """
 
-    def __init__(self, paths: Sequence[Path], base: FitSettings, seed: int) -> None:
+    def __init__(self, paths: Sequence[Path], base: FitConfig, seed: int) -> None:
         self.base = base
         self.total = len(paths)
         self.paths = [paths[i] for i in _sample(len(paths), VALIDATION_IMAGES, seed)]
