@@ -40,7 +40,7 @@ from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH, load_model, named
 
 if TYPE_CHECKING:
-    from ind_knn_ad.model_file.store import Model
+    from ind_knn_ad.model_file.schema import Model
 
 log = logging.getLogger("anomaly_detector")
 # ONNX Runtime's telemetry writes a device ID under HOME, and prints a coloured warning of
@@ -154,7 +154,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
     threshold = model.threshold if args.threshold is None else args.threshold
     log.info("model %s: %s, threshold %.4g", args.model, model.settings["backbone"], threshold)
     if args.heatmap is not None:
-        from ind_knn_ad.model_file.store import check_writable
+        from ind_knn_ad.io.atomic import check_writable
         from ind_knn_ad.report.heatmap import write_heatmap
 
         try:  # now, not after the first image

@@ -20,8 +20,8 @@ from ind_knn_ad.cli.arguments import checked, complete_fit_arguments, fraction, 
 from ind_knn_ad.features.augment import VIEW_SETS
 from ind_knn_ad.features.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.methods import DEFAULT, having_image_score, names
+from ind_knn_ad.methods.patchcore.image_score import IMAGE_SCORES
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH
-from ind_knn_ad.search.nearest import IMAGE_SCORES
 
 # As in anomaly_detector.py: no ONNX Runtime telemetry, nor its warning on stderr.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -27,7 +27,8 @@ from ind_knn_ad.config import FitConfig
 from ind_knn_ad.features.augment import VIEW_SETS
 from ind_knn_ad.features.extractor import FeatureExtractor, extract_features
 from ind_knn_ad.io.datasets import load_dataset
-from ind_knn_ad.methods.patchcore import BANK, PatchCore
+from ind_knn_ad.methods.patchcore import BANK
+from ind_knn_ad.methods.patchcore.fit import FITTER
 from ind_knn_ad.train import no_progress
 
 
@@ -44,7 +45,7 @@ def run(name: str) -> dict[str, str]:
         train = extract_features(extractor, dataset.train, settings.preprocess, augment=augment)
         extracted = time.perf_counter() - start
         start = time.perf_counter()
-        fitted = PatchCore().fit(train, settings, "max", no_progress)  # the coreset
+        fitted = FITTER.fit(train, settings, "max", no_progress)  # the coreset
         selected = time.perf_counter() - start
         threshold, _ = auto_threshold(fitted.holdout_scores())
         scores = image_scores(test.features, test.grid, fitted.tensors[BANK])

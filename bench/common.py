@@ -19,7 +19,7 @@ from ind_knn_ad.config import FitConfig
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.datasets import REAL_DATA_DIR as MVTEC
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.search.nearest import score_features
+from ind_knn_ad.methods.patchcore.image_score import score_features
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTTLE = MVTEC / "bottle_256"

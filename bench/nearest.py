@@ -14,9 +14,10 @@ import time
 import numpy as np
 from common import BOTTLE, PYTHON, ROOT, ensure_model, machine, report, spread
 
+from ind_knn_ad.methods.patchcore.image_score import score_features
 from ind_knn_ad.model_file.store import load_model
 from ind_knn_ad.runtime.detector import Detector
-from ind_knn_ad.search.nearest import SearchBank, score_features
+from ind_knn_ad.search.nearest import SearchBank
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,11 +29,11 @@ from ind_knn_ad.features.extractor import (
 )
 from ind_knn_ad.io.batches import images_per_batch
 from ind_knn_ad.io.datasets import Dataset, TestImage
-from ind_knn_ad.methods.base import ProgressFactory
+from ind_knn_ad.methods.base import PatchScores
+from ind_knn_ad.methods.fitting import ProgressFactory
 from ind_knn_ad.model_file.provenance import package_versions
-from ind_knn_ad.model_file.store import FORMAT, Model, required_version
+from ind_knn_ad.model_file.schema import FORMAT, Model, required_version
 from ind_knn_ad.report.evaluate import Evaluation, evaluate
-from ind_knn_ad.search.nearest import PatchScores
 
 
 def no_progress(description: str, total: int) -> AbstractContextManager[None]:
@@ -58,7 +58,7 @@ def find_method(name: str, image_score: str, augment: str = NONE) -> tuple[metho
     if rule is None:
         having = " or ".join(methods.having_image_score(image_score))
         raise ValueError(f"image score {image_score!r} is for {having} only")
-    if views_of(augment) and not method.takes_views:
+    if views_of(augment) and not methods.fitter(name).takes_views:
         raise ValueError(f"augment {augment!r} is for {' or '.join(methods.taking_views())} only")
     return method, rule
 
@@ -117,12 +117,12 @@ def fit_method(
 ) -> Model:
     """The model of `method` from training features: the settings every method shares,
     the method's own tensors and settings, the threshold and the exported graph."""
-    fitter, image_score = find_method(method, settings.image_score, settings.augment)
+    _, image_score = find_method(method, settings.image_score, settings.augment)
     views = 1 + len(views_of(settings.augment))
     if features.views != views:
         raise ValueError(f"features of {features.views} views per image; augment makes {views}")
     images, _positions, channels = features.features.shape
-    fitted = fitter.fit(features, settings, image_score, progress)
+    fitted = methods.fitter(method).fit(features, settings, image_score, progress)
     model_settings: dict[str, Any] = {
         "format": FORMAT,
         "format_version": required_version(settings.preprocess.to_dict()),

@@ -31,7 +31,8 @@ from test_image_loader import encoded, half, noise, png_chunk, png_header, zero_
 
 from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.io.images import shown_name
-from ind_knn_ad.model_file.store import FORMAT_VERSION, METADATA_KEY, load_model
+from ind_knn_ad.model_file.schema import FORMAT_VERSION
+from ind_knn_ad.model_file.store import METADATA_KEY, load_model
 
 RECORD = re.compile(r"^\d+\.\d{6}$")
 

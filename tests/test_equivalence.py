@@ -10,9 +10,9 @@ import pytest
 
 from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.io.batches import expand_inputs
+from ind_knn_ad.methods.patchcore.image_score import IMAGE_SCORES, score_features
 from ind_knn_ad.model_file.store import load_model
 from ind_knn_ad.runtime.detector import Detector
-from ind_knn_ad.search.nearest import IMAGE_SCORES, score_features
 
 RTOL = 1e-4
 # Scores from two feature implementations (two machines' arithmetic) differ by at most this,

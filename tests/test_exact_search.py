@@ -15,13 +15,14 @@ import pytest
 from conftest import ARITHMETIC, ROOT
 
 from ind_knn_ad.methods import padim, spade
-from ind_knn_ad.search import nearest as scoring
-from ind_knn_ad.search.nearest import (
+from ind_knn_ad.methods.padim import fit as padim_fit
+from ind_knn_ad.methods.patchcore.image_score import (
     IMAGE_SCORES,
     REWEIGHT_NEIGHBOURS,
     reweighted_score,
     score_features,
 )
+from ind_knn_ad.search import nearest as scoring
 
 
 def exhaustive(features: np.ndarray, bank: np.ndarray, image_score: str, regions=None) -> list:
@@ -155,8 +156,8 @@ def padim_case(seed: int) -> tuple[padim.PadimScorer, np.ndarray]:
     rng = np.random.default_rng(seed)
     offset = float(rng.choice([0.0, 50.0]))
     train = (offset + rng.normal(size=(12, 6, 20))).astype(np.float32)  # (N, P, C)
-    channels = padim.choose_channels(20, 9, seed)
-    gaussians = padim.fit_gaussians(train, channels)
+    channels = padim_fit.choose_channels(20, 9, seed)
+    gaussians = padim_fit.fit_gaussians(train, channels)
     scorer = padim.PadimScorer(channels, gaussians.mean, gaussians.inverse_covariance)
     features = (offset + rng.normal(size=(4, 20, 2, 3))).astype(np.float32)
     features[1] = train[0].T.reshape(20, 2, 3)  # a training image: every position close
@@ -193,7 +194,7 @@ SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from test_exact_search import case, padim_case
-from ind_knn_ad.search.nearest import IMAGE_SCORES, score_features
+from ind_knn_ad.methods.patchcore.image_score import IMAGE_SCORES, score_features
 out = []
 for seed in range(25):
     features, bank, regions = case(seed)

@@ -25,7 +25,9 @@ import pytest
 from conftest import ROOT
 
 from ind_knn_ad.cli import exit_codes
-from ind_knn_ad.model_file.store import Model, atomic_write, load_model, save_model
+from ind_knn_ad.io.atomic import atomic_write
+from ind_knn_ad.model_file.schema import Model
+from ind_knn_ad.model_file.store import load_model, save_model
 
 
 def listing(folder: Path) -> dict[str, str]:
@@ -139,10 +141,10 @@ def test_failed_write_keeps_the_old_file(
 ) -> None:
     target = tmp_path / "model.safetensors"
     target.write_bytes(b"old model")
-    import ind_knn_ad.model_file.store as model_file
+    import ind_knn_ad.io.atomic as atomic
 
     monkeypatch.setattr(
-        model_file,
+        atomic,
         "open",
         lambda path, _mode: _FailingStream(path, error),
         raising=False,
@@ -233,7 +235,7 @@ def test_model_results_and_sheet_are_replaced_together(
     so it is also sent to another thread."""
     import threading
 
-    import ind_knn_ad.model_file.store as model_file
+    import ind_knn_ad.io.atomic as atomic
 
     names = ["model.safetensors", "model.results.json", "model.contact_sheet.png"]
     for name in names:
@@ -252,11 +254,11 @@ def test_model_results_and_sheet_are_replaced_together(
                 signal.pthread_kill(other.ident, signal.SIGINT)
             time.sleep(0.05)  # time for the signal to be taken, wherever it lands
 
-    monkeypatch.setattr(model_file.os, "replace", replace_then_interrupt)
+    monkeypatch.setattr(atomic.os, "replace", replace_then_interrupt)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            model_file.write_together([(tmp_path / n, b"new " + n.encode()) for n in names])
+            atomic.write_together([(tmp_path / n, b"new " + n.encode()) for n in names])
     finally:
         signal.signal(signal.SIGINT, previous)
         done.set()
@@ -274,7 +276,7 @@ def test_interrupt_before_the_renames_keeps_every_old_file(
     names = ["model.safetensors", "model.results.json", "model.contact_sheet.png"]
     for name in names:
         (tmp_path / name).write_bytes(b"old")
-    import ind_knn_ad.model_file.store as model_file
+    import ind_knn_ad.io.atomic as atomic
 
     real_open = open
     opened = []
@@ -285,9 +287,9 @@ def test_interrupt_before_the_renames_keeps_every_old_file(
             return _FailingStream(path, KeyboardInterrupt())
         return real_open(path, mode)
 
-    monkeypatch.setattr(model_file, "open", failing_open, raising=False)
+    monkeypatch.setattr(atomic, "open", failing_open, raising=False)
     with pytest.raises(KeyboardInterrupt):
-        model_file.write_together([(tmp_path / n, b"new") for n in names])
+        atomic.write_together([(tmp_path / n, b"new") for n in names])
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {n: b"old" for n in names}
 
 

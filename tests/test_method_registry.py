@@ -24,14 +24,15 @@ from conftest import ROOT
 
 from ind_knn_ad import methods
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.methods.base import Fitted, Method, Scorer, TensorSpec, features_only
-from ind_knn_ad.model_file.store import Model, load_model, save_model
-from ind_knn_ad.search.nearest import PatchScores
+from ind_knn_ad.methods.base import Method, PatchScores, Scorer, features_only
+from ind_knn_ad.methods.fitting import Fitted, Fitter
+from ind_knn_ad.model_file.schema import Model, TensorSpec
+from ind_knn_ad.model_file.store import load_model, save_model
 
 if TYPE_CHECKING:
     from ind_knn_ad.config import FitConfig
     from ind_knn_ad.features.extractor import TrainFeatures
-    from ind_knn_ad.methods.base import ProgressFactory
+    from ind_knn_ad.methods.fitting import ProgressFactory
 
 NAME = "mean_distance"
 
@@ -49,6 +50,26 @@ class MeanDistance(Method):
     image_scores = ("max_distance",)
     map_in_score_units = True
     required_settings = {NAME: dict}  # noqa: RUF012 - read only
+    fit_module = __name__  # its FITTER is below
+
+    def tensor_specs(self, settings: dict[str, Any], source: str) -> dict[str, TensorSpec]:
+        return {"mean_feature": TensorSpec(np.float32, (settings["feature_dim"],))}
+
+    def scorer(self, model: Model, preprocess: Preprocess, maps: bool) -> Scorer:
+        mean = model.tensors["mean_feature"]
+
+        def score(features: np.ndarray) -> list[PatchScores]:
+            found = [distances(image, mean) for image in features]
+            return [PatchScores(float(each.max()), each.astype(np.float32)) for each in found]
+
+        return features_only(score)
+
+    def summary(self, model: Model) -> str:
+        return f"Mean of {model.settings[NAME]['patches']} training patches"
+
+
+class MeanDistanceFitter(Fitter):
+    """The mean training feature, and each training image's distance to the others'."""
 
     def fit(
         self,
@@ -71,23 +92,9 @@ class MeanDistance(Method):
         mean = (total / (images * positions)).astype(np.float32)
         return Fitted({"mean_feature": mean}, {NAME: {"patches": images * positions}}, held_out)
 
-    def tensor_specs(self, settings: dict[str, Any], source: str) -> dict[str, TensorSpec]:
-        return {"mean_feature": TensorSpec(np.float32, (settings["feature_dim"],))}
-
-    def scorer(self, model: Model, preprocess: Preprocess, maps: bool) -> Scorer:
-        mean = model.tensors["mean_feature"]
-
-        def score(features: np.ndarray) -> list[PatchScores]:
-            found = [distances(image, mean) for image in features]
-            return [PatchScores(float(each.max()), each.astype(np.float32)) for each in found]
-
-        return features_only(score)
-
-    def summary(self, model: Model) -> str:
-        return f"Mean of {model.settings[NAME]['patches']} training patches"
-
 
 TOY = MeanDistance()
+FITTER = MeanDistanceFitter()
 
 
 @pytest.fixture

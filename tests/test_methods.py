@@ -16,7 +16,9 @@ from safetensors.numpy import save_file
 
 from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.errors import ModelFileError
-from ind_knn_ad.methods import padim, spade
+from ind_knn_ad.methods import padim
+from ind_knn_ad.methods.padim import fit as padim_fit
+from ind_knn_ad.methods.spade import fit as spade_fit
 from ind_knn_ad.model_file.store import METADATA_KEY, load_model, save_model
 
 OTHER_METHODS = ("padim", "spade")
@@ -114,12 +116,12 @@ def test_model_file_records_the_method_and_its_tensors(method_models: dict[str, 
     assert padim_model.settings["image_score"] == "max"
     channels = padim_model.tensors["channels"]
     count, positions = len(channels), 28 * 28
-    assert count == padim_model.settings["padim"]["channels"] == padim.CHANNELS
+    assert count == padim_model.settings["padim"]["channels"] == padim_fit.CHANNELS
     assert padim_model.tensors["mean"].shape == (positions, count)
     assert padim_model.tensors["inverse_covariance"].shape == (positions, count, count)
     spade_model = load_model(method_models["spade"])
     assert spade_model.method == "spade" and "memory_bank" not in spade_model.tensors
-    assert spade_model.settings["spade"]["neighbours"] == spade.NEIGHBOURS
+    assert spade_model.settings["spade"]["neighbours"] == spade_fit.NEIGHBOURS
     images, channels = spade_model.settings["train_images"], spade_model.settings["feature_dim"]
     assert spade_model.tensors["train_patches"].shape == (images, positions, channels)
     assert spade_model.tensors["image_vectors"].shape == (images, channels)
@@ -229,10 +231,10 @@ def test_padim_held_out_scores_equal_refits_without_each_image() -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(7, 3, 6)).astype(np.float32)
     channels = np.array([0, 2, 3, 5])
-    fitted = padim.fit_gaussians(features, channels)
+    fitted = padim_fit.fit_gaussians(features, channels)
     for image in range(len(features)):
         others = np.delete(features, image, axis=0)
-        refit = padim.fit_gaussians(others, channels)
+        refit = padim_fit.fit_gaussians(others, channels)
         scorer = padim.PadimScorer(channels, refit.mean, refit.inverse_covariance)
         grid = features[image].T.reshape(1, 6, 3, 1)  # (B, C, h, w) with h * w = 3
         assert fitted.holdout_scores[image] == pytest.approx(scorer(grid)[0].score, rel=1e-4)
@@ -240,6 +242,6 @@ def test_padim_held_out_scores_equal_refits_without_each_image() -> None:
 
 def test_spade_held_out_scores_leave_the_image_out() -> None:
     vectors = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [5.0, 5.0]], dtype=np.float32)
-    scores = spade.holdout_scores(vectors, 2)
+    scores = spade_fit.holdout_scores(vectors, 2)
     assert scores[0] == pytest.approx((1.0 + 2.0) / 2)
     assert scores[3] == pytest.approx((np.hypot(5, 3) + np.hypot(4, 5)) / 2)

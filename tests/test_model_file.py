@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from ind_knn_ad.model_file.store import (
-    FORMAT,
-    FORMAT_VERSION,
-    METADATA_KEY,
-    Model,
-    ModelFileError,
-    load_model,
-    save_model,
-    validate_settings,
-)
+from ind_knn_ad.errors import ModelFileError
+from ind_knn_ad.model_file.schema import FORMAT, FORMAT_VERSION, Model
+from ind_knn_ad.model_file.store import METADATA_KEY, load_model, save_model, validate_settings
 from ind_knn_ad.runtime.detector import Detector
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ind_knn_ad.methods.patchcore.image_score import IMAGE_SCORES, score_features
+from ind_knn_ad.report.heatmap import anomaly_map
 from ind_knn_ad.search import nearest as scoring
-from ind_knn_ad.search.nearest import anomaly_map, nearest_neighbours, score_features
+from ind_knn_ad.search.nearest import nearest_neighbours
 
 
 def brute_force(queries: np.ndarray, bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +88,7 @@ def test_anomaly_map_is_upsampled_and_blurred() -> None:
     assert result.max() < 10.0  # the Gaussian spreads the peak
 
 
-@pytest.mark.parametrize("image_score", scoring.IMAGE_SCORES)
+@pytest.mark.parametrize("image_score", IMAGE_SCORES)
 def test_regions_decide_which_patches_count(image_score: str) -> None:
     """An aligned part is scored on its region alone: a far-out patch outside it changes
     nothing, inside it decides the score; both searches give the same bits."""

@@ -24,7 +24,7 @@ from ind_knn_ad.calibration.threshold import cut_counts
 
 if TYPE_CHECKING:
     from ind_knn_ad.io.datasets import Dataset
-    from ind_knn_ad.model_file.store import Model
+    from ind_knn_ad.model_file.schema import Model
     from ind_knn_ad.report.evaluate import Evaluation
 
 RULES = ("f1", "recall", "fpr")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ind_knn_ad.search.nearest import score_features
+from ind_knn_ad.methods.patchcore.image_score import score_features
 
 AUTO = "auto"
 # Training images scored for the automatic threshold, at most: enough for a stable mean and

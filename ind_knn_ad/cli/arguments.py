@@ -11,7 +11,14 @@ from typing import Any, TypeVar
 from ind_knn_ad.features.augment import NONE
 from ind_knn_ad.features.borders import DEFAULT_BORDER
 from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
-from ind_knn_ad.methods import DEFAULT, DEFAULT_IMAGE_SCORE, find, having_image_score, taking_views
+from ind_knn_ad.methods import (
+    DEFAULT,
+    DEFAULT_IMAGE_SCORE,
+    find,
+    fitter,
+    having_image_score,
+    taking_views,
+)
 
 Value = TypeVar("Value")
 
@@ -91,7 +98,7 @@ def complete_fit_arguments(args: argparse.Namespace) -> str | None:
         return (
             "--augment does not apply with --align: an aligned part is already turned to one pose"
         )
-    if args.augment != NONE and not find(args.method).takes_views:
+    if args.augment != NONE and not fitter(args.method).takes_views:
         return f"--augment is for --method {' or --method '.join(taking_views())} only"
     if args.crop is None:
         args.crop = args.image_size if args.align else 224

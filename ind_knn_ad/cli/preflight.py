@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 from ind_knn_ad import methods
 from ind_knn_ad.cli.exit_codes import UsageError
 from ind_knn_ad.errors import DatasetError, WriteError
+from ind_knn_ad.io.atomic import check_writable
 from ind_knn_ad.io.datasets import DATASETS_DIR, Dataset, load_dataset
 from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.model_file.store import check_writable
 from ind_knn_ad.report.results import beside
 
 if TYPE_CHECKING:
     from ind_knn_ad.config import FitConfig
-    from ind_knn_ad.methods.base import ProgressFactory
+    from ind_knn_ad.methods.fitting import ProgressFactory
     from ind_knn_ad.tuning.autosettings import Choice
 
 WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
@@ -130,7 +130,7 @@ def check_fit(
     if strides:
         step = min(strides)
         patches = count * -(-width // step) * -(-height // step)
-        methods.find(method).check_fit(settings, patches, auto_threshold)
+        methods.fitter(method).check_fit(settings, patches, auto_threshold)
 
 
 def choose_settings(

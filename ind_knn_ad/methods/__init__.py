@@ -1,7 +1,9 @@
 """The methods by name: PatchCore, PaDiM and SPADE, and any a plugin registers.
 
-Everything that depends on the method (its fit, tensors, scorer, summary, heatmap scale)
-is asked of the `Method` found here, so adding one means one module and one `register`.
+Everything that depends on the method (its tensors, scorer, summary, heatmap scale) is
+asked of the `Method` found here, and its fit of the `Fitter` that `fitter` loads from the
+module the method names (`Method.fit_module`): scoring imports no fit code. Adding a method
+means one scoring module, one fit module and one `register`.
 
 A method from another package is registered either by calling `register` before the
 tools run, or through an entry point in the group `ind_knn_ad.methods` whose name is the
@@ -13,23 +15,28 @@ scan of the installed packages.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.methods.base import DEFAULT_IMAGE_SCORE, Fitted, Method, Scorer, TensorSpec
+from ind_knn_ad.methods.base import DEFAULT_IMAGE_SCORE, Method, Scorer
 from ind_knn_ad.methods.padim import Padim
 from ind_knn_ad.methods.patchcore import PatchCore
 from ind_knn_ad.methods.spade import Spade
-from ind_knn_ad.model_file.store import Model
+from ind_knn_ad.model_file.schema import Model
+
+if TYPE_CHECKING:
+    from ind_knn_ad.methods.fitting import Fitter
 
 __all__ = [
     "DEFAULT",
     "DEFAULT_IMAGE_SCORE",
     "ENTRY_POINTS",
-    "Fitted",
     "Method",
     "Scorer",
-    "TensorSpec",
     "find",
+    "fitter",
     "having_image_score",
     "make_scorer",
     "names",
@@ -57,6 +64,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
+    # Imported here: importlib.metadata costs a one-off scoring call about 45 ms.
     from importlib.metadata import entry_points
 
     for point in entry_points(group=ENTRY_POINTS):
@@ -82,6 +90,15 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def fitter(name: str) -> Fitter:
+    """The fit of the method called `name` (known to `find`): the `FITTER` of the module
+    it names, imported now, so that only a fit pays for fit code."""
+    method = find(name)
+    if method is None:
+        raise ValueError(f"no method named {name!r}")
+    return importlib.import_module(method.fit_module).FITTER
+
+
 def having_image_score(rule: str) -> list[str]:
     """The methods that can score images by `rule`, by name."""
     return [name for name in names() if rule in _REGISTRY[name].image_scores]
@@ -89,7 +106,7 @@ def having_image_score(rule: str) -> list[str]:
 
 def taking_views() -> list[str]:
     """The methods that can fit on training images' views (`augment`), by name."""
-    return [name for name in names() if _REGISTRY[name].takes_views]
+    return [name for name in names() if fitter(name).takes_views]
 
 
 def make_scorer(model: Model, preprocess: Preprocess, maps: bool = True) -> Scorer:

@@ -17,7 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ind_knn_ad import methods
-from ind_knn_ad.model_file.store import Model
+from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.report.evaluate import Evaluation
 
 

@@ -14,7 +14,8 @@ from ind_knn_ad.io.batches import preprocessed_batches, stack
 from ind_knn_ad.io.datasets import GOOD, Dataset, TestImage
 from ind_knn_ad.io.images import load_image, shown_name
 from ind_knn_ad.io.preprocess import Prepared, Preprocess
-from ind_knn_ad.search.nearest import PatchScores, anomaly_map
+from ind_knn_ad.methods.base import PatchScores
+from ind_knn_ad.report.heatmap import anomaly_map
 
 # (B, 3, H, W) network inputs and the (B, H, W, 3) uint8 cuts they were made from to
 # their results, whichever method made the model.

@@ -21,10 +21,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ind_knn_ad import methods
+from ind_knn_ad.io.atomic import atomic_write
 from ind_knn_ad.io.datasets import GOOD
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.model_file.store import Model, atomic_write
-from ind_knn_ad.search.nearest import PatchScores, anomaly_map
+from ind_knn_ad.methods.base import PatchScores
+from ind_knn_ad.model_file.schema import Model
 
 ALPHA = 0.5  # weight of the colour over the image
 BAR_PANEL = 64  # pixels to the right of the image: the colour bar and its labels
@@ -37,6 +38,18 @@ MAX_NAME_BYTES = 255  # the usual limit on one file name
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 WRONG = (200, 0, 0)  # caption colour of a contact-sheet image the threshold gets wrong
+MAP_SIGMA = 4.0  # the Gaussian blur of the upsampled patch map, in input pixels
+
+
+def anomaly_map(
+    patch_map: np.ndarray, size: tuple[int, int], sigma: float = MAP_SIGMA
+) -> np.ndarray:
+    """Patch distances upsampled (bilinear) to the model's input (width, height), then
+    Gaussian-blurred."""
+    from scipy.ndimage import gaussian_filter  # here: a one-off call without maps needs no SciPy
+
+    upsampled = Image.fromarray(patch_map.astype(np.float32), mode="F").resize(size, Image.BILINEAR)
+    return gaussian_filter(np.asarray(upsampled, dtype=np.float32), sigma=sigma, truncate=4.0)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:

@@ -18,12 +18,14 @@ import numpy as np
 
 from ind_knn_ad.calibration.operating_point import OperatingPoint, recalibrate
 from ind_knn_ad.errors import DatasetError, WriteError
+from ind_knn_ad.io.atomic import write_together
 from ind_knn_ad.io.datasets import Dataset, TestImage
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.model_file.store import Model, load_model, serialise, write_together
+from ind_knn_ad.methods.base import PatchScores
+from ind_knn_ad.model_file.schema import Model
+from ind_knn_ad.model_file.store import load_model, serialise
 from ind_knn_ad.report.evaluate import Evaluation, evaluate
 from ind_knn_ad.report.heatmap import SheetEntry, contact_sheet, png_bytes, sheet_entry
-from ind_knn_ad.search.nearest import PatchScores
 
 SUFFIXES = (".results.json", ".contact_sheet.png")
 

@@ -19,8 +19,8 @@ from ind_knn_ad.io.batches import images_per_batch, preprocessed_batches, stack
 from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.io.preprocess import Prepared, Preprocess
 from ind_knn_ad.methods import make_scorer
-from ind_knn_ad.model_file.store import Model
-from ind_knn_ad.search.nearest import PatchScores
+from ind_knn_ad.methods.base import PatchScores
+from ind_knn_ad.model_file.schema import Model
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 

@@ -1,7 +1,9 @@
-"""Scoring patch features against a memory bank: NumPy only, shared by every code path.
+"""The exact nearest-neighbour search of patch features in a memory bank, and its pruned
+form for an image's worst patches: NumPy only, shared by every code path.
 
 Fitting (torch) and the command-line scorer (ONNX Runtime) both hand their patch features
-to these functions, so a score means the same thing wherever it was computed.
+to these functions, so a distance means the same thing wherever it was computed. What an
+image's score is made of is the method's (`methods.patchcore.image_score`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,6 @@ import numpy as np
 
 from ind_knn_ad.threads import cpu_count, one_blas_thread
 
-# max: the worst patch (PatchCore). reweighted: eq. 7 of Roth et al. 2022. top10: the mean
-# of the TOP_PATCHES worst patches, which one noisy patch cannot decide alone.
-IMAGE_SCORES = ("max", "reweighted", "top10")
-TOP_PATCHES = 10
-# Neighbours of the nearest bank patch used by the re-weighted score (Roth et al. 2022, eq. 7).
-REWEIGHT_NEIGHBOURS = 9
 # Bound on the (queries x bank) distance block held at once per thread: 4M floats = 16 MB,
 # a few hundred query rows against a typical bank. Large enough for BLAS to run at full
 # speed, small enough that the passes over the block that follow it still hit the cache.
@@ -35,7 +31,6 @@ BOUND_SHARE = 8
 # score is made of: their distances bound the image's score from below. More probes cost
 # more full searches but tighten that bound (bench/nearest.py).
 PROBES = 8
-MAP_SIGMA = 4.0
 # Unit roundoff of float32. A float32 dot product of n terms, summed in any order, with or
 # without fused multiply-adds, is off by at most n * u / (1 - n * u) times the sum of the
 # terms' magnitudes (Higham, "Accuracy and Stability of Numerical Algorithms", 3.1). That is
@@ -195,84 +190,36 @@ def nearest_neighbours(
     return np.sqrt(squared), rows
 
 
-def _worst_count(image_score: str) -> int:
-    """How many of an image's worst patches its score is made of."""
-    return TOP_PATCHES if image_score == "top10" else 1
-
-
-def reweighted_score(
-    patch: np.ndarray, nearest: int, distance: float, bank: np.ndarray, neighbours: int
-) -> float:
-    """PatchCore's image score: the maximum patch distance, scaled by how isolated its
-    nearest bank entry is (eq. 7 of Roth et al. 2022).
-
-    If the nearest bank patch sits in a dense region of normal features, the test patch is
-    confidently abnormal and keeps nearly its full score; if that bank patch is itself an
-    outlier the score is damped. Written as 1 - softmax, which cannot overflow. Distances
-    use exact_squared's arithmetic, so the weight is the same on every CPU.
-    """
-    anchor = bank[nearest]
-    count = min(neighbours, len(bank))
-    to_anchor = exact_squared(bank, anchor[None, :])
-    support = np.sort(np.argpartition(to_anchor, count - 1)[:count])  # includes the anchor
-    to_patch = np.sqrt(exact_squared(bank[support], patch[None, :]))
-    top = to_patch.max()
-    weight = 1.0 - np.exp(distance - top) / np.exp(to_patch - top).sum()
-    return float(weight * distance)
-
-
 @dataclass(frozen=True)
-class PatchScores:
-    """One image's result: its score and the (h, w) grid of patch distances (None when it
-    was not asked for)."""
+class WorstPatches:
+    """Exact results for sorted `rows` (patches of a flat batch), a set sure to hold each
+    image's worst patches: squared distances (float64) and nearest bank rows; with
+    `approximate`, every patch's BLAS squared distance (float32), within its error bound."""
 
-    score: float
-    patch_map: np.ndarray | None
+    rows: np.ndarray
+    exact: np.ndarray
+    nearest: np.ndarray
+    approximate: np.ndarray | None
 
 
-def score_features(
-    features: np.ndarray,
-    bank: np.ndarray | SearchBank,
-    image_score: str = "max",
-    maps: bool = True,
-    regions: np.ndarray | None = None,
-) -> list[PatchScores]:
-    """Score a batch of (B, C, h, w) patch features against a memory bank.
+def worst_patches(
+    flat: np.ndarray, bank: SearchBank, counted: np.ndarray, patches: int, worst: int, every: bool
+) -> WorstPatches:
+    """The exact distances of a set holding each image's `worst` largest counted patches,
+    images being runs of `patches` rows of `flat`.
 
-    With `regions` ((B, h, w) bool, each image with at least one True) only those patches
-    make the image score, and the map is 0 elsewhere: an aligned part is scored on the part.
-
-    The score is exact: the patches it is made of and their nearest bank rows are found
-    again with exact_nearest, among candidates that BLAS's rounding cannot hide. So it is
-    the same bits on every CPU, in every batch, with or without maps, and equal to an
-    exhaustive float64 search. Maps hold the BLAS distances (float32), exact where the
-    score was decided. With `maps=False` the maps are None and a pruned search skips the
-    patches whose upper bound cannot reach the score: several times less work.
+    With `every`, every patch is searched (its approximate distance comes back, for a
+    map); without, a pruned search skips the patches whose upper bound cannot reach them:
+    several times less work. The exact rows are found again with exact_nearest, among
+    candidates that BLAS's rounding cannot hide, so they are the same bits on every CPU, in
+    every batch, either way.
     """
-    if image_score not in IMAGE_SCORES:
-        raise ValueError(f"image_score must be one of {IMAGE_SCORES}, not {image_score!r}")
-    batch, channels, height, width = features.shape
-    patches = height * width
-    flat = np.ascontiguousarray(features.transpose(0, 2, 3, 1), dtype=np.float32)
-    flat = flat.reshape(-1, channels)
-    counted = np.ones(batch * patches, bool) if regions is None else regions.reshape(-1)
-    if not counted.reshape(batch, patches).any(axis=1).all():
-        raise ValueError("every image needs at least one patch to score")
-    searchable = SearchBank.of(bank)
-    worst = _worst_count(image_score)
-    if maps or len(searchable.rows) < 2 * BOUND_SHARE:
-        squared, error = _approximate(flat, searchable)
+    if every or len(bank.rows) < 2 * BOUND_SHARE:
+        squared, error = _approximate(flat, bank)
         rows = _contenders(squared - error, squared + error, counted, patches, worst)
-        exact, nearest = exact_nearest(flat[rows], searchable)
-    else:
-        rows, exact, nearest = _pruned_search(flat, searchable, counted, patches, worst)
-    scores = _image_scores(flat, searchable.rows, rows, exact, nearest, batch, patches, image_score)
-    if not maps:
-        return [PatchScores(score, None) for score in scores]
-    distances = np.sqrt(np.maximum(squared, 0.0))
-    distances[rows] = np.sqrt(exact)  # the patches the score is made of, exactly
-    distances = np.where(counted, distances, np.float32(0.0)).reshape(batch, height, width)
-    return [PatchScores(score, grid) for score, grid in zip(scores, distances, strict=True)]
+        exact, nearest = exact_nearest(flat[rows], bank)
+        return WorstPatches(rows, exact, nearest, squared if every else None)
+    return WorstPatches(*_pruned_search(flat, bank, counted, patches, worst), None)
 
 
 def _contenders(
@@ -326,44 +273,3 @@ def _pruned_search(
         np.concatenate([probed, exact])[order],
         np.concatenate([probe_nearest, nearest])[order],
     )
-
-
-def _image_scores(
-    flat: np.ndarray,
-    bank: np.ndarray,
-    rows: np.ndarray,
-    exact: np.ndarray,
-    nearest: np.ndarray,
-    batch: int,
-    patches: int,
-    image_score: str,
-) -> list[float]:
-    """Each image's score from exact squared distances of sorted `rows`, a set that holds
-    its worst patches. The mean of the top ones is summed in a fixed order (ascending).
-    Features or a bank so large that float32 overflows give NaN: callers must check."""
-    images = rows // patches
-    scores = []
-    for image in range(batch):
-        first, last = np.searchsorted(images, [image, image + 1])
-        distances = np.sqrt(exact[first:last])
-        count = min(_worst_count(image_score), len(distances))
-        score = float(np.sort(distances)[len(distances) - count :].mean())
-        if image_score == "reweighted":
-            row = first + int(distances.argmax())  # rows are in order: the first on ties
-            score = reweighted_score(
-                flat[rows[row]], int(nearest[row]), score, bank, REWEIGHT_NEIGHBOURS
-            )
-        scores.append(score)
-    return scores
-
-
-def anomaly_map(
-    patch_map: np.ndarray, size: tuple[int, int], sigma: float = MAP_SIGMA
-) -> np.ndarray:
-    """Patch distances upsampled (bilinear) to the model's input (width, height), then
-    Gaussian-blurred."""
-    from PIL import Image
-    from scipy.ndimage import gaussian_filter
-
-    upsampled = Image.fromarray(patch_map.astype(np.float32), mode="F").resize(size, Image.BILINEAR)
-    return gaussian_filter(np.asarray(upsampled, dtype=np.float32), sigma=sigma, truncate=4.0)

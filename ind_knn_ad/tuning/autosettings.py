@@ -56,9 +56,10 @@ from ind_knn_ad.io.alignment import (
 from ind_knn_ad.io.batches import images_per_batch
 from ind_knn_ad.io.images import load_image
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.methods.base import ProgressFactory
+from ind_knn_ad.methods.fitting import ProgressFactory
+from ind_knn_ad.methods.patchcore.image_score import score_features
 from ind_knn_ad.search.coreset import PROJECTION_DIM, coreset_size, greedy_coreset
-from ind_knn_ad.search.nearest import SearchBank, score_features
+from ind_knn_ad.search.nearest import SearchBank
 
 OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")  # Lite1: see docs/benchmarks.md
 FIXED_POSE = Preprocess()  # today's 256/224 centre crop

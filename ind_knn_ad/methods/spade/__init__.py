@@ -4,45 +4,20 @@ the patches of the nearest training images.
 NumPy only. The image vector is the global average of the image's patch features (the
 same features PatchCore and PaDiM use), not a deeper layer's pooled output: one feature
 graph serves every method, and the pooling is done here. Stored: `train_patches` (N, P, C)
-float32 and `image_vectors` (N, C) float32.
+float32 and `image_vectors` (N, C) float32. The fit is in `fit`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.methods.base import (
-    Fitted,
-    Method,
-    ProgressFactory,
-    Scorer,
-    TensorSpec,
-    features_only,
-)
-from ind_knn_ad.model_file.store import Model, feature_positions, positive_int
-from ind_knn_ad.search.nearest import PatchScores, exact_squared, nearest_neighbours
-
-if TYPE_CHECKING:
-    from ind_knn_ad.config import FitConfig
-    from ind_knn_ad.features.extractor import TrainFeatures
-
-# K of the image-level kNN, and the number of training images whose patches form the
-# pixel-level gallery. The library's default; the paper's K = 50 ranked worse with this
-# image vector (image ROC AUC 0.965 against 0.979 on bottle_256, 0.917 against 1.0 on the
-# sample set), as averaging over many neighbours blurs what is near.
-NEIGHBOURS = 5
-
-
-def neighbour_count(images: int) -> int:
-    """K for `images` training images: at most NEIGHBOURS, and fewer than the images, so
-    that leaving one out for the threshold still leaves K."""
-    if images < 2:
-        raise ValueError(f"SPADE needs at least 2 training images, not {images}")
-    return min(NEIGHBOURS, images - 1)
+from ind_knn_ad.methods.base import Method, PatchScores, Scorer, features_only
+from ind_knn_ad.model_file.schema import Model, TensorSpec, feature_positions, positive_int
+from ind_knn_ad.search.nearest import exact_squared, nearest_neighbours
 
 
 def image_vectors(patches: np.ndarray) -> np.ndarray:
@@ -50,17 +25,9 @@ def image_vectors(patches: np.ndarray) -> np.ndarray:
     return patches.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
-def _distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+def vector_distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """(Q, N) Euclidean distances, exact in float64: there are few enough vectors."""
     return np.sqrt(exact_squared(queries[:, None, :], vectors[None, :, :]))
-
-
-def holdout_scores(vectors: np.ndarray, neighbours: int) -> np.ndarray:
-    """Each training image's score against the other training images (leave-one-image-out,
-    as for PatchCore's threshold): the mean distance to its K nearest other vectors."""
-    distances = _distances(vectors, vectors)
-    np.fill_diagonal(distances, np.inf)
-    return np.sort(distances, axis=1)[:, :neighbours].mean(axis=1)
 
 
 class SpadeScorer:
@@ -89,7 +56,7 @@ class SpadeScorer:
                 f"patches cover {self.train_patches.shape[1]} positions"
             )
         rows = np.ascontiguousarray(features.transpose(0, 2, 3, 1)).reshape(batch, -1, channels)
-        distances = _distances(image_vectors(rows), self.vectors)
+        distances = vector_distances(image_vectors(rows), self.vectors)
         results = []
         for image, to_train in zip(rows, distances, strict=True):
             nearest = np.argsort(to_train, kind="stable")[: self.neighbours]
@@ -108,21 +75,7 @@ class Spade(Method):
     image_scores = ("knn_mean",)
     map_in_score_units = False  # the image score is an image-level distance
     required_settings = {"feature_grid": list, "spade": dict}  # noqa: RUF012 - read only
-
-    def fit(
-        self,
-        train: TrainFeatures,
-        settings: FitConfig,
-        image_score: str,
-        progress: ProgressFactory,
-    ) -> Fitted:
-        """Every training patch, and each training image's vector."""
-        neighbours = neighbour_count(len(train.features))
-        vectors = image_vectors(train.features)
-        scores = holdout_scores(vectors, neighbours)
-        tensors = {"train_patches": train.features, "image_vectors": vectors}
-        own = {"neighbours": neighbours, "image_vector": "mean of the patch features"}
-        return Fitted(tensors, {self.name: own}, lambda: scores)
+    fit_module = "ind_knn_ad.methods.spade.fit"
 
     def tensor_specs(self, settings: dict[str, Any], source: str) -> dict[str, TensorSpec]:
         channels, images = settings["feature_dim"], settings["train_images"]

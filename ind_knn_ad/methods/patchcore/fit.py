@@ -1,51 +1,30 @@
-"""PatchCore (Roth et al. 2022): a coreset memory bank of training patches; each patch's
-score is its distance to the nearest bank patch.
-
-The search itself lives in `scoring` (NumPy), shared by the fit's held-out scores and by
-scoring on the exported ONNX graph's features, so a score means the same everywhere.
-Stored: `memory_bank` (K, C) float32, the coreset in selection order.
-"""
+"""PatchCore's fit: the greedy coreset of the training patches, and the held-out scores
+of the threshold and the synthetic defects."""
 
 from __future__ import annotations
 
 import functools
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ind_knn_ad.calibration import detectability
 from ind_knn_ad.calibration.threshold import fill_holes, holdout_scores
-from ind_knn_ad.cli.exit_codes import UsageError
-from ind_knn_ad.features.augment import NONE
-from ind_knn_ad.io.alignment import part_regions
-from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.methods.base import (
-    Fitted,
-    Method,
-    ProgressFactory,
-    Scorer,
-    TensorSpec,
-    features_only,
-)
-from ind_knn_ad.model_file.store import Model
+from ind_knn_ad.errors import ConfigError
+from ind_knn_ad.methods.fitting import Fitted, Fitter, ProgressFactory
+from ind_knn_ad.methods.patchcore import BANK, PatchCore
+from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
-from ind_knn_ad.search.nearest import IMAGE_SCORES, PatchScores, SearchBank, score_features
 
 if TYPE_CHECKING:
     from ind_knn_ad.config import FitConfig
     from ind_knn_ad.features.extractor import FeatureExtractor, TrainFeatures
 
-BANK = "memory_bank"
 
-
-class PatchCore(Method):
-    name = "patchcore"
-    image_scores = IMAGE_SCORES
-    map_in_score_units = True  # the image score is a patch distance, as the map's are
+class PatchCoreFitter(Fitter):
     takes_views = True  # the bank pools patches from every position and image
-    required_settings = {"coreset": dict}  # noqa: RUF012 - read only
 
     def check_fit(self, settings: FitConfig, patches: int, auto_threshold: bool) -> None:
         """A bank of one patch measures every image by its distance to that patch: nothing a
@@ -53,10 +32,11 @@ class PatchCore(Method):
         if not auto_threshold or coreset_size(patches, settings.coreset_fraction) >= 2:
             return
         least = _round_up(2 / patches)
-        raise UsageError(
-            f"--coreset {settings.coreset_fraction:g} keeps 1 of about {patches} patches: a "
-            "one-patch bank tells nothing apart, and the automatic threshold needs at least "
-            f"2. Use --coreset {least:g} or more, or a fixed --threshold"
+        raise ConfigError(
+            f"a coreset fraction of {settings.coreset_fraction:g} keeps 1 of about {patches} "
+            "patches: a one-patch bank tells nothing apart, and the automatic threshold needs "
+            f"at least 2. Use a fraction of {least:g} or more, or a fixed threshold",
+            setting="coreset",
         )
 
     def fit(
@@ -124,37 +104,16 @@ class PatchCore(Method):
         def held_out(features: np.ndarray, cuts: np.ndarray, image: int) -> list[float]:
             own = sources == image
             bank = np.concatenate([model.tensors[BANK][~own], fillers[own]])
-            scorer = self.scorer(replace(model, tensors={BANK: bank}), settings.preprocess, False)
+            without = replace(model, tensors={BANK: bank})
+            scorer = PatchCore().scorer(without, settings.preprocess, False)
             return [result.score for result in scorer(features, cuts)]
 
         return detectability.damaged_scores(
             train.paths, settings.preprocess, extractor, held_out, settings.seed
         )
 
-    def tensor_specs(self, settings: dict[str, Any], source: str) -> dict[str, TensorSpec]:
-        return {BANK: TensorSpec(np.float32, (None, settings["feature_dim"]), "memory bank")}
 
-    def scorer(self, model: Model, preprocess: Preprocess, maps: bool) -> Scorer:
-        """An aligned part is scored on the part alone (`alignment.part_regions`, found on
-        the cuts); otherwise every patch counts."""
-        bank = SearchBank.of(model.tensors[BANK])
-        rule = model.settings["image_score"]
-        score = functools.partial(score_features, bank=bank, image_score=rule, maps=maps)
-        if preprocess.align is None:
-            return features_only(score)
-
-        def on_the_part(features: np.ndarray, cuts: np.ndarray) -> list[PatchScores]:
-            regions = part_regions(cuts, (features.shape[2], features.shape[3]))
-            return score(features, regions=regions)
-
-        return on_the_part
-
-    def summary(self, model: Model) -> str:
-        kept = model.tensors[BANK].shape[0]
-        total = model.settings["coreset"]["total_patches"]
-        augment = model.settings.get("augment", NONE)
-        views = "" if augment == NONE else f" (images and their views, --augment {augment})"
-        return f"Memory bank: {kept} of {total} patches{views}"
+FITTER = PatchCoreFitter()
 
 
 def _round_up(value: float) -> float:
