@@ -14,9 +14,15 @@ from ind_knn_ad.cli import environment  # noqa: F401 - first: it may re-run us i
 
 # isort: split
 from ind_knn_ad.calibration.operating_point import parse_operating_point, recalibrate
-from ind_knn_ad.calibration.threshold import AUTO, parse_threshold
+from ind_knn_ad.calibration.threshold import AUTO
 from ind_knn_ad.cli import exit_codes
-from ind_knn_ad.cli.arguments import checked, complete_fit_arguments, fraction, positive
+from ind_knn_ad.cli.arguments import (
+    checked,
+    complete_fit_arguments,
+    fraction,
+    parse_threshold,
+    positive,
+)
 from ind_knn_ad.features.augment import VIEW_SETS
 from ind_knn_ad.features.borders import BORDERS, DEFAULT_BORDER
 from ind_knn_ad.methods import DEFAULT, having_image_score, names

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ind_knn_ad.cli import score
 from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.report.results import evaluate_saved
 
@@ -47,12 +48,8 @@ def test_scoring_with_heatmaps_opens_each_file_once(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import anomaly_detector
-
     images = sorted((sample_dataset / "test").rglob("*.png"))[:6]
-    code = anomaly_detector.main(
-        ["--model", str(sample_model), "--heatmap", str(tmp_path), *map(str, images)]
-    )
+    code = score.main(["--model", str(sample_model), "--heatmap", str(tmp_path), *map(str, images)])
     assert code == 0
     assert len(capsys.readouterr().out.splitlines()) == len(images)
     assert len(list(tmp_path.glob("*.png"))) == len(images)

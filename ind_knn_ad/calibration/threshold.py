@@ -189,16 +189,3 @@ def false_alarm_bound(flagged: int, count: int, confidence: float = 0.95) -> flo
     if flagged >= count:
         return 1.0
     return float(beta.ppf(confidence, flagged + 1, count - flagged))
-
-
-def parse_threshold(text: str) -> float | str:
-    """`auto`, or a finite positive number (argparse type)."""
-    if text == AUTO:
-        return AUTO
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"threshold must be 'auto' or a number, not {text!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"threshold must be a finite positive number, not {text!r}")
-    return value

@@ -4,6 +4,7 @@ argparse type, so a bad value is a usage error (exit 2) with the parser's own me
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,3 +115,28 @@ def complete_fit_arguments(args: argparse.Namespace) -> str | None:
         if problem:
             return f"--crop {args.crop} (from --image-size {args.image_size}): {problem}"
     return None
+
+
+def parse_threshold(text: str) -> float | str:
+    """make_model.py's --threshold: `auto` (`calibration.threshold.AUTO`) or a number.
+
+    Here, not with the threshold rules, so that the scorer parses its --threshold without
+    importing the fit's calibration code (tests/test_scoring_imports.py).
+    """
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"threshold must be 'auto' or a number, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"threshold must be a finite positive number, not {text!r}")
+    return value
+
+
+def score_threshold(text: str) -> float:
+    """anomaly_detector.py's --threshold: a number only (argparse type)."""
+    value = checked(parse_threshold)(text)
+    if isinstance(value, str):
+        raise argparse.ArgumentTypeError("--threshold here takes a number")
+    return value
