@@ -1,5 +1,7 @@
-"""PaDiM and SPADE beside PatchCore: fitted through make_model.py, scored through
-anomaly_detector.py, stored in the one model format with their own validated tensors."""
+"""Every registered method (PatchCore, PaDiM, SPADE and any other): fitted through
+make_model.py, scored through anomaly_detector.py, stored in the one model format with its
+own validated tensors. The method-level tests run over the registry, so a new method gets
+them without being named here."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from conftest import run_script
 from safetensors.numpy import save_file
 
+from ind_knn_ad import methods
 from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.methods import padim
@@ -21,18 +24,19 @@ from ind_knn_ad.methods.padim import fit as padim_fit
 from ind_knn_ad.methods.spade import fit as spade_fit
 from ind_knn_ad.model_file.store import METADATA_KEY, load_model, save_model
 
-OTHER_METHODS = ("padim", "spade")
+METHODS = methods.names()
 
 
 @pytest.fixture(scope="module")
 def method_models(
-    sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+    sample_dataset: Path, sample_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    """A PaDiM and a SPADE model of the sample set, made as a user makes them; what
-    make_model.py printed is kept beside each as `<method>.stdout`."""
+    """A model of the sample set per method, made as a user makes them (the default
+    method's is the sample model); what make_model.py printed is kept beside each as
+    `<method>.stdout`."""
     folder = tmp_path_factory.mktemp("methods")
-    models = {}
-    for method in OTHER_METHODS:
+    models = {methods.DEFAULT: sample_model}
+    for method in set(METHODS) - set(models):
         model = folder / f"{method}.safetensors"
         result = run_script(
             "make_model.py",
@@ -57,7 +61,7 @@ def test_images(sample_dataset: Path) -> list[Path]:
     return sorted((sample_dataset / "test").rglob("*.png"))
 
 
-@pytest.mark.parametrize("method", OTHER_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_fit_reports_the_method_and_ranks_every_defect_first(
     method_models: dict[str, Path], method: str
 ) -> None:
@@ -71,7 +75,7 @@ def test_fit_reports_the_method_and_ranks_every_defect_first(
     assert model.with_suffix(".contact_sheet.png").is_file()
 
 
-@pytest.mark.parametrize("method", OTHER_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_scoring_flags_no_good_image_and_agrees_with_evaluation(
     method_models: dict[str, Path], method: str, test_images: list[Path]
 ) -> None:
@@ -96,7 +100,7 @@ def test_scoring_flags_no_good_image_and_agrees_with_evaluation(
         assert float(row[1]) == pytest.approx(evaluated[Path(row[0])], rel=1e-4)
 
 
-@pytest.mark.parametrize("method", OTHER_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_the_map_marks_the_defect(
     method_models: dict[str, Path], method: str, sample_dataset: Path, tmp_path: Path
 ) -> None:

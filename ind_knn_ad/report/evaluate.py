@@ -98,23 +98,16 @@ def _best_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return float(f1[best]), float(thresholds[best]) if len(thresholds) else float("nan")
 
 
-def evaluate(
+def _score_test_images(
     score: ScoreFn,
     dataset: Dataset,
     preprocess: Preprocess,
-    threshold: float,
-    batch_size: int = 16,
-    progress: Callable[[int], None] | None = None,
-    each: Callable[[TestImage, PatchScores, np.ndarray], None] | None = None,
-) -> Evaluation:
-    """Score every test image and compute image and (where masks exist) pixel metrics.
-
-    `each` sees every test image with its result and its (H, W, 3) uint8 cut, for callers
-    that want the maps and pictures too (the contact sheet) without keeping them all here
-    or decoding the file again.
-    """
-    from sklearn.metrics import roc_auc_score
-
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    each: Callable[[TestImage, PatchScores, np.ndarray], None] | None,
+) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
+    """Each test image's score, and the blurred maps and mask labels of those that have
+    pixel labels, decoding each file once."""
     by_path = {item.path: item for item in dataset.test}
     width, height = preprocess.size
     scores: list[float] = []
@@ -141,6 +134,29 @@ def evaluate(
         done += len(items)
         if progress is not None:
             progress(done)
+    return scores, pixel_scores, pixel_labels
+
+
+def evaluate(
+    score: ScoreFn,
+    dataset: Dataset,
+    preprocess: Preprocess,
+    threshold: float,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+    each: Callable[[TestImage, PatchScores, np.ndarray], None] | None = None,
+) -> Evaluation:
+    """Score every test image and compute image and (where masks exist) pixel metrics.
+
+    `each` sees every test image with its result and its (H, W, 3) uint8 cut, for callers
+    that want the maps and pictures too (the contact sheet) without keeping them all here
+    or decoding the file again.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    scores, pixel_scores, pixel_labels = _score_test_images(
+        score, dataset, preprocess, batch_size, progress, each
+    )
     labels = np.array([item.label for item in dataset.test])
     score_array = np.array(scores)
     both = len(set(labels)) == 2

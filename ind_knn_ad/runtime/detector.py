@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.cli.exit_codes import UsageError
-from ind_knn_ad.errors import ImageError, ModelFileError
+from ind_knn_ad.errors import ConfigError, ImageError, ModelFileError
 from ind_knn_ad.io.batches import images_per_batch, preprocessed_batches, stack
 from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.io.preprocess import Prepared, Preprocess
@@ -33,19 +32,20 @@ def onnx_providers(device: str) -> list[str]:
     if device == "cpu":
         return [PROVIDERS["cpu"]]
     if device == "cuda" and PROVIDERS["cuda"] not in available:
-        raise UsageError(
-            "--device cuda was asked for, but ONNX Runtime has no CUDA support here "
-            "(no GPU, or the onnxruntime-gpu package is not installed)"
+        raise ConfigError(
+            "the CUDA device was asked for, but ONNX Runtime has no CUDA support here "
+            "(no GPU, or the onnxruntime-gpu package is not installed)",
+            setting="device",
         )
     if device not in ("auto", "cuda"):
-        raise UsageError(f"device must be auto, cpu or cuda, not {device!r}")
+        raise ConfigError(f"device must be auto, cpu or cuda, not {device!r}", setting="device")
     return [p for p in (PROVIDERS["cuda"], PROVIDERS["cpu"]) if p in available]
 
 
 class Detector:
     """A loaded model, ready to score many images with one graph session.
 
-    Raises UsageError (a ValueError) for a device that cannot be had, and ModelFileError
+    Raises ConfigError (a ValueError) for a device that cannot be had, and ModelFileError
     (whose message does not repeat the file name) for a model whose settings or graph cannot
     be used: load_model checks the file's structure, this checks that its contents run.
     With `maps=False` results may carry no patch maps, which some methods skip for speed.
@@ -73,7 +73,10 @@ class Detector:
             reason = " ".join(str(error).split())
             raise ModelFileError(f"the model's feature graph cannot run ({reason})") from None
         if device == "cuda" and PROVIDERS["cuda"] not in self.session.get_providers():
-            raise UsageError("--device cuda was asked for, but the CUDA provider failed to start")
+            raise ConfigError(
+                "the CUDA device was asked for, but its ONNX Runtime provider failed to start",
+                setting="device",
+            )
         self.model = model
 
     def features(self, images: np.ndarray) -> np.ndarray:
