@@ -29,7 +29,8 @@ from rich.console import Console
 from ind_knn_ad.config import FitConfig
 from ind_knn_ad.io.datasets import Dataset, list_images, load_dataset
 from ind_knn_ad.train import train
-from ind_knn_ad.tuning.autosettings import choose, pose_spread
+from ind_knn_ad.tuning.autosettings import choose
+from ind_knn_ad.tuning.pose import pose_spread
 
 DATASETS = ("bottle_256", "hazelnut_reduced", "transistor_reduced", "screw_512")
 POSE_ONLY = "bottle_fullres_samples"

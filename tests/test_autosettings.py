@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 
 from ind_knn_ad.io.datasets import list_images
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.tuning.autosettings import TIE, TURNED_DEGREES, _pick, choose, pose_spread
+from ind_knn_ad.tuning.autosettings import TIE, _pick, choose
+from ind_knn_ad.tuning.pose import TURNED_DEGREES, pose_spread
 from ind_knn_ad.tuning.validation import Candidate, Trial
 
 BACKGROUND = (210, 210, 210)

@@ -20,18 +20,12 @@ from ind_knn_ad.io.batches import images_per_batch
 from ind_knn_ad.methods.base import ProgressFactory
 from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
 from ind_knn_ad.search.nearest import SearchBank, score_features
+from ind_knn_ad.tuning.pose import seeded_sample as _sample  # the name _Validation uses
 
 VALIDATION_IMAGES = 32  # seeded subsample whose features each backbone computes once
 DAMAGED_IMAGES = 10  # of them, damaged with every synthetic kind at every size
 SIZES = (0.04, 0.1)  # defect sizes, fractions of the input's shorter side; larger ones
 # are caught by every candidate and would only hide the differences
-
-
-def _sample(count: int, limit: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded sample of at most `limit` of `count` items."""
-    if count <= limit:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
 
 
 @dataclass(frozen=True)
