@@ -23,7 +23,8 @@ every shared set; the thresholds below are set from it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,20 +33,26 @@ from typing import Any
 from rich.table import Table
 
 from ind_knn_ad.config import FitConfig
+from ind_knn_ad.errors import ConfigError, DatasetError
 from ind_knn_ad.features.augment import NONE
-from ind_knn_ad.features.borders import DEFAULT_BORDER
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.base import ProgressFactory
-from ind_knn_ad.search.coreset import PROJECTION_DIM
 from ind_knn_ad.tuning.pose import PoseSpread, pose_spread
 from ind_knn_ad.tuning.validation import Candidate, Trial, _Validation
 
 OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")  # Lite1: see docs/benchmarks.md
 FIXED_POSE = Preprocess()  # today's 256/224 centre crop
 ALIGNED_RESIZE = 512  # the README's screw recipe
-SEARCHED = ("backbone", "image_score", "coreset_fraction", "resize", "crop", "align")
-PASSED_ON = ("layers", "neighbourhood", "border", "projection_dim", "augment")
+# What a user can give, by name: FitConfig's fields, and `resize`, `crop` and `align` for
+# the parts of its `preprocess` that --image-size, --crop and --align set. The backbone,
+# image score, coreset and geometry are searched unless given; the rest is passed on.
+GIVEN = frozenset(
+    {"backbone", "image_score", "coreset", "resize", "crop", "align"}
+    | {"layers", "neighbourhood", "border", "projection_dim", "augment"}
+)
+# The model file's names for what was given (`Choice.to_dict`), where a field's differs.
+RECORDED_AS = {"coreset": "coreset_fraction"}
 
 # Validation (`validation`).
 TIE = 0.05  # a cheaper candidate within this share of the best's catch rate wins
@@ -57,10 +64,10 @@ def no_progress(description: str, total: int) -> AbstractContextManager[None]:
 
 @dataclass
 class Choice:
-    """What `choose` decided: the complete fit settings, why, and the evidence."""
+    """What `choose` decided: the completed configuration, why, and the evidence."""
 
-    settings: FitConfig
-    fixed: dict[str, Any]
+    config: FitConfig
+    given: AbstractSet[str]
     pose: PoseSpread | None
     trials: list[Trial]
     chosen: Trial | None  # None when every searched setting was given
@@ -71,17 +78,17 @@ class Choice:
 
     def to_dict(self) -> dict[str, Any]:
         """For the model's metadata (`settings["auto_settings"]`) and the results file."""
-        preprocess = self.settings.preprocess
+        preprocess = self.config.preprocess
         return {
             "chosen": None if self.chosen is None else self.chosen.candidate.name,
             "reason": self.reason,
-            "given": sorted(self.fixed),
+            "given": sorted(RECORDED_AS.get(name, name) for name in self.given),
             "align": preprocess.align is not None,
             "pose": None if self.pose is None else self.pose.to_dict(),
             "settings": {
-                "backbone": self.settings.backbone,
-                "image_score": self.settings.image_score,
-                "coreset_fraction": self.settings.coreset_fraction,
+                "backbone": self.config.backbone,
+                "image_score": self.config.image_score,
+                "coreset_fraction": self.config.coreset,
                 "preprocess": preprocess.to_dict(),
             },
             "validation": self.validation,
@@ -92,7 +99,7 @@ class Choice:
 
     def table(self) -> Table:
         """The candidates and their validation figures, the chosen one marked, for printing."""
-        preprocess = self.settings.preprocess
+        preprocess = self.config.preprocess
         geometry = (
             f"aligned {preprocess.size[0]}x{preprocess.size[1]}"
             if preprocess.align is not None
@@ -118,114 +125,103 @@ class Choice:
 
 
 def choose(
+    config: FitConfig,
     train_paths: Sequence[Path],
-    fixed: Mapping[str, Any] | None = None,
+    given: AbstractSet[str] = frozenset(),
+    *,
     device: str = "auto",
-    seed: int = 0,
     progress: ProgressFactory = no_progress,
     weights: Path | None = None,
 ) -> Choice:
-    """The fit settings for these good training images (PatchCore).
+    """`config` completed for these good training images (PatchCore), in `Choice.config`.
 
-    `fixed` holds the settings the user gave explicitly; each wins and is not searched:
-    `backbone`, `image_score`, `coreset_fraction`, `resize` (--image-size), `crop`, `align`
-    (bool; True for --align; a given crop, or an `augment` other than none, means no
-    alignment), and, passed on unsearched, `layers`, `neighbourhood`, `border`,
-    `projection_dim`, `augment`. make_model.py parses with
-    `default=None` to tell a given flag from a default and passes only the given ones;
-    `--weights` belongs to a backbone, so with it `backbone` counts as given. `seed` and
-    `device` are make_model's own. It then fits with `Choice.settings`, stores
-    `Choice.to_dict()` as `settings["auto_settings"]` and prints `Choice.table()`;
-    `--settings fixed` skips this. ValueError for an unknown key, for `align` with
-    `augment`, or for `align` on images with no part found.
+    `given` names the settings the user gave (`GIVEN`); each keeps its value in `config`
+    and is not searched. Of the searched ones: `align` given means aligned; a given `crop`,
+    or an `augment` other than none, means not aligned; `resize` and `crop` are the parts
+    of `config.preprocess` that --image-size and --crop set. Every other field of `config`
+    (seed included) is passed on as it is. The caller fits with `Choice.config`, stores
+    `Choice.to_dict()` as `settings["auto_settings"]` and prints `Choice.table()`.
+    ValueError for a name not in GIVEN; ConfigError for `align` with `augment`;
+    DatasetError for `align` on images with no part found.
     """
-    fixed = dict(fixed or {})
-    unknown = set(fixed) - set(SEARCHED) - set(PASSED_ON)
+    unknown = set(given) - GIVEN
     if unknown:
         raise ValueError(f"settings that cannot be given: {', '.join(sorted(unknown))}")
-    augment = fixed.get("augment", NONE)
-    if fixed.get("align") and augment != NONE:
-        raise ValueError("augmentation does not apply to an aligned part, turned to one pose")
+    if "align" in given and config.augment != NONE:
+        raise ConfigError(
+            "augmentation does not apply to an aligned part, turned to one pose", "augment"
+        )
     start = time.perf_counter()
     paths = list(train_paths)
     pose = None
-    if "align" in fixed:
-        align, pose_reason = bool(fixed["align"]), "alignment given"
-    elif "crop" in fixed:  # a centre crop was asked for, which an aligned cut replaces
+    if "align" in given:
+        align, pose_reason = True, "alignment given"
+    elif "crop" in given:  # a centre crop was asked for, which an aligned cut replaces
         align, pose_reason = False, "centre crop given: not aligned"
-    elif augment != NONE:  # turned copies were asked for, where alignment would undo turns
+    elif config.augment != NONE:  # turned copies were asked for; alignment would undo turns
         align, pose_reason = False, "augmentation given: not aligned"
     else:
-        pose = pose_spread(paths, seed)
+        pose = pose_spread(paths, config.seed)
         align, pose_reason = pose.varied, pose.reason()
-    preprocess = _geometry(paths, fixed, align)
-    candidates = _candidates(fixed, preprocess)
-    base = FitConfig(
-        backbone=candidates[0].backbone,
-        layers=fixed.get("layers"),
-        neighbourhood=fixed.get("neighbourhood", 3),
-        border=fixed.get("border", DEFAULT_BORDER),
-        coreset_fraction=candidates[0].coreset_fraction,
-        projection_dim=fixed.get("projection_dim", PROJECTION_DIM),
-        image_score=candidates[0].image_score,
-        preprocess=preprocess,
-        seed=seed,
-        augment=augment,
-    )
+    preprocess = _geometry(paths, config, given, align)
+    candidates = _candidates(config, given, preprocess)
+    base = _with(replace(config, preprocess=preprocess), candidates[0])
     if len(candidates) == 1:
         reason = f"{pose_reason}; every other searched setting was given"
-        return Choice(base, fixed, pose, [], None, reason, time.perf_counter() - start)
-    validation = _Validation(paths, base, seed)
+        return Choice(base, given, pose, [], None, reason, time.perf_counter() - start)
+    validation = _Validation(paths, base, config.seed)
     trials, feature_seconds = validation.run(candidates, device, weights, progress)
     chosen, why = _pick(trials)
-    settings = _with(base, chosen.candidate)
-    seconds = time.perf_counter() - start
     return Choice(
-        settings,
-        fixed,
+        _with(base, chosen.candidate),
+        given,
         pose,
         trials,
         chosen,
         f"{pose_reason}; {why}",
-        seconds,
+        time.perf_counter() - start,
         feature_seconds,
         validation.summary(),
     )
 
 
-def _geometry(paths: Sequence[Path], fixed: Mapping[str, Any], align: bool) -> Preprocess:
+def _geometry(
+    paths: Sequence[Path], config: FitConfig, given: AbstractSet[str], align: bool
+) -> Preprocess:
     """The input: the aligned cut at 512 px per shorter side (the box measured on every
-    training image, as make_model.py's --align does), or today's 256/224 centre crop; a
-    given size or crop wins."""
-    if align:
-        resize = int(fixed.get("resize", ALIGNED_RESIZE))
-        return Preprocess(resize=resize, crop=resize, align=measure_box(paths))
-    resize = int(fixed.get("resize", FIXED_POSE.resize))
-    return Preprocess(resize=resize, crop=int(fixed.get("crop", FIXED_POSE.crop)))
+    training image, as make_model.py's --align does), or the configured centre crop (by
+    default 256/224); a given size wins. DatasetError when no part is found to align."""
+    if not align:
+        return replace(config.preprocess, align=None)
+    resize = config.preprocess.resize if "resize" in given else ALIGNED_RESIZE
+    try:
+        box = measure_box(paths)
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
+    return replace(config.preprocess, resize=resize, crop=resize, align=box)
 
 
-def first_backbone(fixed: Mapping[str, Any]) -> str:
+def first_backbone(config: FitConfig, given: AbstractSet[str]) -> str:
     """The backbone the search starts from (the given one, if any): what make_model.py
     checks the other options against before choosing."""
-    return fixed.get("backbone", OFFLINE_BACKBONES[0])
+    return config.backbone if "backbone" in given else OFFLINE_BACKBONES[0]
 
 
-def _candidates(fixed: Mapping[str, Any], preprocess: Preprocess) -> list[Candidate]:
+def _candidates(
+    config: FitConfig, given: AbstractSet[str], preprocess: Preprocess
+) -> list[Candidate]:
     """The searched grid in order of preference on a tie: cheaper first (Lite0 before Lite2,
     the smaller bank first), then the image score of today's default (fixed pose) or of the
     README's screw recipe (aligned). A 1% bank is tried only for inputs larger than the
     default's, whose banks grow with their patches."""
-    backbones = [fixed["backbone"]] if "backbone" in fixed else list(OFFLINE_BACKBONES)
-    if "image_score" in fixed:
-        scores = [fixed["image_score"]]
+    backbones = [config.backbone] if "backbone" in given else list(OFFLINE_BACKBONES)
+    if "image_score" in given:
+        scores = [config.image_score]
     else:
         scores = ["top10", "max"] if preprocess.align is not None else ["max", "top10"]
     width, height = preprocess.size
     larger = width * height > FIXED_POSE.crop**2
-    if "coreset_fraction" in fixed:
-        fractions = [float(fixed["coreset_fraction"])]
-    else:
-        fractions = [0.01, 0.1] if larger else [None]
+    fractions = [config.coreset] if "coreset" in given else [0.01, 0.1] if larger else [None]
     return [
         Candidate(backbone, score, fraction)
         for fraction in fractions
@@ -234,12 +230,12 @@ def _candidates(fixed: Mapping[str, Any], preprocess: Preprocess) -> list[Candid
     ]
 
 
-def _with(settings: FitConfig, candidate: Candidate) -> FitConfig:
+def _with(config: FitConfig, candidate: Candidate) -> FitConfig:
     return replace(
-        settings,
+        config,
         backbone=candidate.backbone,
         image_score=candidate.image_score,
-        coreset_fraction=candidate.coreset_fraction,
+        coreset=candidate.coreset_fraction,
     )
 
 
