@@ -44,9 +44,7 @@ BASE = FitConfig(backbone="efficientnet_lite0")
 def small_defects(size: int) -> FitConfig:
     """`size` px per shorter side (the whole frame; the part's cut for `align...` settings),
     a 1% coreset and the top10 score."""
-    return replace(
-        BASE, preprocess=Preprocess(size, size), coreset_fraction=0.01, image_score="top10"
-    )
+    return replace(BASE, preprocess=Preprocess(size, size), coreset=0.01, image_score="top10")
 
 
 SETTINGS = {
@@ -55,18 +53,16 @@ SETTINGS = {
     "full256": replace(BASE, preprocess=Preprocess(256, 256)),
     "size320": replace(BASE, preprocess=Preprocess(320, 320)),
     "size448": replace(BASE, preprocess=Preprocess(448, 448)),
-    "size320/2%": replace(BASE, preprocess=Preprocess(320, 320), coreset_fraction=0.02),
-    "size448/1%": replace(BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01),
-    "size512/1%": replace(BASE, preprocess=Preprocess(512, 512), coreset_fraction=0.01),
-    "size512/5%": replace(BASE, preprocess=Preprocess(512, 512), coreset_fraction=0.05),
-    "size448/1%/n5": replace(
-        BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, neighbourhood=5
-    ),
+    "size320/2%": replace(BASE, preprocess=Preprocess(320, 320), coreset=0.02),
+    "size448/1%": replace(BASE, preprocess=Preprocess(448, 448), coreset=0.01),
+    "size512/1%": replace(BASE, preprocess=Preprocess(512, 512), coreset=0.01),
+    "size512/5%": replace(BASE, preprocess=Preprocess(512, 512), coreset=0.05),
+    "size448/1%/n5": replace(BASE, preprocess=Preprocess(448, 448), coreset=0.01, neighbourhood=5),
     "size448/1%/l123": replace(
-        BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, layers=(1, 2, 3)
+        BASE, preprocess=Preprocess(448, 448), coreset=0.01, layers=(1, 2, 3)
     ),
     "size448/1%/rw": replace(
-        BASE, preprocess=Preprocess(448, 448), coreset_fraction=0.01, image_score="reweighted"
+        BASE, preprocess=Preprocess(448, 448), coreset=0.01, image_score="reweighted"
     ),
     "size512/1%/top10": small_defects(512),
     "size1024/1%/top10": small_defects(1024),
@@ -80,9 +76,9 @@ SETTINGS = {
     "layers2,3,4": replace(BASE, layers=(2, 3, 4)),
     "neighbourhood1": replace(BASE, neighbourhood=1),
     "neighbourhood5": replace(BASE, neighbourhood=5),
-    "coreset0.01": replace(BASE, coreset_fraction=0.01),
-    "coreset0.25": replace(BASE, coreset_fraction=0.25),
-    "coreset1.0": replace(BASE, coreset_fraction=1.0),
+    "coreset0.01": replace(BASE, coreset=0.01),
+    "coreset0.25": replace(BASE, coreset=0.25),
+    "coreset1.0": replace(BASE, coreset=1.0),
     "noprojection": replace(BASE, projection_dim=1 << 16),
     "reweighted": replace(BASE, image_score="reweighted"),
 }
@@ -176,7 +172,7 @@ def main() -> None:
                 settings = replace(settings, preprocess=replace(settings.preprocess, align=box))
             clock, maps = FitClock(), PatchMaps()
             start = time.perf_counter()
-            result = train(dataset, settings, device="cpu", progress=clock, each=maps)
+            result = train(settings, dataset, device="cpu", progress=clock, each=maps)
             seconds = (clock.testing_started or time.perf_counter()) - start
             evaluation = result.evaluation
             (tn, fp), (fn, tp) = evaluation.confusion_matrix

@@ -29,7 +29,8 @@ from rich.console import Console
 from ind_knn_ad.config import FitConfig
 from ind_knn_ad.io.datasets import Dataset, list_images, load_dataset
 from ind_knn_ad.train import train
-from ind_knn_ad.tuning.autosettings import choose, pose_spread
+from ind_knn_ad.tuning.autosettings import choose
+from ind_knn_ad.tuning.pose import pose_spread
 
 DATASETS = ("bottle_256", "hazelnut_reduced", "transistor_reduced", "screw_512")
 POSE_ONLY = "bottle_fullres_samples"
@@ -53,7 +54,7 @@ def fit(dataset: Dataset, settings: FitConfig, seed: int) -> tuple[float, str, f
     """Image ROC AUC, misclassified/total at the stored threshold, fit seconds."""
     clock = FitClock()
     start = time.perf_counter()
-    result = train(dataset, replace(settings, seed=seed), device="cpu", progress=clock)
+    result = train(replace(settings, seed=seed), dataset, device="cpu", progress=clock)
     seconds = (clock.testing_started or time.perf_counter()) - start
     (tn, fp), (fn, tp) = result.evaluation.confusion_matrix
     return result.evaluation.image_rocauc, f"{fp + fn}/{tn + fp + fn + tp}", seconds
@@ -65,10 +66,7 @@ def describe(settings: FitConfig) -> str:
         geometry = f"align {preprocess.resize} ({preprocess.size[0]}x{preprocess.size[1]})"
     else:
         geometry = f"{preprocess.resize}/{preprocess.crop}"
-    return (
-        f"{settings.backbone}, {geometry}, {settings.image_score}, "
-        f"coreset {settings.coreset_fraction:g}"
-    )
+    return f"{settings.backbone}, {geometry}, {settings.image_score}, coreset {settings.coreset:g}"
 
 
 def main() -> None:
@@ -90,13 +88,13 @@ def main() -> None:
             continue
         dataset = load_dataset(folder, name)
         console.print(f"\n[bold]{name}[/]: {len(dataset.train)} training images")
-        choice = choose(dataset.train, {}, device="cpu", seed=args.seed)
+        choice = choose(FitConfig(seed=args.seed), dataset.train, device="cpu")
         if choice.pose is not None:
             console.print(f"  pose: {choice.pose.summary()}")
         console.print(choice.table())
-        console.print(f"  choosing: {choice.seconds:.1f} s; chosen: {describe(choice.settings)}")
+        console.print(f"  choosing: {choice.seconds:.1f} s; chosen: {describe(choice.config)}")
         before = fit(dataset, BEFORE, args.seed)
-        after = fit(dataset, choice.settings, args.seed)
+        after = fit(dataset, choice.config, args.seed)
         for label, (auroc, wrong, seconds) in (("before", before), ("after", after)):
             console.print(
                 f"  {label}: image ROC AUC {auroc:.4f}, errors {wrong}, fit {seconds:.1f} s"
@@ -109,7 +107,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, choice, before, after in rows:
         print(
-            f"| {name} | {describe(choice.settings)} | {choice.seconds:.1f} | "
+            f"| {name} | {describe(choice.config)} | {choice.seconds:.1f} | "
             f"{before[0]:.4f} / {after[0]:.4f} | {before[1]} / {after[1]} | "
             f"{before[2]:.1f} / {after[2]:.1f} |"
         )

@@ -168,9 +168,7 @@ CHOSEN = {
     "bottle_256": FitConfig(backbone="efficientnet_lite0"),
     "hazelnut_reduced": FitConfig(backbone="efficientnet_lite2"),
     "transistor_reduced": FitConfig(backbone="efficientnet_lite0"),
-    "screw_512": FitConfig(
-        backbone="efficientnet_lite0", coreset_fraction=0.01, image_score="top10"
-    ),
+    "screw_512": FitConfig(backbone="efficientnet_lite0", coreset=0.01, image_score="top10"),
 }
 ALIGNED = {"screw_512": 512}  # sets the choice aligns, and the size it aligns them at
 

@@ -30,7 +30,7 @@ from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
 
 def run(name: str, shots: list[int], draws: int, coreset: float | None) -> dict[str, str]:
     dataset = load_dataset(MVTEC / name, name)
-    settings = FitConfig(backbone="efficientnet_lite0", coreset_fraction=coreset)
+    settings = FitConfig(backbone="efficientnet_lite0", coreset=coreset)
     extractor = FeatureExtractor(settings, torch.device("cpu"))
     train = extract_features(extractor, dataset.train, settings.preprocess)
     test = extract_features(extractor, [t.path for t in dataset.test], settings.preprocess)

@@ -39,7 +39,7 @@ def run(name: str) -> dict[str, str]:
     labels = np.array([t.label for t in dataset.test])
     count, patches, channels = train.features.shape
     flat = train.features.reshape(-1, channels)
-    chosen = greedy_coreset(flat, coreset_size(len(flat), settings.coreset_fraction))
+    chosen = greedy_coreset(flat, coreset_size(len(flat), settings.coreset))
     bank, sources = np.ascontiguousarray(flat[chosen]), chosen // patches
     rule = settings.image_score
     held = {"removed": [], "filled": []}

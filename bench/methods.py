@@ -18,6 +18,7 @@ import argparse
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from common import MVTEC
@@ -55,17 +56,17 @@ def row(cells: list[str]) -> str:
 
 def bench(name: str, folder: Path, border: str) -> None:
     dataset = load_dataset(folder, name)
-    settings = FitConfig(backbone="efficientnet_lite0", border=border)
-    extractor = FeatureExtractor(settings, select_device("cpu"))
+    base = FitConfig(backbone="efficientnet_lite0", border=border)
+    extractor = FeatureExtractor(base, select_device("cpu"))
     start = time.perf_counter()
-    features = extract_features(extractor, dataset.train, settings.preprocess)
+    features = extract_features(extractor, dataset.train, base.preprocess)
     extraction = time.perf_counter() - start
     paths = [item.path for item in dataset.test]
     labels = [item.label for item in dataset.test]
     with tempfile.TemporaryDirectory() as work:
         for method in names():
             start = time.perf_counter()
-            model = fit_method(method, extractor, features, settings, dataset=name)
+            model = fit_method(replace(base, method=method), extractor, features, dataset=name)
             fit_seconds = extraction + time.perf_counter() - start
             path = Path(work) / f"{method}.safetensors"
             save_model(model, path)

@@ -82,7 +82,7 @@ def fit_recording(dataset: Dataset, seed: int) -> tuple[np.ndarray, np.ndarray, 
     settings = chosen_settings(dataset.name, dataset.train, seed)
     ind_knn_ad.train.auto_threshold = threshold
     try:
-        result = ind_knn_ad.train.train(dataset, settings, device="cpu")
+        result = ind_knn_ad.train.train(settings, dataset, device="cpu")
     finally:
         ind_knn_ad.train.auto_threshold = auto_threshold
     assert result.evaluation is not None

@@ -1,6 +1,9 @@
-"""The fit's configuration: one frozen object from the command line to the model file.
+"""The fit's configuration: one frozen object from the command line to the model file,
+and the one home of every fit default.
 
-Torch-free, so that the commands can build and check it before anything heavy loads.
+Torch-free, so that the commands can build and check it before anything heavy loads. Each
+field is named as its flag is (`coreset` is --coreset; `preprocess` holds --image-size as
+`resize`, --crop and the --align box); the model file keeps its own keys.
 """
 
 from __future__ import annotations
@@ -9,8 +12,13 @@ from dataclasses import dataclass, field
 
 from ind_knn_ad.features.augment import NONE
 from ind_knn_ad.features.borders import DEFAULT_BORDER
+from ind_knn_ad.features.registry import DEFAULT_BACKBONE, default_layers
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.search.coreset import PROJECTION_DIM
+
+# Images per batch at the default input (224 px); `io.batches.images_per_batch` scales it
+# down for larger inputs. Not a setting of the model: it changes no result.
+BATCH_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -22,11 +30,12 @@ class FitConfig:
     `augment.VIEW_SETS`) to methods that take views (`Method.takes_views`).
     """
 
-    backbone: str = "wide_resnet50_2"
-    layers: tuple[int, ...] | None = None
+    method: str = "patchcore"
+    backbone: str = DEFAULT_BACKBONE
+    layers: tuple[int, ...] | None = None  # None: the backbone's default stages
     neighbourhood: int = 3
     border: str = DEFAULT_BORDER
-    coreset_fraction: float | None = None  # None: coreset_size's default rule
+    coreset: float | None = None  # a fraction of the patches; None: coreset_size's rule
     projection_dim: int = PROJECTION_DIM
     image_score: str = "max"
     preprocess: Preprocess = field(default_factory=Preprocess)
@@ -34,6 +43,5 @@ class FitConfig:
     augment: str = NONE
 
     def resolved_layers(self) -> tuple[int, ...]:
-        from ind_knn_ad.features.backbones import backbone_spec  # torch: the fit's alone
-
-        return tuple(self.layers or backbone_spec(self.backbone).layers)
+        """The backbone stages this fit uses: the given ones, or the backbone's default."""
+        return tuple(self.layers or default_layers(self.backbone))

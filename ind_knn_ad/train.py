@@ -19,14 +19,11 @@ import numpy as np
 from ind_knn_ad import methods
 from ind_knn_ad.calibration import detectability
 from ind_knn_ad.calibration.threshold import AUTO, auto_threshold
+from ind_knn_ad.config import BATCH_IMAGES, FitConfig
+from ind_knn_ad.errors import ConfigError
 from ind_knn_ad.features.augment import NONE, views_of
 from ind_knn_ad.features.device import select_device
-from ind_knn_ad.features.extractor import (
-    FeatureExtractor,
-    FitConfig,
-    TrainFeatures,
-    extract_features,
-)
+from ind_knn_ad.features.extractor import FeatureExtractor, TrainFeatures, extract_features
 from ind_knn_ad.io.batches import images_per_batch
 from ind_knn_ad.io.datasets import Dataset, TestImage
 from ind_knn_ad.methods.base import PatchScores
@@ -46,58 +43,61 @@ class TrainResult:
     evaluation: Evaluation | None
 
 
-def find_method(name: str, image_score: str, augment: str = NONE) -> tuple[methods.Method, str]:
-    """The method called `name` and the image-score rule it stores for `image_score`;
-    ValueError, naming the methods that have the rule (or take views), when it has no such
-    rule or cannot take the views of `augment`."""
-    method = methods.find(name)
+def find_method(config: FitConfig) -> tuple[methods.Method, str]:
+    """The method of `config` and the image-score rule it stores for `config.image_score`;
+    ConfigError, naming the methods that have the rule (or take views), when it has no such
+    rule or cannot take the views of `config.augment`."""
+    method = methods.find(config.method)
     if method is None:
         known = ", ".join(methods.names())
-        raise ValueError(f"method must be one of {known}, not {name!r}")
-    rule = method.image_score_for(image_score)
+        raise ConfigError(f"method must be one of {known}, not {config.method!r}", "method")
+    rule = method.image_score_for(config.image_score)
     if rule is None:
-        having = " or ".join(methods.having_image_score(image_score))
-        raise ValueError(f"image score {image_score!r} is for {having} only")
-    if views_of(augment) and not methods.fitter(name).takes_views:
-        raise ValueError(f"augment {augment!r} is for {' or '.join(methods.taking_views())} only")
+        having = " or ".join(methods.having_image_score(config.image_score))
+        raise ConfigError(f"image score {config.image_score!r} is for {having} only", "image_score")
+    if views_of(config.augment) and not methods.fitter(config.method).takes_views:
+        taking = " or ".join(methods.taking_views())
+        raise ConfigError(f"augment {config.augment!r} is for {taking} only", "augment")
     return method, rule
 
 
 def train(
+    config: FitConfig,
     dataset: Dataset,
-    settings: FitConfig,
+    *,
     threshold: float | str = AUTO,
     device: str = "auto",
     weights: Path | None = None,
     batch_size: int | None = None,
     progress: ProgressFactory = no_progress,
-    method: str = methods.DEFAULT,
     each: Callable[[TestImage, PatchScores, np.ndarray], None] | None = None,
 ) -> TrainResult:
-    """Fit `method` on `dataset.train`; evaluate on `dataset.test` when it has any images
-    (`each` sees every test result, as in `evaluate`).
+    """Fit `config.method` on `dataset.train`; evaluate on `dataset.test` when it has any
+    images (`each` sees every test result, as in `evaluate`).
 
-    The backbone, layers, preprocessing and seed of `settings` apply to every method; the
+    The backbone, layers, preprocessing and seed of `config` apply to every method; the
     rest to the methods that use them (`methods`).
     """
-    find_method(method, settings.image_score, settings.augment)
-    extractor = FeatureExtractor(settings, select_device(device), weights)
-    # 16 images at 224 px, fewer for larger inputs, but one per core at least.
-    batch_size = batch_size or images_per_batch(settings.preprocess.size, 16, extractor.workers)
+    find_method(config)
+    extractor = FeatureExtractor(config, select_device(device), weights)
+    preprocess = config.preprocess
+    batch_size = batch_size or images_per_batch(preprocess.size, BATCH_IMAGES, extractor.workers)
     with progress("Feature extraction", len(dataset.train)) as callback:
         features = extract_features(
-            extractor, dataset.train, settings.preprocess, batch_size, callback, settings.augment
+            extractor, dataset.train, preprocess, batch_size, callback, config.augment
         )
-    model = fit_method(method, extractor, features, settings, threshold, dataset.name, progress)
+    model = fit_method(
+        config, extractor, features, threshold=threshold, dataset=dataset.name, progress=progress
+    )
     del features
     evaluation = None
     if dataset.test:
-        scorer = methods.make_scorer(model, settings.preprocess)
+        scorer = methods.make_scorer(model, preprocess)
         with progress("Testing", len(dataset.test)) as callback:
             evaluation = evaluate(
                 lambda images, cuts: scorer(extractor(images), cuts),
                 dataset,
-                settings.preprocess,
+                preprocess,
                 model.threshold,
                 batch_size,
                 callback,
@@ -107,33 +107,33 @@ def train(
 
 
 def fit_method(
-    method: str,
+    config: FitConfig,
     extractor: FeatureExtractor,
     features: TrainFeatures,
-    settings: FitConfig,
+    *,
     threshold: float | str = AUTO,
     dataset: str = "custom",
     progress: ProgressFactory = no_progress,
 ) -> Model:
-    """The model of `method` from training features: the settings every method shares,
-    the method's own tensors and settings, the threshold and the exported graph."""
-    _, image_score = find_method(method, settings.image_score, settings.augment)
-    views = 1 + len(views_of(settings.augment))
+    """The model of `config.method` from training features: the settings every method
+    shares, the method's own tensors and settings, the threshold and the exported graph."""
+    _, image_score = find_method(config)
+    views = 1 + len(views_of(config.augment))
     if features.views != views:
         raise ValueError(f"features of {features.views} views per image; augment makes {views}")
     images, _positions, channels = features.features.shape
-    fitted = methods.fitter(method).fit(features, settings, image_score, progress)
+    fitted = methods.fitter(config.method).fit(features, config, image_score, progress)
     model_settings: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": required_version(settings.preprocess.to_dict()),
-        "method": method,
-        "backbone": settings.backbone,
-        "layers": list(settings.resolved_layers()),
-        "neighbourhood": settings.neighbourhood,
-        "border": settings.border,
-        "preprocess": settings.preprocess.to_dict(),
+        "format_version": required_version(config.preprocess.to_dict()),
+        "method": config.method,
+        "backbone": config.backbone,
+        "layers": list(config.resolved_layers()),
+        "neighbourhood": config.neighbourhood,
+        "border": config.border,
+        "preprocess": config.preprocess.to_dict(),
         # Only when views were added, so a default fit's settings stay as they were.
-        **({"augment": settings.augment} if settings.augment != NONE else {}),
+        **({"augment": config.augment} if config.augment != NONE else {}),
         "feature_dim": int(channels),
         "feature_grid": list(features.grid),
         "image_score": image_score,
@@ -143,9 +143,18 @@ def fit_method(
         "dataset": dataset,
         "versions": package_versions(),
     }
-    graph = extractor.export_onnx(settings.preprocess.size)
+    graph = extractor.export_onnx(config.preprocess.size)
     tensors = {name: np.ascontiguousarray(array) for name, array in fitted.tensors.items()}
     model = Model(model_settings, graph, tensors)
+    _set_threshold(model, fitted, extractor, threshold)
+    return model
+
+
+def _set_threshold(
+    model: Model, fitted: methods.Fitted, extractor: FeatureExtractor, threshold: float | str
+) -> None:
+    """The threshold (automatic, from held-out and synthetic scores, or the one given) and
+    what the model can see at it, into the model's settings."""
     damaged = [] if fitted.synthetic is None else fitted.synthetic(model, extractor)
     if threshold == AUTO:
         defects = np.array([defect.score for defect in damaged])
@@ -155,4 +164,3 @@ def fit_method(
     model.settings["threshold"] = {"value": value, **threshold_info}
     if damaged:
         model.settings["detectability"] = detectability.caught(damaged, value)
-    return model

@@ -12,17 +12,13 @@ import pytest
 from conftest import mvtec_folder
 from PIL import Image, ImageDraw
 
+from ind_knn_ad.config import FitConfig
+from ind_knn_ad.errors import ConfigError
 from ind_knn_ad.io.datasets import list_images
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.tuning.autosettings import (
-    TIE,
-    TURNED_DEGREES,
-    Candidate,
-    Trial,
-    _pick,
-    choose,
-    pose_spread,
-)
+from ind_knn_ad.tuning.autosettings import TIE, _pick, choose
+from ind_knn_ad.tuning.pose import TURNED_DEGREES, pose_spread
+from ind_knn_ad.tuning.validation import Candidate, Trial
 
 BACKGROUND = (210, 210, 210)
 
@@ -123,44 +119,36 @@ def test_a_texture_is_never_aligned(tmp_path: Path) -> None:
 def test_explicit_settings_win_and_nothing_is_searched(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     paths = save([bar_image(rng.uniform(0, 360), (64, 64)) for _ in range(4)], tmp_path)
-    fixed = {
-        "backbone": "efficientnet_lite0",
-        "image_score": "reweighted",
-        "coreset_fraction": 0.25,
-        "align": False,
-        "resize": 240,
-        "crop": 200,
-        "layers": (1, 2),
-    }
-    choice = choose(paths, fixed)
-    settings = choice.settings
-    assert (settings.backbone, settings.image_score, settings.coreset_fraction) == (
-        "efficientnet_lite0",
-        "reweighted",
-        0.25,
+    config = FitConfig(
+        backbone="efficientnet_lite0",
+        image_score="reweighted",
+        coreset=0.25,
+        preprocess=Preprocess(240, 200),
+        layers=(1, 2),
     )
-    assert settings.preprocess == Preprocess(240, 200)
-    assert settings.layers == (1, 2)
+    given = {"backbone", "image_score", "coreset", "resize", "crop", "layers"}
+    choice = choose(config, paths, given)
+    assert choice.config == config
     assert choice.trials == [] and choice.chosen is None and choice.pose is None
-    assert choice.to_dict()["given"] == sorted(fixed)
+    recorded = sorted(given - {"coreset"} | {"coreset_fraction"})  # the model file's name
+    assert choice.to_dict()["given"] == recorded
 
 
 def test_given_alignment_measures_the_box(tmp_path: Path) -> None:
     """--align on parts in one pose: the user's word wins over the pose statistic."""
     paths = save([bar_image(30, (64, 64)) for _ in range(4)], tmp_path)
-    fixed = {"backbone": "efficientnet_lite0", "image_score": "top10", "align": True}
-    fixed["coreset_fraction"] = 0.01
-    choice = choose(paths, fixed)
-    assert choice.settings.preprocess.align is not None
-    assert choice.settings.preprocess.resize == 512
+    config = FitConfig(backbone="efficientnet_lite0", image_score="top10", coreset=0.01)
+    choice = choose(config, paths, {"backbone", "image_score", "coreset", "align"})
+    assert choice.config.preprocess.align is not None
+    assert choice.config.preprocess.resize == 512
 
 
 def test_a_given_crop_is_not_aligned(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     paths = save([bar_image(rng.uniform(0, 360), (64, 64)) for _ in range(4)], tmp_path)
-    fixed = {"backbone": "efficientnet_lite0", "image_score": "max", "crop": 200}
-    choice = choose(paths, fixed)
-    assert choice.settings.preprocess == Preprocess(256, 200)
+    config = FitConfig(backbone="efficientnet_lite0", preprocess=Preprocess(256, 200))
+    choice = choose(config, paths, {"backbone", "image_score", "crop"})
+    assert choice.config.preprocess == Preprocess(256, 200)
     assert "crop given" in choice.reason
 
 
@@ -169,18 +157,20 @@ def test_given_augmentation_is_not_aligned(tmp_path: Path) -> None:
     (alignment would undo the turns the copies stand for) and carries the views on."""
     rng = np.random.default_rng(8)
     paths = save([bar_image(rng.uniform(0, 360), (64, 64)) for _ in range(4)], tmp_path)
-    fixed = {"backbone": "efficientnet_lite0", "image_score": "max", "augment": "rotations"}
-    choice = choose(paths, fixed)
-    assert choice.settings.preprocess == Preprocess()
-    assert choice.settings.augment == "rotations"
+    config = FitConfig(backbone="efficientnet_lite0", augment="rotations")
+    given = {"backbone", "image_score", "augment"}
+    choice = choose(config, paths, given)
+    assert choice.config.preprocess == Preprocess()
+    assert choice.config.augment == "rotations"
     assert "augmentation given: not aligned" in choice.reason and choice.pose is None
-    with pytest.raises(ValueError, match="does not apply to an aligned part"):
-        choose(paths, {**fixed, "align": True})
+    with pytest.raises(ConfigError, match="does not apply to an aligned part") as raised:
+        choose(config, paths, given | {"align"})
+    assert raised.value.setting == "augment"
 
 
 def test_unknown_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot be given"):
-        choose([tmp_path / "x.png"], {"threshold": 3.0})
+        choose(FitConfig(), [tmp_path / "x.png"], {"threshold"})
 
 
 def trial(name: str, caught: float, auroc: float = 0.9) -> Trial:
@@ -199,11 +189,11 @@ def test_the_choice_records_every_candidate(tmp_path: Path) -> None:
     """Two candidates (the image scores) on one backbone: one feature pass, both scored."""
     rng = np.random.default_rng(6)
     paths = save([bar_image(30 + rng.uniform(-2, 2), (64, 64)) for _ in range(5)], tmp_path)
-    fixed = {"backbone": "efficientnet_lite0", "resize": 64, "crop": 64}
-    choice = choose(paths, fixed, device="cpu")
+    config = FitConfig(backbone="efficientnet_lite0", preprocess=Preprocess(64, 64))
+    choice = choose(config, paths, {"backbone", "resize", "crop"}, device="cpu")
     assert [t.candidate.image_score for t in choice.trials] == ["max", "top10"]
     assert choice.chosen in choice.trials
-    assert choice.settings.image_score == choice.chosen.candidate.image_score
+    assert choice.config.image_score == choice.chosen.candidate.image_score
     record = json.loads(json.dumps(choice.to_dict()))
     assert [c["image_score"] for c in record["candidates"]] == ["max", "top10"]
     assert record["align"] is False and record["validation"]["images"] == 5

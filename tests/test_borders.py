@@ -97,10 +97,10 @@ def test_the_model_carries_its_rule_in_settings_and_graph(
     method: str, border: str, train_features: TrainFeatures, tmp_path: Path
 ) -> None:
     settings = FitConfig(
-        backbone="efficientnet_lite0", border=border, preprocess=Preprocess(64, 64)
+        method=method, backbone="efficientnet_lite0", border=border, preprocess=Preprocess(64, 64)
     )
     extractor = FeatureExtractor(settings, torch.device("cpu"))
-    model = fit_method(method, extractor, train_features, settings, threshold=1.0)
+    model = fit_method(settings, extractor, train_features, threshold=1.0)
     path = tmp_path / "model.safetensors"
     save_model(model, path)
     loaded = load_model(path)
@@ -122,7 +122,7 @@ def test_a_file_written_without_the_key_still_loads_and_scores(
         backbone="efficientnet_lite0", border="exclude", preprocess=Preprocess(64, 64)
     )
     extractor = FeatureExtractor(settings, torch.device("cpu"))
-    model = fit_method("patchcore", extractor, train_features, settings, threshold=1.0)
+    model = fit_method(settings, extractor, train_features, threshold=1.0)
     del model.settings["border"]  # as every file written before the rule was recorded
     path = tmp_path / "old.safetensors"
     save_model(model, path)

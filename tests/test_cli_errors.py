@@ -575,7 +575,7 @@ def test_cuda_without_a_gpu(sample_model: Path, inputs: Path) -> None:
     assert result.stdout == ""
     [line] = error_lines(result.stderr)
     assert line.startswith("ERROR: ")
-    assert "CUDA device was asked for, but ONNX Runtime has no CUDA support" in line
+    assert "--device cuda was asked for, but ONNX Runtime has no CUDA support" in line
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider")
@@ -589,7 +589,7 @@ def test_cuda_provider_that_does_not_start(
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(PROVIDERS.values()))
     monkeypatch.setattr(onnxruntime, "InferenceSession", _cpu_only_session(onnxruntime))
-    with pytest.raises(ValueError, match="its ONNX Runtime provider failed to start"):
+    with pytest.raises(ValueError, match="the CUDA provider failed to start"):
         Detector(load_model(sample_model), "cuda")
 
 
@@ -726,9 +726,8 @@ MAKE_MODEL_CASES = [
         "coreset-too-small",
         ["--backbone", "efficientnet_lite0", "--coreset", "1e-9"],
         exit_codes.USAGE,
-        "coreset fraction of 1e-09 keeps 1 of about 31360 patches: a one-patch bank tells "
-        "nothing apart, .*needs at least 2. Use a fraction of 6.4e-05 or more, or a fixed "
-        "threshold",
+        "--coreset 1e-09 keeps 1 of about 31360 patches: a one-patch bank tells nothing "
+        "apart, .*needs at least 2. Use a coreset of 6.4e-05 or more, or a fixed threshold",
     ),
     (
         "layers-out-of-range",

@@ -133,7 +133,7 @@ def test_a_registered_method_fits_saves_loads_and_scores_through_the_cli(
     from ind_knn_ad.train import train
 
     dataset = load_dataset(sample_dataset)
-    result = train(dataset, FitConfig(backbone="efficientnet_lite0"), device="cpu", method=NAME)
+    result = train(FitConfig(method=NAME, backbone="efficientnet_lite0"), dataset, device="cpu")
     model = result.model
     assert model.method == NAME and model.settings["image_score"] == "max_distance"
     height, width = model.settings["feature_grid"]

@@ -13,6 +13,8 @@ from ind_knn_ad.calibration.operating_point import (
     operating_threshold,
     parse_operating_point,
 )
+from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.errors import ConfigError
 
 
 def errors(good: np.ndarray, defective: np.ndarray, value: float) -> tuple[int, int]:
@@ -107,5 +109,11 @@ def test_bad_operating_points_are_refused(text: str, message: str) -> None:
 
 
 def test_labels_of_one_kind_only_are_refused() -> None:
-    with pytest.raises(ValueError, match="needs good and defective labelled images; test/ has 3"):
+    """A setting the labels cannot support: the library names the setting, the command
+    words it as the option."""
+    with pytest.raises(ConfigError, match="needs good and defective labelled images") as raised:
         operating_threshold(np.ones(3), np.array([]), OperatingPoint("f1"), "test/")
+    assert exit_codes.message(raised.value) == (
+        "--operating-point needs good and defective labelled images; test/ has 3 good and "
+        "0 defective"
+    )

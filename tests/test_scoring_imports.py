@@ -39,6 +39,7 @@ SCORING = frozenset(
         "ind_knn_ad.cli.arguments",
         "ind_knn_ad.cli.exit_codes",
         "ind_knn_ad.cli.score",
+        "ind_knn_ad.devices",
         "ind_knn_ad.errors",
         "ind_knn_ad.features",
         "ind_knn_ad.features.augment",

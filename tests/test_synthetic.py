@@ -93,7 +93,7 @@ def test_with_few_training_images_the_threshold_comes_from_the_synthetic_defects
 
     dataset = load_dataset(sample_dataset)
     few = replace(dataset, train=dataset.train[:8], test=[])
-    model = train(few, FitConfig(backbone="efficientnet_lite0"), device="cpu").model
+    model = train(FitConfig(backbone="efficientnet_lite0"), few, device="cpu").model
     record = model.settings["threshold"]
     assert "synthetic defects" in record["rule"] and record["holdout"]["count"] == 8
     rows = model.settings["detectability"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ind_knn_ad.calibration.threshold import cut_counts
+from ind_knn_ad.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
     from ind_knn_ad.io.datasets import Dataset
@@ -61,17 +62,20 @@ def operating_threshold(
 ) -> tuple[float, dict]:
     """The threshold at `point` for labelled scores, and the record stored in the model.
 
-    Raises ValueError when the labels cannot support the rule: no good or no defective
-    image, or scores that are not finite.
+    Raises ConfigError (setting `operating_point`) when the labels cannot support the rule,
+    with no good or no defective image; DatasetError for scores that are not finite.
     """
     good, defective = np.asarray(good, np.float64), np.asarray(defective, np.float64)
     if not good.size or not defective.size:
-        raise ValueError(
-            f"--operating-point needs good and defective labelled images; {source} has "
-            f"{good.size} good and {defective.size} defective"
+        raise ConfigError(
+            f"operating point needs good and defective labelled images; {source} has "
+            f"{good.size} good and {defective.size} defective",
+            "operating_point",
         )
     if not (np.isfinite(good).all() and np.isfinite(defective).all()):
-        raise ValueError("labelled images score as infinite: their features overflow float32")
+        raise DatasetError(
+            f"{source}: labelled images score as infinite: their features overflow float32"
+        )
     cuts, false_alarms, caught = cut_counts(good, defective)
     if point.rule == "f1":
         # F1 = 2 TP / (2 TP + FP + FN); ties go to the higher threshold (fewer alarms).

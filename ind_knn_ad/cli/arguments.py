@@ -6,25 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
-
-from ind_knn_ad.features.augment import NONE
-from ind_knn_ad.features.borders import DEFAULT_BORDER
-from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
-from ind_knn_ad.methods import (
-    DEFAULT,
-    DEFAULT_IMAGE_SCORE,
-    find,
-    fitter,
-    having_image_score,
-    taking_views,
-)
+from typing import TypeVar
 
 Value = TypeVar("Value")
-
-# What `make_model.py --settings fixed` fits with; `auto` searches what of it is not given.
-FIXED = {"backbone": "wide_resnet50_2", "resize": 256, "image_score": DEFAULT_IMAGE_SCORE}
 
 
 def checked(parse: Callable[[str], Value]) -> Callable[[str], Value]:
@@ -61,60 +45,6 @@ def _fraction(text: str) -> float:
 
 positive = checked(_positive)
 fraction = checked(_fraction)
-
-
-def given_settings(weights: Path | None, **values: Any) -> dict[str, Any]:
-    """The settings a user gave (those not None), which `autosettings.choose` must not
-    search; with `weights` the backbone counts as given, since weights belong to one."""
-    if weights is not None:
-        values["backbone"] = values.get("backbone") or FIXED["backbone"]
-    return {key: value for key, value in values.items() if value is not None}
-
-
-def complete_fit_arguments(args: argparse.Namespace) -> str | None:
-    """Fill in make_model.py's defaults (recording in `args.given` what was given, and in
-    `args.auto` whether settings are chosen) and check the options against each other;
-    the first problem found, for the parser to report, or None."""
-    args.given = given_settings(
-        weights=args.weights,
-        backbone=args.backbone,
-        resize=args.image_size,
-        crop=args.crop,
-        align=args.align or None,
-        image_score=args.image_score,
-        coreset_fraction=args.coreset,
-        layers=tuple(args.layers) if args.layers else None,
-        border=args.border,
-        augment=args.augment,
-    )
-    args.auto = args.settings == "auto" and args.method == DEFAULT
-    args.backbone = args.backbone or FIXED["backbone"]
-    args.image_size = args.image_size or FIXED["resize"]
-    args.image_score = args.image_score or FIXED["image_score"]
-    args.border = args.border or DEFAULT_BORDER
-    args.augment = args.augment or NONE
-    if args.align and args.crop is not None:
-        return "--crop does not apply with --align: the cut follows the part"
-    if args.align and args.augment != NONE:
-        return (
-            "--augment does not apply with --align: an aligned part is already turned to one pose"
-        )
-    if args.augment != NONE and not fitter(args.method).takes_views:
-        return f"--augment is for --method {' or --method '.join(taking_views())} only"
-    if args.crop is None:
-        args.crop = args.image_size if args.align else 224
-    if not 0 < args.crop <= args.image_size:
-        return f"--crop ({args.crop}) must be between 1 and --image-size ({args.image_size})"
-    if find(args.method).image_score_for(args.image_score) is None:
-        having = " or --method ".join(having_image_score(args.image_score))
-        return f"--image-score {args.image_score} is for --method {having} only"
-    if not 0 <= args.seed < 2**32:
-        return f"--seed must be a whole number from 0 to {2**32 - 1}, not {args.seed}"
-    if not args.align:  # an aligned cut's size is known once the parts are measured
-        problem = input_too_large(args.crop, args.crop, FIT_BYTES_PER_PIXEL)
-        if problem:
-            return f"--crop {args.crop} (from --image-size {args.image_size}): {problem}"
-    return None
 
 
 def parse_threshold(text: str) -> float | str:

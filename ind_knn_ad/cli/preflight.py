@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,20 +65,16 @@ def find_dataset(data_dir: Path | None, category: str, download_url: str | None)
     return load_dataset(root, category)
 
 
-def fit_preprocess(
-    dataset: Dataset, resize: int, crop: int, align: bool, say: Callable[[str], None]
-) -> Preprocess:
-    """The preprocess settings; with `align`, the cut is measured on the training images
-    (and `say` hears its size), DatasetError if no part is found there."""
-    if not align:
-        return Preprocess(resize=resize, crop=crop)
+def aligned(dataset: Dataset, preprocess: Preprocess, say: Callable[[str], None]) -> Preprocess:
+    """`preprocess` with the --align cut measured on the training images (`say` hears its
+    size); DatasetError if no part is found there."""
     from ind_knn_ad.io.alignment import measure_box
 
     try:
         box = measure_box(dataset.train)
     except ValueError as error:
         raise DatasetError(f"{dataset.root}: {error}; fit without --align") from None
-    preprocess = Preprocess(resize=resize, crop=crop, align=box)
+    preprocess = replace(preprocess, align=box)
     width, height = preprocess.size
     say(f"Aligned cut: {width}x{height} px ({box.length} x {box.breadth} of the frame).")
     return preprocess
@@ -106,11 +104,10 @@ def backbone_strides(backbone: str, layers: tuple[int, ...] | None) -> list[int]
     return [strides[layer] for layer in layers]
 
 
-def check_fit(
-    dataset: Dataset, settings: FitConfig, method: str, device: str, auto_threshold: bool
-) -> None:
-    """DatasetError for too few training images, UsageError for options that cannot work
-    with this backbone, dataset or machine (the method checks its own)."""
+def check_fit(dataset: Dataset, config: FitConfig, device: str, auto_threshold: bool) -> None:
+    """DatasetError for too few training images, UsageError (or the library's ConfigError)
+    for options that cannot work with this backbone, dataset or machine (the method checks
+    its own)."""
     count = len(dataset.train)
     if count < 2:
         raise DatasetError(
@@ -118,42 +115,44 @@ def check_fit(
             "and the methods compare each training image with the others)"
         )
     if device == "cuda":
-        import torch
+        from ind_knn_ad.features.device import select_device  # torch, after the quick checks
 
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
-    width, height = settings.preprocess.size
+        select_device(device)
+    width, height = config.preprocess.size
     problem = input_too_large(width, height, FIT_BYTES_PER_PIXEL)
     if problem:
-        raise UsageError(f"--image-size {settings.preprocess.resize} with --align: {problem}")
-    strides = backbone_strides(settings.backbone, settings.layers)
+        raise UsageError(f"--image-size {config.preprocess.resize} with --align: {problem}")
+    strides = backbone_strides(config.backbone, config.layers)
     if strides:
         step = min(strides)
         patches = count * -(-width // step) * -(-height // step)
-        methods.fitter(method).check_fit(settings, patches, auto_threshold)
+        methods.fitter(config.method).check_fit(config, patches, auto_threshold)
 
 
 def choose_settings(
     dataset: Dataset,
-    given: dict,
+    config: FitConfig,
+    given: AbstractSet[str],
     device: str,
     progress: ProgressFactory,
-    seed: int,
     weights: Path | None = None,
 ) -> Choice:
-    """The automatic settings for this dataset (`autosettings.choose`); a failure on the
-    training images is the data's (DatasetError), as in the fit."""
-    from ind_knn_ad.tuning.autosettings import choose
+    """The automatic settings for this dataset (`autosettings.choose`); a data error on the
+    training images names the dataset, as in the fit."""
+    from ind_knn_ad.tuning.autosettings import choose  # torch: only once the checks pass
 
     with data_at_fault(dataset):
-        return choose(dataset.train, given, device, seed, progress, weights)
+        return choose(
+            config, dataset.train, given, device=device, progress=progress, weights=weights
+        )
 
 
 @contextmanager
 def data_at_fault(dataset: Dataset) -> Iterator[None]:
-    """A ValueError or ArithmeticError in a fit whose options were checked comes from the
-    images: it becomes a DatasetError naming the dataset."""
+    """A DatasetError raised in a fit (the library's word that the images are at fault,
+    which does not know the folder) names the dataset. Nothing else is the data's: any
+    other error passes as it is, and an unexpected one is reported as a bug."""
     try:
         yield
-    except (ValueError, ArithmeticError) as error:
+    except DatasetError as error:
         raise DatasetError(f"{dataset.root}: cannot fit on these images ({error})") from None

