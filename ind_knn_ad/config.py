@@ -37,7 +37,7 @@ class FitConfig:
     border: str = DEFAULT_BORDER
     coreset: float | None = None  # a fraction of the patches; None: coreset_size's rule
     projection_dim: int = PROJECTION_DIM
-    image_score: str = "max"
+    image_score: str | None = None  # None: the method's own first rule
     preprocess: Preprocess = field(default_factory=Preprocess)
     seed: int = 0
     augment: str = NONE

@@ -51,10 +51,10 @@ def find_method(config: FitConfig) -> tuple[methods.Method, str]:
     if method is None:
         known = ", ".join(methods.names())
         raise ConfigError(f"method must be one of {known}, not {config.method!r}", "method")
-    rule = method.image_score_for(config.image_score)
-    if rule is None:
-        having = " or ".join(methods.having_image_score(config.image_score))
-        raise ConfigError(f"image score {config.image_score!r} is for {having} only", "image_score")
+    rule = config.image_score or method.image_scores[0]
+    if rule not in method.image_scores:
+        having = " or ".join(methods.having_image_score(rule))
+        raise ConfigError(f"image score {rule!r} is for {having} only", "image_score")
     if views_of(config.augment) and not methods.fitter(config.method).takes_views:
         taking = " or ".join(methods.taking_views())
         raise ConfigError(f"augment {config.augment!r} is for {taking} only", "augment")

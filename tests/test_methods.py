@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 
 from ind_knn_ad import methods
 from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.methods import padim
 from ind_knn_ad.methods.padim import fit as padim_fit
@@ -35,7 +36,7 @@ def method_models(
     method's is the sample model); what make_model.py printed is kept beside each as
     `<method>.stdout`."""
     folder = tmp_path_factory.mktemp("methods")
-    models = {methods.DEFAULT: sample_model}
+    models = {FitConfig().method: sample_model}
     for method in set(METHODS) - set(models):
         model = folder / f"{method}.safetensors"
         result = run_script(
@@ -215,19 +216,22 @@ def test_saving_validates_the_method_tensors(method_models: dict[str, Path], tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_image_score_other_than_max_is_for_patchcore_only(sample_dataset: Path) -> None:
-    result = run_script(
-        "make_model.py",
-        "--data-dir",
-        sample_dataset,
-        "--method",
-        "padim",
-        "--image-score",
-        "reweighted",
-        check=False,
-    )
-    assert result.returncode == exit_codes.USAGE
-    assert "--image-score reweighted is for --method patchcore only" in result.stderr
+@pytest.mark.parametrize("name", METHODS)
+def test_image_score_names_the_methods_own_rules(name: str, sample_dataset: Path) -> None:
+    """--image-score takes a method's own rules only: another method's rule is refused
+    (SPADE's `max` was silently read as its `knn_mean`), naming the methods that have it."""
+    method = methods.find(name)
+    foreign = [rule for rule in methods.image_score_rules() if rule not in method.image_scores]
+    for rule in foreign:
+        result = run_script(
+            "make_model.py", "--data-dir", sample_dataset, "--method", name, "--image-score",
+            rule, check=False,
+        )  # fmt: skip
+        assert result.returncode == exit_codes.USAGE
+        having = " or --method ".join(methods.having_image_score(rule))
+        assert f"--image-score {rule} is for --method {having} only" in result.stderr
+    help_text = " ".join(run_script("make_model.py", "--help").stdout.split())
+    assert f"{', '.join(method.image_scores)} ({name})" in help_text
 
 
 def test_padim_held_out_scores_equal_refits_without_each_image() -> None:

@@ -21,7 +21,6 @@ from ind_knn_ad.features.augment import NONE, VIEW_SETS
 from ind_knn_ad.features.borders import BORDERS
 from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.methods.patchcore.image_score import IMAGE_SCORES
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "fixed"),
         default="auto",
         help="auto (default): choose backbone, input size, alignment, image score and coreset "
-        f"from the good images, unless given; fixed: {fixed}, {DEFAULTS.image_score}",
+        f"from the good images, unless given; fixed: {fixed}, the method's first image score",
     )
     parser.add_argument("--backbone", help="backbone name")
     parser.add_argument("--layers", type=int, nargs="+", help="backbone stages to use")
@@ -96,8 +95,12 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--image-score",
-        choices=IMAGE_SCORES,
-        help=f"{', '.join(methods.having_image_score(IMAGE_SCORES[-1]))} only",
+        choices=methods.image_score_rules(),
+        help="how patch scores make the image's: "
+        + "; ".join(
+            f"{', '.join(methods.find(name).image_scores)} ({name})" for name in methods.names()
+        )
+        + "; default: the method's first",
     )
     parser.add_argument("--image-size", type=int, help="resize shorter side to")
     parser.add_argument(
@@ -147,6 +150,12 @@ def parse_args(argv: list[str] | None = None) -> FitRequest:
     return FitRequest(fit_config(args), given(args), auto, args)
 
 
+def _image_score_rules() -> str:
+    """Each method's rules, for --help: `max, reweighted, top10 (patchcore); ...`."""
+    rules = ((name, methods.find(name).image_scores) for name in methods.names())
+    return "; ".join(f"{', '.join(scores)} ({name})" for name, scores in rules)
+
+
 def _geometry(args: argparse.Namespace) -> tuple[int, int]:
     """The resize and crop asked for: a given crop, else the whole frame with --align and
     the default crop without."""
@@ -161,7 +170,6 @@ def _problem(args: argparse.Namespace) -> str | None:
     method = methods.find(args.method)
     resize, crop = _geometry(args)
     augment = args.augment or NONE
-    image_score = args.image_score or DEFAULTS.image_score
     if args.align and args.crop is not None:
         return "--crop does not apply with --align: the cut follows the part"
     if args.align and augment != NONE:
@@ -172,9 +180,9 @@ def _problem(args: argparse.Namespace) -> str | None:
         return f"--augment is for --method {' or --method '.join(methods.taking_views())} only"
     if not 0 < crop <= resize:
         return f"--crop ({crop}) must be between 1 and --image-size ({resize})"
-    if method.image_score_for(image_score) is None:
-        having = " or --method ".join(methods.having_image_score(image_score))
-        return f"--image-score {image_score} is for --method {having} only"
+    if args.image_score is not None and args.image_score not in method.image_scores:
+        having = " or --method ".join(methods.having_image_score(args.image_score))
+        return f"--image-score {args.image_score} is for --method {having} only"
     if not 0 <= args.seed < 2**32:
         return f"--seed must be a whole number from 0 to {2**32 - 1}, not {args.seed}"
     if not args.align:  # an aligned cut's size is known once the parts are measured

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ind_knn_ad.errors import ModelFileError
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.methods.base import DEFAULT_IMAGE_SCORE, Method, Scorer
+from ind_knn_ad.methods.base import Method, Scorer
 from ind_knn_ad.methods.padim import Padim
 from ind_knn_ad.methods.patchcore import PatchCore
 from ind_knn_ad.methods.spade import Spade
@@ -30,14 +30,13 @@ if TYPE_CHECKING:
     from ind_knn_ad.methods.fitting import Fitter
 
 __all__ = [
-    "DEFAULT",
-    "DEFAULT_IMAGE_SCORE",
     "ENTRY_POINTS",
     "Method",
     "Scorer",
     "find",
     "fitter",
     "having_image_score",
+    "image_score_rules",
     "make_scorer",
     "names",
     "register",
@@ -45,7 +44,6 @@ __all__ = [
 ]
 
 ENTRY_POINTS = "ind_knn_ad.methods"
-DEFAULT = "patchcore"
 _REGISTRY: dict[str, Method] = {}
 _plugins_loaded = False
 
@@ -97,6 +95,11 @@ def fitter(name: str) -> Fitter:
     if method is None:
         raise ValueError(f"no method named {name!r}")
     return importlib.import_module(method.fit_module).FITTER
+
+
+def image_score_rules() -> tuple[str, ...]:
+    """Every method's image-score rules, each once, in the order the methods list them."""
+    return tuple(dict.fromkeys(rule for name in names() for rule in _REGISTRY[name].image_scores))
 
 
 def having_image_score(rule: str) -> list[str]:

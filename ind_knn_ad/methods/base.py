@@ -19,9 +19,6 @@ import numpy as np
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.model_file.schema import Model, TensorSpec
 
-# What a fit asks for unless told otherwise; every method takes it, as its own rule.
-DEFAULT_IMAGE_SCORE = "max"
-
 
 @dataclass(frozen=True)
 class PatchScores:
@@ -53,12 +50,6 @@ class Method(ABC):
     fit_module: ClassVar[str]
     # Whether make_model.py's automatic settings (`--settings auto`) search its settings.
     auto_settings: ClassVar[bool] = False
-
-    def image_score_for(self, asked: str) -> str | None:
-        """The rule a fit stores when `asked` is asked for, or None if it has no such rule."""
-        if asked in self.image_scores:
-            return asked
-        return self.image_scores[0] if asked == DEFAULT_IMAGE_SCORE else None
 
     @abstractmethod
     def tensor_specs(self, settings: dict[str, Any], source: str) -> dict[str, TensorSpec]:

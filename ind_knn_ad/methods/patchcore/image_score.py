@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ind_knn_ad.methods.base import DEFAULT_IMAGE_SCORE, PatchScores
+from ind_knn_ad.methods.base import PatchScores
 from ind_knn_ad.search.nearest import SearchBank, WorstPatches, exact_squared, worst_patches
 
 # max: the worst patch (PatchCore). reweighted: eq. 7 of Roth et al. 2022. top10: the mean
 # of the TOP_PATCHES worst patches, which one noisy patch cannot decide alone.
-IMAGE_SCORES = (DEFAULT_IMAGE_SCORE, "reweighted", "top10")
+IMAGE_SCORES = ("max", "reweighted", "top10")
 TOP_PATCHES = 10
 # Neighbours of the nearest bank patch used by the re-weighted score (Roth et al. 2022, eq. 7).
 REWEIGHT_NEIGHBOURS = 9
