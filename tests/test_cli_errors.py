@@ -723,6 +723,12 @@ MAKE_MODEL_CASES = [
         "one: 1 training image; a fit needs at least 2",
     ),
     (
+        "padim-two-images",
+        ["--data-dir", "{tmp}/two", "--method", "padim", "--backbone", "efficientnet_lite0"],
+        exit_codes.DATA_ERROR,
+        "two: cannot fit on these images \\(PaDiM needs at least 3 training images, not 2\\)",
+    ),
+    (
         "coreset-too-small",
         ["--backbone", "efficientnet_lite0", "--coreset", "1e-9"],
         exit_codes.USAGE,
@@ -768,6 +774,8 @@ def make_model_results(
     os.mkfifo(tmp / "fifo")
     (tmp / "one" / "train" / "good").mkdir(parents=True)
     shutil.copy(sample_dataset / "train" / "good" / "000.png", tmp / "one" / "train" / "good")
+    shutil.copytree(tmp / "one", tmp / "two")
+    shutil.copy(sample_dataset / "train" / "good" / "001.png", tmp / "two" / "train" / "good")
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf"), "TORCH_HOME": str(tmp / "th")}
 
     def run(case: tuple) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ind_knn_ad.errors import DatasetError
 from ind_knn_ad.methods.fitting import Fitted, Fitter, ProgressFactory
 from ind_knn_ad.methods.padim import Padim
 from ind_knn_ad.threads import one_blas_thread
@@ -60,7 +61,7 @@ def fit_gaussians(
     """
     images, positions, _ = features.shape
     if images < 3:
-        raise ValueError(f"PaDiM needs at least 3 training images, not {images}")
+        raise DatasetError(f"PaDiM needs at least 3 training images, not {images}")
     count = len(channels)
     eye = regularisation * np.eye(count)
     mean = np.empty((positions, count), dtype=np.float32)

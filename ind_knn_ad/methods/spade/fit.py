@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ind_knn_ad.errors import DatasetError
 from ind_knn_ad.methods.fitting import Fitted, Fitter, ProgressFactory
 from ind_knn_ad.methods.spade import Spade, image_vectors, vector_distances
 
@@ -26,7 +27,7 @@ def neighbour_count(images: int) -> int:
     """K for `images` training images: at most NEIGHBOURS, and fewer than the images, so
     that leaving one out for the threshold still leaves K."""
     if images < 2:
-        raise ValueError(f"SPADE needs at least 2 training images, not {images}")
+        raise DatasetError(f"SPADE needs at least 2 training images, not {images}")
     return min(NEIGHBOURS, images - 1)
 
 
