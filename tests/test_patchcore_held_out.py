@@ -128,14 +128,20 @@ def test_each_image_is_scored_without_its_own_patches_and_their_holes_filled(vie
 
 def test_a_whole_bank_has_no_holes_to_fill() -> None:
     """With every patch in the bank the fillers are rows it holds already: held-out scores
-    are plain leave-one-image-out."""
+    are plain leave-one-image-out, and the max and top10 rules skip the fill's search (the
+    reweighted rule keeps the fillers; its bits are checked against main's below)."""
     features, grid, _, _ = _features()
     bank = features.reshape(-1, features.shape[2])
     sources = np.repeat(np.arange(len(features)), features.shape[1])
-    scores = HeldOut(features, bank, sources).training_scores(grid, "max")
+    held = HeldOut(features, bank, sources)
+    scores = held.training_scores(grid, "max")
+    held.training_scores(grid, "top10")
+    assert "fillers" not in vars(held)
     for image, score in enumerate(scores):
         others = bank[sources != image]
         assert np.isclose(score, _distances(features[image], others).min(axis=1).max(), rtol=1e-5)
+    held.training_scores(grid, "reweighted")
+    assert "fillers" in vars(held)
 
 
 def test_large_training_sets_score_a_seeded_sample() -> None:

@@ -8,7 +8,7 @@ only cover: taken out, they leave holes that a coreset chosen without the image 
 covered with other images' patches. So each of its rows is replaced by the nearest patch of
 another training image (`fill_holes`); without this the held-out scores sat too high and
 the threshold missed defects (bench/held_out.py). A whole bank has no holes: there the
-replacements are rows it already holds.
+replacements are rows it already holds (`HeldOut.bank_without`).
 
 One rule for every caller: the automatic threshold's held-out scores (`training_scores`),
 the synthetic defects of `calibration.detectability` and the automatic settings'
@@ -17,6 +17,8 @@ threshold is then placed on.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -34,11 +36,13 @@ _ROWS = 4096  # bank rows measured against one image's patches at a time
 
 class HeldOut:
     """A memory bank and, for each of its rows, the patch that covers its place when its
-    image is held out.
+    image is held out (computed on first need: the fill is a search of its own).
 
     `train_features` are (images, patches, C), an image's views (`augment`) after its own
-    h*w patches (`extractor.TrainFeatures`); `sources` is each bank row's image. A held-out
-    image takes its views with it, and other images' views may fill its holes.
+    h*w patches (`extractor.TrainFeatures`); `bank` holds distinct rows of them, `sources`
+    each row's image; `seed` draws the images searched for fillers and the images scored
+    by `training_scores`. A held-out image takes its views with it, and other images'
+    views may fill its holes.
     """
 
     def __init__(
@@ -48,17 +52,33 @@ class HeldOut:
         self.bank = bank
         self.sources = sources
         self.seed = seed
-        self.fillers = fill_holes(train_features, bank, sources, seed)
-        self._last: tuple[int, SearchBank] | None = None
+        images, patches, _channels = train_features.shape
+        self.whole = images > 1 and len(bank) == images * patches
+        self._image = -1
+        self._banks: dict[bool, SearchBank] = {}
 
-    def bank_without(self, image: int) -> SearchBank:
-        """The bank without `image`'s rows, their fillers in their place (at the end). The
-        last one is kept: callers score one image under several rules in a row."""
-        if self._last is None or self._last[0] != image:
+    @functools.cached_property
+    def fillers(self) -> np.ndarray:
+        return fill_holes(self.train_features, self.bank, self.sources, self.seed)
+
+    def bank_without(self, image: int, rule: str) -> SearchBank:
+        """The bank without `image`'s rows, their fillers in their place (at the end).
+
+        A whole bank (every training patch) has no holes: its fillers are rows it still
+        holds. The max and top10 scores are exact nearest distances, which duplicates cannot
+        change, so there they are left out and the fill's search is saved; the reweighted
+        score weighs the nearest row's neighbours in the bank, duplicates included, so it
+        keeps them. The last image's banks are kept: callers score one image under several
+        rules in a row.
+        """
+        filled = rule == "reweighted" or not self.whole
+        if image != self._image:
+            self._image, self._banks = image, {}
+        if filled not in self._banks:
             own = self.sources == image
-            rows = np.concatenate([self.bank[~own], self.fillers[own]])
-            self._last = (image, SearchBank.of(rows))
-        return self._last[1]
+            rows = np.concatenate([self.bank[~own], self.fillers[own]]) if filled else None
+            self._banks[filled] = SearchBank.of(self.bank[~own] if rows is None else rows)
+        return self._banks[filled]
 
     def scores(
         self,
@@ -71,7 +91,7 @@ class HeldOut:
         image itself or damaged copies of it) against the bank without it; `regions`
         ((B, h, w) bool) are the patches counted, as `score_features` takes them."""
         results = score_features(
-            features, self.bank_without(image), rule, maps=False, regions=regions
+            features, self.bank_without(image, rule), rule, maps=False, regions=regions
         )
         return [result.score for result in results]
 

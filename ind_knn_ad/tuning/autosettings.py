@@ -557,14 +557,11 @@ class _Validation:
         for fraction, size in sizes.items():
             rows = np.arange(len(flat)) if size == len(flat) or order is None else order[:size]
             mine = [c for c in candidates if c.coreset_fraction == fraction]
-            began = time.perf_counter()
             held = HeldOut(train.features, flat[rows], rows // patches, self.base.seed)
-            filled = time.perf_counter() - began  # each of `mine` would need it alone
-            for candidate in mine:
-                seconds[candidate] += filled
             for image, features, regions in self._inputs(train, damaged):
                 began = time.perf_counter()
-                held.bank_without(image)  # kept for every candidate of this bank
+                for candidate in mine:  # built here and kept for every candidate's scores
+                    held.bank_without(image, candidate.image_score)
                 made = time.perf_counter() - began
                 own = self.sources == image
                 for candidate in mine:
