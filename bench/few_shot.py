@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from common import MVTEC, PYTHON, ROOT, image_scores, machine, report
 
-from ind_knn_ad.calibration.threshold import auto_threshold, holdout_scores
+from ind_knn_ad.calibration.threshold import auto_threshold
 from ind_knn_ad.config import FitConfig
 from ind_knn_ad.features.extractor import FeatureExtractor, extract_features
 from ind_knn_ad.io.datasets import load_dataset
+from ind_knn_ad.methods.patchcore.held_out import HeldOut
 from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
 
 
@@ -49,7 +50,7 @@ def run(name: str, shots: list[int], draws: int, coreset: float | None) -> dict[
             picked = greedy_coreset(flat, coreset_size(len(flat), coreset), seed=draw)
             bank = np.ascontiguousarray(flat[picked])
             sources = picked // patches
-            held = holdout_scores(train.features[chosen], train.grid, bank, sources, "max")
+            held = HeldOut(train.features[chosen], bank, sources).training_scores(train.grid, "max")
             threshold, _ = auto_threshold(held)
             new = image_scores(train.features[rest], train.grid, bank)
             tested = image_scores(test.features, train.grid, bank)

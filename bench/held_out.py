@@ -5,7 +5,7 @@ filling the held-out image's holes in the coreset fix it?
 Held out by removal: the image is scored against the bank without its own rows. But the coreset
 was chosen with the image in it: where only it had patches, its rows are the bank's only
 cover, and without them the region is a hole that a coreset chosen without the image would
-have covered with other images' patches. "Filled" (`threshold.holdout_scores`, the
+have covered with other images' patches. "Filled" (`patchcore.held_out.HeldOut`, the
 fit's rule) puts back, for each removed row, the nearest patch of another training image:
 the cover such a coreset would have had there.
 
@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from common import CHOSEN, MVTEC, PYTHON, ROOT, chosen_settings, image_scores, machine, report
 
-from ind_knn_ad.calibration.threshold import auto_threshold, holdout_scores
+from ind_knn_ad.calibration.threshold import auto_threshold
 from ind_knn_ad.features.extractor import FeatureExtractor, extract_features
 from ind_knn_ad.io.datasets import load_dataset
+from ind_knn_ad.methods.patchcore.held_out import HeldOut
 from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
 
 
@@ -49,8 +50,8 @@ def run(name: str) -> dict[str, str]:
         without = bank[sources != image]
         held["removed"].append(image_scores(own, train.grid, without, rule, region)[0])
     start = time.perf_counter()
-    held["filled"] = holdout_scores(
-        train.features, train.grid, bank, sources, rule, regions=train.regions
+    held["filled"] = HeldOut(train.features, bank, sources).training_scores(
+        train.grid, rule, train.regions
     )
     seconds = time.perf_counter() - start
     tested = image_scores(test.features, train.grid, bank, rule, test.regions)

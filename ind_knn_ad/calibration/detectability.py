@@ -4,8 +4,9 @@ training images their scores also place that threshold (`threshold.auto_threshol
 
 A user with only good images learns from it, for example, that 2 px scratches pass and
 20 px ones are caught. The damaged images are scored as new images would be, against a
-model without the image they came from (the held-out rule of the threshold), so a defect
-is not hidden by the image's own patches in the bank.
+model without the image they came from (PatchCore: `methods.patchcore.held_out`, the rule of
+the threshold's held-out images), so a defect is not hidden by the image's own patches in
+the bank.
 """
 
 from __future__ import annotations

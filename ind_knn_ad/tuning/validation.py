@@ -4,7 +4,7 @@ subsample against synthetic defects made from them (`autosettings` step 2)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,16 +12,15 @@ from typing import Any
 import numpy as np
 
 from ind_knn_ad.calibration.detectability import damaged_inputs
-from ind_knn_ad.config import FitConfig
+from ind_knn_ad.config import BATCH_IMAGES, FitConfig
 from ind_knn_ad.features.device import select_device
 from ind_knn_ad.features.extractor import FeatureExtractor, TrainFeatures, extract_features
 from ind_knn_ad.io.alignment import part_regions
 from ind_knn_ad.io.batches import images_per_batch
 from ind_knn_ad.methods.fitting import ProgressFactory
-from ind_knn_ad.methods.patchcore.image_score import score_features
+from ind_knn_ad.methods.patchcore.held_out import HeldOut
 from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
-from ind_knn_ad.search.nearest import SearchBank
-from ind_knn_ad.tuning.pose import seeded_sample as _sample  # the name _Validation uses
+from ind_knn_ad.tuning.pose import seeded_sample
 
 VALIDATION_IMAGES = 32  # seeded subsample whose features each backbone computes once
 DAMAGED_IMAGES = 10  # of them, damaged with every synthetic kind at every size
@@ -80,19 +79,21 @@ class _Validation:
     """Held-out good images and synthetic defects of a seeded subsample, for one geometry.
 
     The defects are made once, on the cut the network sees, and shared by every candidate.
-    Each image (and its damaged copies) is scored against the bank without that image's
-    patches, as the automatic threshold's held-out images are.
+    Each image (and its damaged copies) is scored against the subsample's bank without that
+    image's patches, their holes filled: the held-out rule of the automatic threshold
+    (`methods.patchcore.held_out`), so candidates are compared on the scores the threshold
+    is placed on.
     """
 
     def __init__(self, paths: Sequence[Path], base: FitConfig, seed: int) -> None:
         self.base = base
         self.total = len(paths)
-        self.paths = [paths[i] for i in _sample(len(paths), VALIDATION_IMAGES, seed)]
+        self.paths = [paths[i] for i in seeded_sample(len(paths), VALIDATION_IMAGES, seed)]
         shorter = min(base.preprocess.size)
         self.sizes = sorted({max(1, round(fraction * shorter)) for fraction in SIZES})
         rng = np.random.default_rng(seed)
         arrays, cuts, self.small, sources = [], [], [], []
-        for image in _sample(len(self.paths), DAMAGED_IMAGES, seed + 1):
+        for image in seeded_sample(len(self.paths), DAMAGED_IMAGES, seed + 1):
             damaged, damaged_cuts, labels = damaged_inputs(
                 Path(self.paths[image]), base.preprocess, self.sizes, rng
             )
@@ -140,7 +141,7 @@ class _Validation:
             extractor = FeatureExtractor(
                 replace(self.base, backbone=backbone), torch_device, weights
             )
-            batch = images_per_batch(preprocess.size, 16, extractor.workers)
+            batch = images_per_batch(preprocess.size, BATCH_IMAGES, extractor.workers)
             good = len(self.paths)
             with progress(f"Choosing: {backbone}", good + len(self.damaged)) as callback:
                 # Without the views of `augment`: they would multiply every candidate's time
@@ -176,46 +177,50 @@ class _Validation:
             else None
         )
         shared[candidates[0].backbone] = time.perf_counter() - start
-        good_features = train.features.reshape(images, *train.grid, channels).transpose(0, 3, 1, 2)
-        good_regions = damaged_regions = None
-        if train.regions is not None:
-            good_regions = train.regions.reshape(images, *train.grid)
-            damaged_regions = part_regions(self.damaged_cuts, train.grid)
         good = {c: np.empty(images) for c in candidates}
         defects = {c: np.empty(len(damaged)) for c in candidates}
         seconds = dict.fromkeys(candidates, 0.0)
         for fraction, size in sizes.items():
             rows = np.arange(len(flat)) if size == len(flat) or order is None else order[:size]
-            bank, sources = flat[rows], rows // patches
             mine = [c for c in candidates if c.coreset_fraction == fraction]
-            for image in range(images):
+            held = HeldOut(train.features, flat[rows], rows // patches, self.base.seed)
+            for image, features, regions in self._inputs(train, damaged):
                 began = time.perf_counter()
-                search = SearchBank.of(np.ascontiguousarray(bank[sources != image]))
+                for candidate in mine:  # built here and kept for every candidate's scores
+                    held.bank_without(image, candidate.image_score)
                 made = time.perf_counter() - began
-                own = np.flatnonzero(self.sources == image)
-                features = np.concatenate([good_features[image : image + 1], damaged[own]])
-                regions = None
-                if good_regions is not None:
-                    regions = np.concatenate(
-                        [good_regions[image : image + 1], damaged_regions[own]]
-                    )
+                own = self.sources == image
                 for candidate in mine:
                     began = time.perf_counter()
-                    scores = score_features(
-                        features, search, candidate.image_score, maps=False, regions=regions
-                    )
-                    good[candidate][image] = scores[0].score
-                    defects[candidate][own] = [result.score for result in scores[1:]]
+                    scores = held.scores(features, image, candidate.image_score, regions)
+                    good[candidate][image], defects[candidate][own] = scores[0], scores[1:]
                     seconds[candidate] += made + time.perf_counter() - began
-        trials = {}
-        for candidate in candidates:
-            top = good[candidate].max()
-            above = defects[candidate] > top
-            trials[candidate] = Trial(
-                candidate,
-                float(above.mean()),
-                float(above[self.small].mean()),
-                _auroc(defects[candidate], good[candidate]),
-                seconds[candidate],
-            )
-        return trials
+        return {c: self._trial(c, good[c], defects[c], seconds[c]) for c in candidates}
+
+    def _inputs(
+        self, train: TrainFeatures, damaged: np.ndarray
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Per subsample image: its (B, C, h, w) features, first its own and then its
+        damaged copies', and the patches counted on each (the part, where aligned)."""
+        images, _patches, channels = train.features.shape
+        good = train.features.reshape(images, *train.grid, channels).transpose(0, 3, 1, 2)
+        damaged_regions = None
+        if train.regions is not None:
+            damaged_regions = part_regions(self.damaged_cuts, train.grid)
+        for image in range(images):
+            own = self.sources == image
+            features = np.concatenate([good[image : image + 1], damaged[own]])
+            regions = None
+            if damaged_regions is not None:
+                counted = train.regions[image].reshape(1, *train.grid)
+                regions = np.concatenate([counted, damaged_regions[own]])
+            yield image, features, regions
+
+    def _trial(
+        self, candidate: Candidate, good: np.ndarray, defects: np.ndarray, seconds: float
+    ) -> Trial:
+        above = defects > good.max()
+        auroc = _auroc(defects, good)
+        return Trial(
+            candidate, float(above.mean()), float(above[self.small].mean()), auroc, seconds
+        )

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ind_knn_ad.calibration import detectability
-from ind_knn_ad.calibration.threshold import fill_holes, holdout_scores
 from ind_knn_ad.errors import ConfigError
+from ind_knn_ad.io.alignment import part_regions
 from ind_knn_ad.methods.fitting import Fitted, Fitter, ProgressFactory
-from ind_knn_ad.methods.patchcore import BANK, PatchCore
+from ind_knn_ad.methods.patchcore import BANK
+from ind_knn_ad.methods.patchcore.held_out import HeldOut
 from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
 
@@ -59,25 +59,16 @@ class PatchCoreFitter(Fitter):
         sources = chosen // patches
 
         @functools.cache
-        def fillers() -> np.ndarray:
-            return fill_holes(train.features, bank, sources, settings.seed)
+        def held() -> HeldOut:
+            return HeldOut(train.features, bank, sources, settings.seed)
 
         def held_out() -> np.ndarray:
-            return holdout_scores(
-                train.features,
-                train.grid,
-                bank,
-                sources,
-                image_score,
-                seed=settings.seed,
-                regions=train.regions,
-                fillers=fillers(),
-            )
+            return held().training_scores(train.grid, image_score, train.regions)
 
         def synthetic(model: Model, extractor: FeatureExtractor) -> list[detectability.Damaged]:
             if not train.paths:
                 return []
-            return self._synthetic(model, extractor, train, sources, fillers(), settings)
+            return self._synthetic(extractor, train, held(), settings, image_score)
 
         coreset = {
             "fraction": settings.coreset,
@@ -90,23 +81,20 @@ class PatchCoreFitter(Fitter):
 
     def _synthetic(
         self,
-        model: Model,
         extractor: FeatureExtractor,
         train: TrainFeatures,
-        sources: np.ndarray,
-        fillers: np.ndarray,
+        held: HeldOut,
         settings: FitConfig,
+        image_score: str,
     ) -> list[detectability.Damaged]:
         """Synthetic defects on held-out training images, scored as the threshold's
-        held-out images are: against the bank without the image's own patches, their
-        holes filled (`threshold.fill_holes`)."""
+        held-out images are (`patchcore.held_out`), on the part alone where aligned."""
 
         def held_out(features: np.ndarray, cuts: np.ndarray, image: int) -> list[float]:
-            own = sources == image
-            bank = np.concatenate([model.tensors[BANK][~own], fillers[own]])
-            without = replace(model, tensors={BANK: bank})
-            scorer = PatchCore().scorer(without, settings.preprocess, False)
-            return [result.score for result in scorer(features, cuts)]
+            regions = None
+            if settings.preprocess.align is not None:
+                regions = part_regions(cuts, (features.shape[2], features.shape[3]))
+            return held.scores(features, image, image_score, regions)
 
         return detectability.damaged_scores(
             train.paths, settings.preprocess, extractor, held_out, settings.seed
