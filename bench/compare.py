@@ -26,8 +26,12 @@ import sys, time
 import numpy as np
 from pathlib import Path
 from ind_knn_ad.methods import make_scorer
-from ind_knn_ad.model_file.store import load_model
-from ind_knn_ad.runtime.detector import Detector
+try:
+    from ind_knn_ad.model_file.store import load_model
+    from ind_knn_ad.runtime.detector import Detector
+except ImportError:  # revisions before the subpackages
+    from ind_knn_ad.model_file import load_model
+    from ind_knn_ad.runtime import Detector
 model = load_model(sys.argv[1])
 detector = Detector(model, "cpu")
 paths = sorted(Path(sys.argv[2]).rglob("*.png"))

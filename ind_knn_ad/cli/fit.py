@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ind_knn_ad import methods
-from ind_knn_ad.calibration.operating_point import parse_operating_point, recalibrate
+from ind_knn_ad.calibration.operating_point import parse_operating_point
 from ind_knn_ad.calibration.threshold import AUTO
 from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.cli.arguments import checked, fraction, parse_threshold, positive
@@ -23,15 +24,8 @@ from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from ind_knn_ad.io.datasets import Dataset
-    from ind_knn_ad.model_file.schema import Model
-    from ind_knn_ad.report.evaluate import Evaluation
-    from ind_knn_ad.report.results import SheetCollector
-
 DEFAULTS = FitConfig()
+WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
 
 
 @dataclass(frozen=True)
@@ -230,133 +224,29 @@ def given(args: argparse.Namespace) -> frozenset[str]:
     return frozenset(names | ({"backbone"} if args.weights is not None else set()))
 
 
-def run(request: FitRequest) -> int:
-    """Fit (or with --evaluate-only evaluate) and print; errors are raised for run_cli."""
-    # The fit's modules load here, not at import, so that --help and usage errors are quick.
-    from rich.console import Console
-
-    from ind_knn_ad.cli import preflight
-
+def offline_unless_reachable(request: FitRequest) -> None:
+    """Without network, the Hugging Face hub retried a missing download for about 53 s
+    before failing: for a fit that may download weights, when its host cannot be reached in
+    3 s, tell it to stay offline (it then uses cached weights or fails at once, and the fit
+    says what to do instead). Before timm loads: the hub reads this when first imported."""
     args = request.options
-    preflight.check_outputs(args.model)
     online = not request.auto or "backbone" in request.given  # auto picks offline backbones
-    if args.weights is None and not args.evaluate_only and online:
-        preflight.offline_unless_reachable()
-    console = Console(stderr=True, soft_wrap=True)
-    out = Console(highlight=False, soft_wrap=True)
-    dataset = preflight.find_dataset(args.data_dir, args.dataset, args.download_url)
-    if args.evaluate_only:
-        return _evaluate_only(args, dataset, console, out)
-    out.print(f"█│ Running {request.config.method} on {dataset.name} dataset.")
-    model, evaluation, sheet = _fit(request, dataset, console, out)
-    _report_fit(args, dataset, model, evaluation, sheet, console, out)
-    return exit_codes.OK
-
-
-def _evaluate_only(
-    args: argparse.Namespace, dataset: Dataset, console: Console, out: Console
-) -> int:
-    """--evaluate-only: the saved model on test/, recalibrated with --operating-point."""
-    from ind_knn_ad.report import console as reporting
-    from ind_knn_ad.report import results
-
-    saved = results.evaluate_saved(
-        args.model,
-        dataset,
-        args.device,
-        None if args.threshold == AUTO else args.threshold,
-        args.batch_size,
-        lambda model: out.print(f"█│ Running {model.method} on {dataset.name} dataset."),
-    )
-    if args.operating_point is None:
-        out.print(*reporting.results_tables(dataset.name, saved.evaluation, saved.model.method))
-        results.write_saved(args.model, saved, dataset.name)
-        return exit_codes.OK
-    point = args.operating_point
-    model, evaluation = results.recalibrate_saved(args.model, saved, point, dataset)
-    out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
-    console.print(reporting.fit_summary(model))
-    out.print(f"Model recalibrated in {args.model}.")
-    return exit_codes.OK
-
-
-def _fit(
-    request: FitRequest, dataset: Dataset, console: Console, out: Console
-) -> tuple[Model, Evaluation | None, SheetCollector]:
-    """The checked configuration (chosen from the images, with automatic settings) fitted
-    on the dataset, with the contact sheet's entries."""
-    from ind_knn_ad.cli import preflight
-    from ind_knn_ad.report import console as reporting
-    from ind_knn_ad.report import results
-    from ind_knn_ad.train import train
-    from ind_knn_ad.tuning import autosettings
-
-    args, config = request.options, request.config
-    if args.operating_point is not None and not dataset.test:
-        raise exit_codes.UsageError("--operating-point needs labelled images in test/")
-    progress = partial(reporting.progress_bar, console)
-    check = partial(
-        preflight.check_fit, dataset, device=args.device, auto_threshold=args.threshold == AUTO
-    )
-    choice = None
-    if request.auto:  # checked now with what the choice starts from, and again after
-        check(replace(config, backbone=autosettings.first_backbone(config, request.given)))
-        choice = preflight.choose_settings(
-            dataset, config, request.given, args.device, progress, args.weights
-        )
-        out.print(choice.table())
-        config = choice.config
-    elif "align" in request.given:
-        config = replace(
-            config, preprocess=preflight.aligned(dataset, config.preprocess, console.print)
-        )
-    check(config)
-    console.print(f"Backbone {config.backbone}; {len(dataset.train)} training images.")
-    if not dataset.test:
-        console.print("No test/ folder: training only, evaluation skipped.")
-    sheet = results.SheetCollector(config.preprocess)
-    with preflight.data_at_fault(dataset):
-        result = train(
-            config,
-            dataset,
-            threshold=args.threshold,
-            device=args.device,
-            weights=args.weights,
-            batch_size=args.batch_size,
-            progress=progress,
-            each=sheet,
-        )
-    if choice is not None:
-        result.model.settings["auto_settings"] = choice.to_dict()
-    return result.model, result.evaluation, sheet
-
-
-def _report_fit(
-    args: argparse.Namespace,
-    dataset: Dataset,
-    model: Model,
-    evaluation: Evaluation | None,
-    sheet: SheetCollector,
-    console: Console,
-    out: Console,
-) -> None:
-    """Recalibrate at --operating-point, print the summary and tables, write the files."""
-    from ind_knn_ad.report import console as reporting
-    from ind_knn_ad.report import results
-
-    if args.operating_point is not None and evaluation is not None:
-        model, evaluation = recalibrate(model, evaluation, args.operating_point, dataset)
-    console.print(reporting.fit_summary(model))
-    if evaluation is not None:
-        out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
-    if "detectability" in model.settings:
-        out.print(reporting.detectability_table(model))
-    results.write_fit(args.model, model, evaluation, sheet.entries, dataset.name)
-    out.print(f"Model written to {args.model}.")
-    out.print("Model file creation is complete.")
+    if args.weights is not None or args.evaluate_only or not online:
+        return
+    if os.environ.get("HF_HUB_OFFLINE"):
+        return
+    try:
+        socket.create_connection(WEIGHTS_HOST, timeout=3).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def main(argv: list[str] | None = None) -> int:
     request = parse_args(argv)
+    offline_unless_reachable(request)
+    # The fit's modules (torch among them) load once the options are good, so that --help
+    # and usage errors are quick.
+    from ind_knn_ad.cli.fit_run import run
+
     interrupted = "interrupted: no partial file was left behind"
     return exit_codes.run_cli(partial(run, request), exit_codes.print_error, interrupted)

@@ -4,30 +4,29 @@ of feature extraction, each said in the user's terms (the options they gave)."""
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import timm
 
 from ind_knn_ad import methods
 from ind_knn_ad.cli.exit_codes import UsageError
+from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import DatasetError, WriteError
+from ind_knn_ad.features.backbones import backbone_spec
+from ind_knn_ad.features.device import select_device
+from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.atomic import check_writable
 from ind_knn_ad.io.datasets import DATASETS_DIR, Dataset, load_dataset
+from ind_knn_ad.io.download import download_category
 from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.methods.fitting import ProgressFactory
 from ind_knn_ad.report.results import beside
-
-if TYPE_CHECKING:
-    from ind_knn_ad.config import FitConfig
-    from ind_knn_ad.methods.fitting import ProgressFactory
-    from ind_knn_ad.tuning.autosettings import Choice
-
-WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
+from ind_knn_ad.tuning.autosettings import Choice, choose
 
 
 def check_outputs(model_path: Path) -> None:
@@ -40,18 +39,6 @@ def check_outputs(model_path: Path) -> None:
             raise WriteError(f"cannot write {path}: {error}") from error
 
 
-def offline_unless_reachable() -> None:
-    """Without network, the Hugging Face hub retried a missing download for about 53 s
-    before failing: when its host cannot be reached in 3 s, tell it to stay offline (it
-    then uses cached weights or fails at once, and the fit says what to do instead)."""
-    if os.environ.get("HF_HUB_OFFLINE"):
-        return
-    try:
-        socket.create_connection(WEIGHTS_HOST, timeout=3).close()
-    except OSError:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported
-
-
 def find_dataset(data_dir: Path | None, category: str, download_url: str | None) -> Dataset:
     """`data_dir`, or the MVTec AD category under ind_knn_ad/datasets/, downloaded when
     missing."""
@@ -59,8 +46,6 @@ def find_dataset(data_dir: Path | None, category: str, download_url: str | None)
         return load_dataset(data_dir, data_dir.name)
     root = DATASETS_DIR / category
     if not root.is_dir():
-        from ind_knn_ad.io.download import download_category
-
         download_category(category, DATASETS_DIR, base_url=download_url)
     return load_dataset(root, category)
 
@@ -68,8 +53,6 @@ def find_dataset(data_dir: Path | None, category: str, download_url: str | None)
 def aligned(dataset: Dataset, preprocess: Preprocess, say: Callable[[str], None]) -> Preprocess:
     """`preprocess` with the --align cut measured on the training images (`say` hears its
     size); DatasetError if no part is found there."""
-    from ind_knn_ad.io.alignment import measure_box
-
     try:
         box = measure_box(dataset.train)
     except ValueError as error:
@@ -83,10 +66,6 @@ def aligned(dataset: Dataset, preprocess: Preprocess, say: Callable[[str], None]
 def backbone_strides(backbone: str, layers: tuple[int, ...] | None) -> list[int]:
     """The strides of the chosen backbone stages, from the architecture alone (no weights,
     nothing downloaded); UsageError for a stage the backbone does not have."""
-    import timm
-
-    from ind_knn_ad.features.backbones import backbone_spec
-
     spec = backbone_spec(backbone)
     try:
         network = timm.create_model(spec.timm_name, pretrained=False, features_only=True)
@@ -115,8 +94,6 @@ def check_fit(dataset: Dataset, config: FitConfig, device: str, auto_threshold: 
             "and the methods compare each training image with the others)"
         )
     if device == "cuda":
-        from ind_knn_ad.features.device import select_device  # torch, after the quick checks
-
         select_device(device)
     width, height = config.preprocess.size
     problem = input_too_large(width, height, FIT_BYTES_PER_PIXEL)
@@ -139,8 +116,6 @@ def choose_settings(
 ) -> Choice:
     """The automatic settings for this dataset (`autosettings.choose`); a data error on the
     training images names the dataset, as in the fit."""
-    from ind_knn_ad.tuning.autosettings import choose  # torch: only once the checks pass
-
     with data_at_fault(dataset):
         return choose(
             config, dataset.train, given, device=device, progress=progress, weights=weights
