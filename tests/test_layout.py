@@ -40,3 +40,21 @@ def test_commands_are_thin_shims(script: str) -> None:
     path = ROOT / script
     assert path.read_text().count("\n") <= 60
     assert all(size <= 15 for _, size in _functions(path))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [path for path in MODULES if "cli" not in path.relative_to(ROOT / "ind_knn_ad").parts],
+    ids=lambda path: str(path.relative_to(ROOT)),
+)
+def test_the_library_never_imports_the_commands(path: Path) -> None:
+    """Library errors and messages carry no command-line wording, and the commands can
+    change without the library: only ind_knn_ad/cli imports ind_knn_ad.cli."""
+    tree = ast.parse(path.read_text())
+    imported = [
+        f"{node.module}.{alias.name}" if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    ]
+    assert not [name for name in imported if name.startswith("ind_knn_ad.cli")]
