@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -181,3 +183,21 @@ def chosen_settings(name: str, train: list[Path], seed: int = 0) -> FitConfig:
         box = measure_box(train)
         settings = replace(settings, preprocess=Preprocess(resize=ALIGNED[name], align=box))
     return settings
+
+
+@contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """A temporary checkout of `revision` beside this one, removed afterwards, for scripts
+    that compare an earlier revision with the working tree."""
+    with tempfile.TemporaryDirectory() as work:
+        tree = Path(work) / "before"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), revision],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import tempfile
 from pathlib import Path
 
-from common import BOTTLE, PYTHON, ROOT, fit_command, machine, run, shown
+from common import BOTTLE, PYTHON, ROOT, fit_command, machine, run, shown, worktree
 
 # Run in each tree: features once, then the method's scorer alone (as the command line
 # builds it, once per model), best of 3, in ms per image.
@@ -57,18 +56,8 @@ def main() -> None:
     parser.add_argument("--before", default="HEAD", help="git revision to compare with")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work:
-        before = Path(work) / "before"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(before), args.before],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            compare(before, Path(work) / "bottle.safetensors", args.runs, args.before)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT)
+    with worktree(args.before) as before:
+        compare(before, before.parent / "bottle.safetensors", args.runs, args.before)
 
 
 def compare(before: Path, model: Path, runs: int, revision: str) -> None:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import tempfile
 from pathlib import Path
 
-from common import MVTEC, PYTHON, ROOT, machine, run, shown
+from common import MVTEC, PYTHON, ROOT, machine, run, shown, worktree
 from safetensors.numpy import load_file
 
 
@@ -69,28 +67,18 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["hazelnut_reduced"])
     parser.add_argument("flags", nargs="*", help="make_model.py flags for both fits")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work:
-        tree = Path(work) / "before"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(tree), args.before],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            print(f"$ python bench/same_fit.py --before {args.before} ... {shown(args.flags)}")
-            print(f"  machine: {machine()}")
-            print("| set | fit s before | fit s after | differences |\n|---|---|---|---|")
-            for name in args.datasets:
-                models = [Path(work) / f"{name}.{side}.safetensors" for side in ("old", "new")]
-                seconds = [
-                    fit(root, MVTEC / name, model, args.flags)
-                    for root, model in zip((tree, ROOT), models, strict=True)
-                ]
-                found = "; ".join(compare(*models)) or "none"
-                print(f"| {name} | {seconds[0]:.0f} | {seconds[1]:.0f} | {found} |")
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)
+    with worktree(args.before) as tree:
+        print(f"$ python bench/same_fit.py --before {args.before} ... {shown(args.flags)}")
+        print(f"  machine: {machine()}")
+        print("| set | fit s before | fit s after | differences |\n|---|---|---|---|")
+        for name in args.datasets:
+            models = [tree.parent / f"{name}.{side}.safetensors" for side in ("old", "new")]
+            seconds = [
+                fit(root, MVTEC / name, model, args.flags)
+                for root, model in zip((tree, ROOT), models, strict=True)
+            ]
+            found = "; ".join(compare(*models)) or "none"
+            print(f"| {name} | {seconds[0]:.0f} | {seconds[1]:.0f} | {found} |")
 
 
 if __name__ == "__main__":
