@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ind_knn_ad.features.augment import NONE
 from ind_knn_ad.io.alignment import part_regions
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.base import Method, PatchScores, Scorer, features_only
@@ -54,6 +53,6 @@ class PatchCore(Method):
     def summary(self, model: Model) -> str:
         kept = model.tensors[BANK].shape[0]
         total = model.settings["coreset"]["total_patches"]
-        augment = model.settings.get("augment", NONE)
-        views = "" if augment == NONE else f" (images and their views, --augment {augment})"
+        augment = model.settings.get("augment")  # stored only when views were added
+        views = "" if augment is None else f" (images and their views, --augment {augment})"
         return f"Memory bank: {kept} of {total} patches{views}"
