@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_curve, roc_auc_score
 
 from ind_knn_ad.errors import ImageError
 from ind_knn_ad.io.batches import preprocessed_batches, stack
@@ -82,16 +83,12 @@ def _judged(
     labels: np.ndarray, scores: np.ndarray, threshold: float
 ) -> tuple[list[list[int]], float]:
     """The confusion matrix and F1 of flagging score >= threshold."""
-    from sklearn.metrics import confusion_matrix, f1_score
-
     predicted = (scores >= threshold).astype(int)
     matrix = confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
     return matrix, float(f1_score(labels, predicted, zero_division=0.0))
 
 
 def _best_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    from sklearn.metrics import precision_recall_curve
-
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
@@ -152,8 +149,6 @@ def evaluate(
     that want the maps and pictures too (the contact sheet) without keeping them all here
     or decoding the file again.
     """
-    from sklearn.metrics import roc_auc_score
-
     scores, pixel_scores, pixel_labels = _score_test_images(
         score, dataset, preprocess, batch_size, progress, each
     )
