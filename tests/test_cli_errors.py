@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import hashlib
 import io
 import json
 import os
@@ -32,7 +33,7 @@ from test_image_loader import encoded, half, noise, png_chunk, png_header, zero_
 from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.model_file.schema import FORMAT_VERSION
-from ind_knn_ad.model_file.store import METADATA_KEY, load_model
+from ind_knn_ad.model_file.store import METADATA_KEY, SETTINGS_DIGEST_KEY, load_model
 
 RECORD = re.compile(r"^\d+\.\d{6}$")
 
@@ -442,6 +443,89 @@ def foreign_safetensors(_model: Path, target: Path) -> None:
     save_file({"weight": np.zeros((2, 2), np.float32)}, target)
 
 
+def signed(change: Callable[[dict], object]) -> ModelMaker:
+    """The sample model with its settings changed and signed afresh, every SHA-256 valid,
+    as anyone can sign a crafted file: only the settings' own checks stand."""
+
+    def make(model: Path, target: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.numpy import save_file
+
+        with safe_open(str(model), framework="numpy") as reader:
+            settings = json.loads(reader.metadata()[METADATA_KEY])
+            tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
+        change(settings)
+        text = json.dumps(settings, sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        save_file(tensors, target, metadata={METADATA_KEY: text, SETTINGS_DIGEST_KEY: digest})
+
+    return make
+
+
+def split_header(data: bytes) -> tuple[dict, bytes]:
+    """A safetensors file's JSON header and its data bytes."""
+    (size,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + size]), data[8 + size :]
+
+
+def joined(header: dict, body: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + body
+
+
+def header_changed(change: Callable[[dict], object]) -> ModelMaker:
+    """The sample model, as a file from before the SHA-256 record, with its header's
+    tensor entries changed by `change(header)` and its data bytes as they were."""
+
+    def make(model: Path, target: Path) -> None:
+        variant()(model, target)
+        header, body = split_header(target.read_bytes())
+        change(header)
+        target.write_bytes(joined(header, body))
+
+    return make
+
+
+def moved(tensor: str, by: int, grow: bool = False) -> Callable[[dict], None]:
+    """Shift a tensor's byte range by `by` (its start too, unless `grow`)."""
+
+    def change(header: dict) -> None:
+        start, end = header[tensor]["data_offsets"]
+        header[tensor]["data_offsets"] = [start if grow else start + by, end + by]
+        if grow:
+            header[tensor]["shape"] = [end + by - start]
+
+    return change
+
+
+def bank_as_bytes(header: dict) -> None:
+    """The memory bank's bytes declared as one row of uint8: the right size, wrong type."""
+    start, end = header["memory_bank"]["data_offsets"]
+    header["memory_bank"].update(dtype="U8", shape=[end - start])
+
+
+def sparse(nbytes: int, tensor: str = "junk") -> ModelMaker:
+    """The sample model (from before the SHA-256 record) with `tensor` declared `nbytes`
+    long, after the others: the junk tensor added, or the memory bank grown to as many
+    rows. The file is extended sparsely (os.truncate), so the disk holds none of it."""
+
+    def make(model: Path, target: Path) -> None:
+        variant()(model, target)
+        header, body = split_header(target.read_bytes())
+        start, end = header["feature_graph"]["data_offsets"]
+        size, entry = nbytes, {"dtype": "U8", "shape": [nbytes]}
+        if tensor == "memory_bank":
+            channels = header[tensor]["shape"][1]
+            body, size = body[start:end], nbytes // (4 * channels) * 4 * channels
+            header["feature_graph"]["data_offsets"] = [0, len(body)]
+            entry = {"dtype": "F32", "shape": [size // (4 * channels), channels]}
+        header[tensor] = {**entry, "data_offsets": [len(body), len(body) + size]}
+        target.write_bytes(joined(header, body))
+        os.truncate(target, target.stat().st_size + size)
+
+    return make
+
+
 MODEL_CASES: list[tuple[str, ModelMaker, str]] = [
     ("missing", lambda _m, _t: None, "model file not found"),
     ("directory", lambda _m, t: t.mkdir(), "model file is a directory"),
@@ -514,6 +598,69 @@ MODEL_CASES: list[tuple[str, ModelMaker, str]] = [
         raw(nested_settings),
         r"not an ind_knn_ad model file \(bad settings\)",
     ),
+    # issue 26, item 5: the header is checked before any tensor is read
+    ("junk-tensor-2GB-sparse", sparse(2 * 10**9), "holds tensor 'junk', which a patchcore"),
+    (
+        "header-length-beyond-file",
+        lambda m, t: t.write_bytes(struct.pack("<Q", m.stat().st_size) + m.read_bytes()[8:]),
+        r"not a readable model file \(header length \d+ does not fit its \d+ bytes\)",
+    ),
+    (
+        "offsets-overlap",
+        header_changed(moved("feature_graph", -4)),
+        r"'feature_graph' starts at data byte \d+, not \d+: tensors overlap or leave a gap",
+    ),
+    (
+        "offsets-leave-a-gap",
+        header_changed(moved("feature_graph", 4)),
+        r"'feature_graph' starts at data byte \d+, not \d+: tensors overlap or leave a gap",
+    ),
+    (
+        "offsets-past-the-end",
+        header_changed(moved("feature_graph", 4, grow=True)),
+        r"its tensors take \d+ bytes, its data \d+",
+    ),
+    (
+        "offsets-not-the-shape",
+        header_changed(lambda h: h["feature_graph"].update(shape=[1])),
+        r"tensor 'feature_graph' spans \d+ bytes, not the 1 its shape takes",
+    ),
+    (
+        "bank-declared-as-bytes",
+        header_changed(bank_as_bytes),
+        r"memory bank has shape \(\d+,\) and type uint8, expected \(K, \d+\) float32",
+    ),
+    # issue 26, item 12: crafted settings with valid digests
+    (
+        "signed-negative-threshold",
+        signed(lambda s: s["threshold"].update(value=-1e308)),
+        "threshold value is missing or not a finite number above 0",
+    ),
+    (
+        "signed-stage-99",
+        signed(lambda s: s.update(layers=[2, 3, 99])),
+        "setting 'layers' is not a list of stage numbers from 0 to 7",
+    ),
+    (
+        "signed-huge-neighbourhood",
+        signed(lambda s: s.update(neighbourhood=10**6)),
+        "setting 'neighbourhood' 1000000 is not an odd number from 1 to 31",
+    ),
+    (
+        "signed-even-neighbourhood",
+        signed(lambda s: s.update(neighbourhood=4)),
+        "setting 'neighbourhood' 4 is not an odd number from 1 to 31",
+    ),
+    (
+        "signed-coreset-fraction",
+        signed(lambda s: s["coreset"].update(fraction=1.5)),
+        r"setting 'coreset' fraction 1.5 is not in \(0, 1\]",
+    ),
+    (
+        "signed-coreset-size",
+        signed(lambda s: s["coreset"].update(size=s["coreset"]["total_patches"] + 1)),
+        r"setting 'coreset' size \d+ is not a bank size from 1 to its total_patches",
+    ),
 ]
 
 
@@ -527,6 +674,33 @@ def test_bad_model_file(
     make(sample_model, target)
     result = scorer("--model", target, "good.png", cwd=inputs)
     assert result.returncode == exit_codes.MODEL_ERROR
+    assert result.stdout == ""
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"ERROR: {target}: ") and re.search(message, line), line
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (sparse(2 * 10**9), "holds tensor 'junk', which a patchcore model does not have"),
+        (
+            sparse(2 * 10**9, "memory_bank"),
+            r"cannot load this model here: its tensors take 2 GB, more than the 1.5 GB",
+        ),
+    ],
+    ids=["junk-tensor", "memory-bank"],
+)
+def test_sparse_2GB_tensor_refused_before_it_is_read(
+    sample_model: Path, inputs: Path, tmp_path: Path, make: ModelMaker, message: str
+) -> None:
+    """Issue 26, item 5: 2 GB declared in a sparse file, under an address-space limit of
+    1.5 GB: refused from the header, with one line and exit 3, not a MemoryError or a
+    panic from reading it."""
+    target = tmp_path / "sparse.safetensors"
+    make(sample_model, target)
+    assert target.stat().st_size > 2 * 10**9 > target.stat().st_blocks * 512
+    result = bounded("--model", target, "good.png", cwd=inputs, timeout=60)
+    assert result.returncode == exit_codes.MODEL_ERROR, result.stderr
     assert result.stdout == ""
     [line] = error_lines(result.stderr)
     assert line.startswith(f"ERROR: {target}: ") and re.search(message, line), line

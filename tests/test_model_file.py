@@ -57,7 +57,7 @@ def _settings() -> dict:
         "feature_dim": 4,
         "image_score": "max",
         "threshold": {"value": 1.5, "rule": "fixed"},
-        "coreset": {"fraction": 0.1, "size": 3},
+        "coreset": {"fraction": 0.1, "size": 3, "total_patches": 30},
         "train_images": 2,
         "dataset": "unit",
         "versions": {},

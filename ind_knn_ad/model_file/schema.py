@@ -29,6 +29,11 @@ FORMAT = "ind_knn_ad.model"
 # file without it is still written as version 1, which older tools read.
 FORMAT_VERSION = 2
 
+# The ranges make_model.py can write: no backbone has more stages than 0..LAST_STAGE, and
+# a patch neighbourhood wider than LARGEST_NEIGHBOURHOOD would average the feature map away.
+LAST_STAGE = 7
+LARGEST_NEIGHBOURHOOD = 31
+
 # Required settings and their JSON types; the loader rejects a file missing any of them.
 REQUIRED = {
     "format": str,
@@ -113,8 +118,8 @@ def check_values(settings: dict[str, Any], source: str) -> None:
     if version < required_version(settings["preprocess"]):
         raise ModelFileError(f"{source}: preprocess 'align' needs model format version 2")
     threshold = settings["threshold"].get("value")
-    if not _number(threshold):
-        raise ModelFileError(f"{source}: threshold value is missing or not a finite number")
+    if not _number(threshold) or threshold <= 0:  # as --threshold: scores are distances
+        raise ModelFileError(f"{source}: threshold value is missing or not a finite number above 0")
     _check_values(settings, source)
 
 
@@ -128,14 +133,40 @@ def _check_values(settings: dict[str, Any], source: str) -> None:
     for key in ("neighbourhood", "feature_dim", "train_images"):
         if not positive_int(settings[key]):
             raise ModelFileError(f"{source}: setting {key!r} is not a positive whole number")
+    neighbourhood = settings["neighbourhood"]
+    if neighbourhood % 2 == 0 or neighbourhood > LARGEST_NEIGHBOURHOOD:
+        raise ModelFileError(
+            f"{source}: setting 'neighbourhood' {neighbourhood} is not an odd number from 1 "
+            f"to {LARGEST_NEIGHBOURHOOD}"
+        )
     layers = settings["layers"]
     if not layers or not all(_stage(layer) for layer in layers):
-        raise ModelFileError(f"{source}: setting 'layers' is not a list of stage numbers")
+        raise ModelFileError(
+            f"{source}: setting 'layers' is not a list of stage numbers from 0 to {LAST_STAGE}"
+        )
+    if "coreset" in settings:
+        _check_coreset(settings["coreset"], source)
     if "feature_grid" in settings:
         feature_positions(settings, source)
     problem = _preprocess_problem(settings["preprocess"])
     if problem:
         raise ModelFileError(f"{source}: bad preprocess settings ({problem})")
+
+
+def _check_coreset(coreset: object, source: str) -> None:
+    """The coreset record is what a fit writes: a fraction in (0, 1] (as --coreset) or
+    none, and a bank size no larger than the patches it was chosen from."""
+    if not isinstance(coreset, dict):
+        raise ModelFileError(f"{source}: setting 'coreset' is not a dict")
+    fraction = coreset.get("fraction")
+    if fraction is not None and not (_number(fraction) and 0 < fraction <= 1):
+        raise ModelFileError(f"{source}: setting 'coreset' fraction {fraction!r} is not in (0, 1]")
+    size, total = coreset.get("size"), coreset.get("total_patches")
+    if not (positive_int(size) and positive_int(total) and size <= total):
+        raise ModelFileError(
+            f"{source}: setting 'coreset' size {size!r} is not a bank size from 1 to its "
+            f"total_patches {total!r}"
+        )
 
 
 def _preprocess_problem(preprocess: dict[str, Any]) -> str | None:
@@ -177,8 +208,8 @@ def check_types(settings: dict[str, Any], required: dict[str, type], source: str
 
 
 def _stage(value: object) -> bool:
-    """A backbone stage number: a whole number from 0 (the stem) up."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A backbone stage number: a whole number from 0 (the stem) to LAST_STAGE."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= LAST_STAGE
 
 
 def positive_int(value: object) -> bool:
@@ -213,28 +244,9 @@ def validate_tensors(
     index without checking again."""
     specs = method.tensor_specs(settings, source)
     largest = largest_value(settings["feature_dim"])
-    labels = {key: spec.label or key for key, spec in specs.items()}
-    missing = [key for key in specs if key not in tensors]
-    if missing:
-        what = labels[missing[0]] if len(missing) == 1 else ", ".join(missing)
-        raise ModelFileError(f"{source}: model file lacks its {what}")
+    check_shapes(specs, {key: (array.dtype, array.shape) for key, array in tensors.items()}, source)
     for key, spec in specs.items():
-        array, label, dtype, sizes = tensors[key], labels[key], spec.dtype, spec.shape
-        if (
-            array.dtype != dtype
-            or array.ndim != len(sizes)
-            or any(
-                got != want
-                for got, want in zip(array.shape, sizes, strict=True)
-                if want is not None
-            )
-            or array.size == 0
-        ):
-            expected = ", ".join("K" if size is None else str(size) for size in sizes)
-            raise ModelFileError(
-                f"{source}: {label} has shape {array.shape} and type {array.dtype}, expected "
-                f"({expected}) {np.dtype(dtype)}"
-            )
+        array, label, dtype = tensors[key], spec.label or key, spec.dtype
         if dtype is np.float32 and not np.isfinite(array).all():
             raise ModelFileError(f"{source}: {label} holds non-finite values")
         if dtype is np.float32 and np.abs(array).max() > largest:
@@ -243,3 +255,32 @@ def validate_tensors(
                 "between features would overflow"
             )
     method.check_tensors(settings, tensors, source)
+
+
+def check_shapes(
+    specs: dict[str, TensorSpec],
+    shapes: dict[str, tuple[np.dtype, tuple[int, ...]]],
+    source: str,
+) -> None:
+    """Every spec'd tensor is among `shapes` (type and shape, as the loaded array or the
+    file's header says) with its spec's type and shape, and not empty."""
+    labels = {key: spec.label or key for key, spec in specs.items()}
+    missing = [key for key in specs if key not in shapes]
+    if missing:
+        what = labels[missing[0]] if len(missing) == 1 else ", ".join(missing)
+        raise ModelFileError(f"{source}: model file lacks its {what}")
+    for key, spec in specs.items():
+        dtype, shape = shapes[key]
+        if (
+            dtype != spec.dtype
+            or len(shape) != len(spec.shape)
+            or any(
+                got != want for got, want in zip(shape, spec.shape, strict=True) if want is not None
+            )
+            or math.prod(shape) == 0
+        ):
+            expected = ", ".join("K" if size is None else str(size) for size in spec.shape)
+            raise ModelFileError(
+                f"{source}: {labels[key]} has shape {tuple(shape)} and type {np.dtype(dtype)}, "
+                f"expected ({expected}) {np.dtype(spec.dtype)}"
+            )
