@@ -26,10 +26,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from ind_knn_ad import methods
@@ -157,7 +156,19 @@ def load_model(path: Path) -> Model:
     if not stat.S_ISREG(mode):
         what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
         raise ModelFileError(f"{name}: model file is {what}")
-    declared, metadata = read_header(path, name)
+    # One open file for the header and the tensors: a model replaced between two opens
+    # (make_model.py writes by rename) would pair one file's header with another's bytes.
+    try:
+        with path.open("rb") as file:
+            return _load_open(file, name)
+    except OSError as error:
+        raise ModelFileError(f"{name}: cannot read model file ({error.strerror})") from None
+
+
+def _load_open(file: BinaryIO, name: str) -> Model:
+    """The model in an open file: header, settings and declared tensors checked before any
+    tensor is read."""
+    declared, metadata, data_start = read_header(file, name)
     text = metadata.get(METADATA_KEY)
     if text is None:
         raise ModelFileError(f"{name}: not an ind_knn_ad model file (no settings)")
@@ -178,7 +189,7 @@ def load_model(path: Path) -> Model:
     method = validate_settings(settings, name)
     _check_fits_memory(settings, name)
     _check_declared(declared, settings, method, name)
-    tensors = _read_tensors(path, name)
+    tensors = _read_tensors(file, declared, data_start, name)
     if digests is not None:
         _verify_digests(digests, tensors, name)
     graph = tensors.pop("feature_graph")
@@ -187,13 +198,20 @@ def load_model(path: Path) -> Model:
     return Model(settings, graph.tobytes(), {key: tensors[key] for key in wanted})
 
 
-def _read_tensors(path: Path, name: str) -> dict[str, np.ndarray]:
-    """Every tensor of a file whose header was checked (`_check_declared`)."""
-    try:
-        with safe_open(str(path), framework="numpy") as reader:
-            return {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFileError(f"{name}: not a readable model file ({error})") from None
+def _read_tensors(
+    file: BinaryIO, declared: dict[str, Declared], data_start: int, name: str
+) -> dict[str, np.ndarray]:
+    """Every tensor of a file whose header was checked (`_check_declared`), as little-endian
+    arrays of the declared types and shapes, each in its own writable buffer."""
+    tensors = {}
+    for key, entry in declared.items():
+        buffer = bytearray(entry.size)
+        file.seek(data_start + entry.start)
+        if file.readinto(buffer) != entry.size:
+            raise ModelFileError(f"{name}: not a readable model file (tensor {key!r} is cut short)")
+        dtype = entry.dtype.newbyteorder("<")
+        tensors[key] = np.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+    return tensors
 
 
 def _verify_digests(digests: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -> None:
@@ -242,22 +260,19 @@ def _check_declared(
         )
 
 
-def read_header(path: Path, name: str) -> tuple[dict[str, Declared], dict[str, str]]:
+def read_header(file: BinaryIO, name: str) -> tuple[dict[str, Declared], dict[str, str], int]:
     """The tensors a safetensors file declares, laid end to end over exactly its data
-    bytes, and its metadata: from the header alone, so nothing declared is read yet."""
-    try:
-        with path.open("rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            prefix = file.read(8)
-            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
-            if length is None or not 2 <= length <= min(size - 8, HEADER_LIMIT):
-                raise ModelFileError(
-                    f"{name}: not a readable model file (header length {length} does not fit "
-                    f"its {size} bytes)"
-                )
-            text = file.read(length)
-    except OSError as error:
-        raise ModelFileError(f"{name}: cannot read model file ({error.strerror})") from None
+    bytes, its metadata, and where its data starts: from the header alone, so nothing
+    declared is read yet."""
+    size = os.fstat(file.fileno()).st_size
+    prefix = file.read(8)
+    length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
+    if length is None or not 2 <= length <= min(size - 8, HEADER_LIMIT):
+        raise ModelFileError(
+            f"{name}: not a readable model file (header length {length} does not fit "
+            f"its {size} bytes)"
+        )
+    text = file.read(length)
     try:
         header = json.loads(text)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -279,7 +294,7 @@ def read_header(path: Path, name: str) -> tuple[dict[str, Declared], dict[str, s
             f"{name}: not a readable model file (its tensors take {at} bytes, its data "
             f"{size - 8 - length})"
         )
-    return declared, metadata
+    return declared, metadata, 8 + length
 
 
 def _declared(key: str, entry: object, name: str) -> Declared:
