@@ -9,10 +9,34 @@ from __future__ import annotations
 
 import numpy as np
 
+from ind_knn_ad.errors import DatasetError
+
 AUTO = "auto"
 # Fewer held-out images than this: the threshold is placed against synthetic defects
 # (auto_threshold, bench/synthetic_threshold.py).
 FEW = 20
+# Held-out scores at most this share of the features' own scale are rounding, not
+# differences: scoring the same image again differs by about 1e-6 of it (ONNX against
+# torch features), so a threshold placed among such scores flags the training images.
+RESOLUTION = 1e-4
+
+
+def distinct_scores(scores: np.ndarray, scale: float) -> np.ndarray:
+    """`scores`, or DatasetError when every one is rounding against `scale` (the method's
+    distance of a typical feature from zero): training images alike in every feature give
+    the automatic threshold nothing to go on, and it would flag them all."""
+    if scores.size and float(scores.max()) > RESOLUTION * scale:
+        return scores
+    return _alike(scores)
+
+
+def _alike(scores: np.ndarray) -> np.ndarray:
+    highest = float(scores.max()) if scores.size else 0.0
+    raise DatasetError(
+        f"every training image scores {highest:.3g} against the others: the images are alike "
+        "in every feature, and a threshold placed there would flag them all; add varied "
+        "good images or give a fixed threshold"
+    )
 
 
 def auto_threshold(
@@ -33,7 +57,8 @@ def auto_threshold(
     the misses for some more false alarms, and leaves larger fits as they were
     (bench/synthetic_threshold.py).
 
-    Returns the value and the statistics stored in the model.
+    Returns the value and the statistics stored in the model. DatasetError where the
+    rule gives no positive threshold (identical training images): it would flag every image.
     """
     mean, std = float(scores.mean()), float(scores.std())
     holdout = {
@@ -58,6 +83,8 @@ def auto_threshold(
     else:
         value = mean + sigmas * std
         details["rule"] = f"mean + {sigmas:g} std of leave-one-image-out scores of train/good"
+    if not value > 0:
+        _alike(scores)
     alarms = int((scores >= value).sum())
     details["holdout"] = holdout
     details["expected_false_alarms"] = {

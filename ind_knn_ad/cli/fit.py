@@ -25,6 +25,9 @@ from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH
 
 DEFAULTS = FitConfig()
+# The methods that keep a coreset of the training patches (--coreset); the others keep
+# every patch (SPADE) or a Gaussian per position (PaDiM).
+CORESET_METHODS = ("patchcore",)
 WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
 
 
@@ -96,9 +99,16 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         )
         + "; default: the method's first",
     )
-    parser.add_argument("--image-size", type=int, help="resize shorter side to")
+    default = DEFAULTS.preprocess
     parser.add_argument(
-        "--crop", type=int, help=f"centre crop size (default: {DEFAULTS.preprocess.crop})"
+        "--image-size",
+        type=positive,
+        help=f"resize shorter side to (default: {default.resize})",
+    )
+    parser.add_argument(
+        "--crop",
+        type=positive,
+        help=f"centre crop size (default: {default.crop}, or --image-size when that is smaller)",
     )
     parser.add_argument(
         "--align",
@@ -152,11 +162,13 @@ def _image_score_rules() -> str:
 
 def _geometry(args: argparse.Namespace) -> tuple[int, int]:
     """The resize and crop asked for: a given crop, else the whole frame with --align and
-    the default crop without."""
-    resize = args.image_size or DEFAULTS.preprocess.resize
+    the default crop without, or the whole size where that is smaller than the default crop
+    (`--image-size 100` alone asks for a 100 px input, not for a refusal)."""
+    default = DEFAULTS.preprocess
+    resize = default.resize if args.image_size is None else args.image_size
     if args.crop is not None:
         return resize, args.crop
-    return resize, resize if args.align else DEFAULTS.preprocess.crop
+    return resize, resize if args.align else min(default.crop, resize)
 
 
 def _problem(args: argparse.Namespace) -> str | None:
@@ -170,6 +182,8 @@ def _problem(args: argparse.Namespace) -> str | None:
         return (
             "--augment does not apply with --align: an aligned part is already turned to one pose"
         )
+    if args.coreset is not None and args.method not in CORESET_METHODS:
+        return f"--coreset is for --method {' or --method '.join(CORESET_METHODS)} only"
     if augment != NONE and not methods.fitter(args.method).takes_views:
         return f"--augment is for --method {' or --method '.join(methods.taking_views())} only"
     if not 0 < crop <= resize:

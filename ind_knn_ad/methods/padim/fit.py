@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ind_knn_ad.calibration.threshold import distinct_scores
 from ind_knn_ad.errors import DatasetError
 from ind_knn_ad.methods.fitting import Fitted, Fitter, ProgressFactory
 from ind_knn_ad.methods.padim import Padim
@@ -99,7 +100,9 @@ class PadimFitter(Fitter):
         image_score: str,
         progress: ProgressFactory,
     ) -> Fitted:
-        """Gaussians over a seeded channel subset; the held-out scores come with them."""
+        """Gaussians over a seeded channel subset; the held-out scores come with them,
+        refused when the images are alike (rounding against the distance of a mean from
+        zero, which the regularisation alone would give)."""
         _images, positions, channels = train.features.shape
         chosen = choose_channels(channels, CHANNELS, settings.seed)
         with progress("Gaussian fit", positions) as callback:
@@ -110,7 +113,10 @@ class PadimFitter(Fitter):
             "inverse_covariance": gaussians.inverse_covariance,
         }
         own = {"channels": len(chosen), "seed": settings.seed, "regularisation": REGULARISATION}
-        return Fitted(tensors, {Padim.name: own}, lambda: gaussians.holdout_scores)
+        lengths = np.linalg.norm(gaussians.mean, axis=1)
+        scale = float(np.median(lengths)) / np.sqrt(REGULARISATION)
+        held_out = gaussians.holdout_scores
+        return Fitted(tensors, {Padim.name: own}, lambda: distinct_scores(held_out, scale))
 
 
 FITTER = PadimFitter()

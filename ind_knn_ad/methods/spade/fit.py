@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ind_knn_ad.calibration.threshold import distinct_scores
 from ind_knn_ad.errors import DatasetError
 from ind_knn_ad.methods.fitting import Fitted, Fitter, ProgressFactory
 from ind_knn_ad.methods.spade import Spade, image_vectors, vector_distances
@@ -47,13 +48,16 @@ class SpadeFitter(Fitter):
         image_score: str,
         progress: ProgressFactory,
     ) -> Fitted:
-        """Every training patch, and each training image's vector."""
+        """Every training patch, and each training image's vector; the held-out scores are
+        refused when the images are alike (their distances are rounding against the
+        vectors' length)."""
         neighbours = neighbour_count(len(train.features))
         vectors = image_vectors(train.features)
         scores = holdout_scores(vectors, neighbours)
         tensors = {"train_patches": train.features, "image_vectors": vectors}
         own = {"neighbours": neighbours, "image_vector": "mean of the patch features"}
-        return Fitted(tensors, {Spade.name: own}, lambda: scores)
+        scale = float(np.median(np.linalg.norm(vectors, axis=1)))
+        return Fitted(tensors, {Spade.name: own}, lambda: distinct_scores(scores, scale))
 
 
 FITTER = SpadeFitter()
