@@ -25,9 +25,6 @@ from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH
 
 DEFAULTS = FitConfig()
-# The methods that keep a coreset of the training patches (--coreset); the others keep
-# every patch (SPADE) or a Gaussian per position (PaDiM).
-CORESET_METHODS = ("patchcore",)
 WEIGHTS_HOST = ("huggingface.co", 443)  # where timm downloads pretrained weights from
 
 
@@ -182,8 +179,13 @@ def _problem(args: argparse.Namespace) -> str | None:
         return (
             "--augment does not apply with --align: an aligned part is already turned to one pose"
         )
-    if args.coreset is not None and args.method not in CORESET_METHODS:
-        return f"--coreset is for --method {' or --method '.join(CORESET_METHODS)} only"
+    # The methods that keep a coreset store its settings (SPADE keeps every patch, PaDiM a
+    # Gaussian per position).
+    keeping = [
+        name for name in methods.names() if "coreset" in methods.find(name).required_settings
+    ]
+    if args.coreset is not None and args.method not in keeping:
+        return f"--coreset is for --method {' or --method '.join(keeping)} only"
     if augment != NONE and not methods.fitter(args.method).takes_views:
         return f"--augment is for --method {' or --method '.join(methods.taking_views())} only"
     if not 0 < crop <= resize:
