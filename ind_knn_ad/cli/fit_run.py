@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 from rich.console import Console
 
@@ -52,7 +53,7 @@ def _evaluate_only(
         args.device,
         None if args.threshold == AUTO else args.threshold,
         args.batch_size,
-        lambda model: out.print(f"█│ Running {model.method} on {dataset.name} dataset."),
+        partial(_loaded, args.model, dataset.name, console, out),
     )
     if args.operating_point is None:
         out.print(*reporting.results_tables(dataset.name, saved.evaluation, saved.model.method))
@@ -64,6 +65,20 @@ def _evaluate_only(
     console.print(reporting.fit_summary(model))
     out.print(f"Model recalibrated in {args.model}.")
     return exit_codes.OK
+
+
+def _loaded(path: Path, dataset: str, console: Console, out: Console, model: Model) -> None:
+    """Say what is evaluated, warning first when the model was fitted on another dataset,
+    whose evaluation then goes to side files of its own."""
+    if results.other_dataset(model, dataset) is not None:
+        fitted = model.settings["dataset"]
+        written = " and ".join(side.name for side in results.beside(path, dataset))
+        console.print(
+            f"Warning: {path} was fitted on dataset {fitted!r}, evaluated here on "
+            f"{dataset!r}: its results on {dataset!r} go to {written}, the fit's are kept.",
+            markup=False,
+        )
+    out.print(f"█│ Running {model.method} on {dataset} dataset.")
 
 
 def _fit(

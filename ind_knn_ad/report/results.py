@@ -1,6 +1,8 @@
 """What an evaluation leaves beside its model: `<model>.results.json` and
-`<model>.contact_sheet.png`, made while the test set is scored, and the evaluation of a
-saved model (make_model.py --evaluate-only).
+`<model>.contact_sheet.png` (`<model>`: the file's whole name, less a `.safetensors`
+suffix), made while the test set is scored, and the evaluation of a saved model
+(make_model.py --evaluate-only), named `<model>.results.<dataset>.json` and
+`<model>.contact_sheet.<dataset>.png` when on a dataset other than the fit's.
 
 Both files name their model by its SHA-256 (`model_sha256`: a JSON field, a PNG text
 chunk), so files that do not match their model can be told.
@@ -27,12 +29,28 @@ from ind_knn_ad.model_file.store import load_model, serialise
 from ind_knn_ad.report.evaluate import Evaluation, evaluate
 from ind_knn_ad.report.heatmap import SheetEntry, contact_sheet, png_bytes, sheet_entry
 
-SUFFIXES = (".results.json", ".contact_sheet.png")
+MODEL_SUFFIX = ".safetensors"
+SIDE_FILES = (("results", "json"), ("contact_sheet", "png"))
 
 
-def beside(model_path: Path) -> list[Path]:
-    """The results file and contact sheet of a model file (none for a nameless path)."""
-    return [model_path.with_suffix(suffix) for suffix in SUFFIXES] if model_path.name else []
+def beside(model_path: Path, dataset: str | None = None) -> list[Path]:
+    """The results file and contact sheet of a model file (none for a nameless path), for
+    another `dataset` than the fit's when given. Named from the whole file name, so
+    `screw.v1` and `screw.v2` keep theirs apart; only `.safetensors` is dropped, which
+    keeps the names that `model.safetensors` always had."""
+    name = model_path.name
+    if not name:
+        return []
+    if name.endswith(MODEL_SUFFIX) and name != MODEL_SUFFIX:
+        name = name.removesuffix(MODEL_SUFFIX)
+    middle = f".{dataset}" if dataset is not None else ""
+    return [model_path.with_name(f"{name}.{kind}{middle}.{ext}") for kind, ext in SIDE_FILES]
+
+
+def other_dataset(model: Model, dataset: str) -> str | None:
+    """`dataset` when the model was fitted on another one (so its evaluation there is kept
+    apart from the fit's own), else None."""
+    return None if model.settings["dataset"] == dataset else dataset
 
 
 class SheetCollector:
@@ -73,7 +91,7 @@ def evaluation_files(
         f"{model.method} on {dataset}: {len(entries)} test images by score, "
         f"threshold {threshold:.4g}; red captions: wrong verdicts"
     )
-    results_path, sheet_path = beside(model_path)
+    results_path, sheet_path = beside(model_path, other_dataset(model, dataset))
     return [
         (results_path, (json.dumps(results, indent=2) + "\n").encode()),
         (sheet_path, png_bytes(contact_sheet(entries, threshold, title), {"model_sha256": digest})),
