@@ -31,7 +31,7 @@ from ind_knn_ad.tuning.autosettings import Choice, choose
 
 def check_outputs(model_path: Path) -> None:
     """WriteError now, not after a long fit, if the model or a file written beside it
-    (names up to 6 bytes longer) could not be written."""
+    (`report.results.beside`) could not be written."""
     for path in (model_path, *beside(model_path)):
         try:
             check_writable(path)
