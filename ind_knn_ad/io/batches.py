@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,12 +30,15 @@ def expand_inputs(paths: Iterable[Path | str]) -> list[Path | str]:
     (recursively, sorted; symbolic links to directories are not followed).
 
     Anything else is kept as given, so a missing or unreadable file is still reported by
-    the loader under the name the user typed; so is a directory that holds no images or
-    that cannot be listed, in whole or in part, and the loader says which.
+    the loader under the name the user typed; so is a path that cannot be looked at (a
+    name too long, a folder on the way that cannot be searched), and a directory that
+    holds no images or that cannot be listed, in whole or in part, and the loader says which.
     """
     files: list[Path | str] = []
     for path in paths:
-        if not Path(path).is_dir():
+        # os.path.isdir is False for a path it cannot look at; Path.is_dir raised for a
+        # name too long or an unsearchable folder, which stopped the whole run.
+        if not os.path.isdir(path):
             files.append(path)
             continue
         found, unreadable = _image_files_under(path)
@@ -43,6 +47,23 @@ def expand_inputs(paths: Iterable[Path | str]) -> list[Path | str]:
         if not found and not unreadable:
             files.append(path)  # the loader reports: no image files
     return files
+
+
+# Failures to look a path up that the loader words itself (no such file, permission denied).
+_LOADER_WORDS = {errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM}
+
+
+def _lookup_error(path: Path | str) -> ImageError | None:
+    """An ImageError naming the path, in the system's words, if it cannot be looked up for
+    a reason the loader does not word itself ("file name too long", "too many levels of
+    symbolic links"): the loader would call it an image it cannot decode."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno not in _LOADER_WORDS and error.strerror:
+            reason = error.strerror[:1].lower() + error.strerror[1:]
+            return ImageError(f"{shown_name(path)}: {reason}")
+    return None
 
 
 def _image_files_under(top: Path | str) -> tuple[list[Path], list[str]]:
@@ -71,6 +92,9 @@ def _image_files_under(top: Path | str) -> tuple[list[Path], list[str]]:
 
 
 def _load(preprocess: Preprocess, path: Path | str) -> Prepared | ImageError:
+    unusable = _lookup_error(path)
+    if unusable is not None:
+        return unusable
     try:
         return preprocess.prepare_file(path)
     except ImageError as error:

@@ -49,28 +49,60 @@ class Dataset:
         return any(item.mask is not None for item in self.test)
 
 
+def _unreadable(path: Path, error: OSError) -> DatasetError:
+    """A DatasetError naming the path that could not be looked at or listed, in the
+    system's words ("permission denied", "file name too long")."""
+    reason = error.strerror or type(error).__name__
+    return DatasetError(f"{path}: cannot read this folder ({reason[:1].lower()}{reason[1:]})")
+
+
+def _is_dir(path: Path) -> bool:
+    """Path.is_dir, with DatasetError where the path cannot be looked at (Path.is_dir
+    raises OSError for a name too long or a folder on the way that cannot be searched)."""
+    try:
+        return path.is_dir()
+    except OSError as error:
+        raise _unreadable(path, error) from None
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of `folder`, or DatasetError naming it if it cannot be listed."""
+    try:
+        return list(folder.iterdir())
+    except OSError as error:
+        raise _unreadable(folder, error) from None
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name (PNG, JPEG, BMP, TIFF; any case)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    """Image files directly in `folder`, sorted by name (PNG, JPEG, BMP, TIFF; any case);
+    DatasetError naming the folder if it cannot be listed."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    except OSError as error:
+        raise _unreadable(folder, error) from None
 
 
 def _find_mask(root: Path, defect_type: str, image: Path) -> Path | None:
     folder = root / "ground_truth" / defect_type
     for candidate in (folder / f"{image.stem}_mask.png", folder / image.name):
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError as error:
+            raise _unreadable(folder, error) from None
     return None
 
 
 def load_dataset(root: Path, name: str | None = None) -> Dataset:
     """MVTec layout (`train/good`, optional `test/<type>` and `ground_truth/<type>`), or a
-    plain folder of good images, which is used for training alone."""
+    plain folder of good images, which is used for training alone; DatasetError naming
+    the folder that is missing or cannot be read."""
     root = Path(root)
     name = name or root.name
-    if not root.is_dir():
+    if not _is_dir(root):
         raise DatasetError(f"{root}: dataset folder not found")
     train_folder = root / "train" / GOOD
-    if not train_folder.is_dir():
+    if not _is_dir(train_folder):
         if (root / "train").exists() or (root / "test").exists():
             raise DatasetError(f"{root}: has train/ or test/ but no train/good/ folder")
         train_folder = root
@@ -79,8 +111,8 @@ def load_dataset(root: Path, name: str | None = None) -> Dataset:
         raise DatasetError(f"{train_folder}: no training images (PNG, JPEG, BMP or TIFF)")
     test: list[TestImage] = []
     test_folder = root / "test"
-    if train_folder != root and test_folder.is_dir():
-        for type_folder in sorted(p for p in test_folder.iterdir() if p.is_dir()):
+    if train_folder != root and _is_dir(test_folder):
+        for type_folder in sorted(p for p in _entries(test_folder) if _is_dir(p)):
             for image in list_images(type_folder):
                 mask = (
                     None if type_folder.name == GOOD else _find_mask(root, type_folder.name, image)
