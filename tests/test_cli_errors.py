@@ -1040,7 +1040,7 @@ def test_bad_masks_cost_only_their_pixel_metric(
         "pixel ROC AUC",
         f"warning: {small}: mask is 10x10, its image 256x256; left out of the pixel ROC AUC",
     ]
-    results = json.loads(model.with_suffix(".results.json").read_text())
+    results = json.loads(model.with_name("model.results.data.json").read_text())  # not its fit's
     assert results["pixel_rocauc"] is not None
     assert len(results["images"]) == len(list((data / "test").rglob("*.png")))
 
