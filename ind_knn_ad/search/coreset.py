@@ -301,3 +301,12 @@ class _Greedy:
             self.owner[distances < self.min_distances] = step
         np.minimum(self.min_distances, distances, out=self.min_distances)
         self.block_max = np.maximum.reduceat(self.min_distances, blocks.starts)
+
+
+def seeded_sample(count: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded sample of at most `limit` of `count` items: how every
+    fit-side subsample of training images is drawn (held-out scores, the images searched
+    for fillers, the pose statistic, the automatic settings' validation)."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ind_knn_ad.io.alignment import POSE_LONGEST, POSE_SIDE, Pose, find_pose, foreground
 from ind_knn_ad.io.images import load_image
+from ind_knn_ad.search.coreset import seeded_sample
 
 POSE_IMAGES = 32  # seeded sample of training images whose pose is measured
 ELONGATED = 1.5  # median length / breadth from which the long axis counts
@@ -25,13 +26,6 @@ TURNED_DEGREES = 20.0  # axial spread of the long axis above which parts count a
 MOVED = 0.1  # spread of the centre (of the shorter side) above which parts count as moved
 PLAIN_BORDER = 0.25  # largest share of frame-border pixels on the part's side of Otsu
 FOUND = 0.9  # least share of sampled images in which a part is found
-
-
-def seeded_sample(count: int, limit: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded sample of at most `limit` of `count` items."""
-    if count <= limit:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,7 @@ from ind_knn_ad.io.alignment import part_regions
 from ind_knn_ad.io.batches import images_per_batch
 from ind_knn_ad.methods.fitting import ProgressFactory
 from ind_knn_ad.methods.patchcore.held_out import HeldOut
-from ind_knn_ad.search.coreset import coreset_size, greedy_coreset
-from ind_knn_ad.tuning.pose import seeded_sample
+from ind_knn_ad.search.coreset import coreset_size, greedy_coreset, seeded_sample
 
 VALIDATION_IMAGES = 32  # seeded subsample whose features each backbone computes once
 DAMAGED_IMAGES = 10  # of them, damaged with every synthetic kind at every size

@@ -24,6 +24,7 @@ import numpy as np
 
 from ind_knn_ad.errors import DatasetError
 from ind_knn_ad.methods.patchcore.image_score import score_features
+from ind_knn_ad.search.coreset import seeded_sample
 from ind_knn_ad.search.nearest import SearchBank
 
 # Training images scored for the automatic threshold, at most: enough for a stable mean and
@@ -114,10 +115,7 @@ class HeldOut:
         """
         count, _patches, channels = self.train_features.shape
         positions = grid[0] * grid[1]
-        images = np.arange(count)
-        if count > limit:
-            rng = np.random.default_rng(self.seed)
-            images = np.sort(rng.choice(count, limit, replace=False))
+        images = seeded_sample(count, limit, self.seed)
         scores = np.empty(len(images), dtype=np.float64)
         for slot, image in enumerate(images):
             patches = self.train_features[image, :positions]  # the image, not its views
@@ -136,9 +134,7 @@ def fill_holes(
     its views), among at most FILL_IMAGES seeded ones: what covers its place when its image
     is held out."""
     count, _patches, channels = train_features.shape
-    searched = np.arange(count)
-    if count > FILL_IMAGES:
-        searched = np.sort(np.random.default_rng(seed).choice(count, FILL_IMAGES, replace=False))
+    searched = seeded_sample(count, FILL_IMAGES, seed)
     rows = np.asarray(bank, np.float32)
     best = np.full(len(rows), np.inf)
     fillers = rows.copy()  # a row whose image is the only one searched keeps itself
