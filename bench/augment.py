@@ -27,9 +27,9 @@ from ind_knn_ad.config import FitConfig
 from ind_knn_ad.features.augment import VIEW_SETS
 from ind_knn_ad.features.extractor import FeatureExtractor, extract_features
 from ind_knn_ad.io.datasets import load_dataset
+from ind_knn_ad.methods.fitting import no_progress
 from ind_knn_ad.methods.patchcore import BANK
 from ind_knn_ad.methods.patchcore.fit import FITTER
-from ind_knn_ad.train import no_progress
 
 
 def run(name: str) -> dict[str, str]:

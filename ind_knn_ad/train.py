@@ -9,7 +9,6 @@ feature graph; only what is kept of the features differs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,10 @@ from ind_knn_ad.features.extractor import FeatureExtractor, TrainFeatures, extra
 from ind_knn_ad.io.batches import images_per_batch
 from ind_knn_ad.io.datasets import Dataset, TestImage
 from ind_knn_ad.methods.base import PatchScores
-from ind_knn_ad.methods.fitting import ProgressFactory
+from ind_knn_ad.methods.fitting import ProgressFactory, no_progress
 from ind_knn_ad.model_file.provenance import package_versions
 from ind_knn_ad.model_file.schema import FORMAT, Model, required_version
 from ind_knn_ad.report.evaluate import Evaluation, evaluate
-
-
-def no_progress(description: str, total: int) -> AbstractContextManager[None]:
-    return nullcontext()
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 # (stage description, total) -> context yielding a callback that takes "items done".
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None] | None]]
+
+
+def no_progress(description: str, total: int) -> AbstractContextManager[None]:
+    """A ProgressFactory that shows nothing: the default of library calls."""
+    return nullcontext()
 
 
 @dataclass

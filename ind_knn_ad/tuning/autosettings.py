@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from ind_knn_ad.errors import ConfigError, DatasetError
 from ind_knn_ad.features.augment import NONE
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.methods.fitting import ProgressFactory
+from ind_knn_ad.methods.fitting import ProgressFactory, no_progress
 from ind_knn_ad.tuning.pose import PoseSpread, pose_spread
 from ind_knn_ad.tuning.validation import Candidate, Trial, _Validation
 
@@ -56,10 +55,6 @@ RECORDED_AS = {"coreset": "coreset_fraction"}
 
 # Validation (`validation`).
 TIE = 0.05  # a cheaper candidate within this share of the best's catch rate wins
-
-
-def no_progress(description: str, total: int) -> AbstractContextManager[None]:
-    return nullcontext()
 
 
 @dataclass
