@@ -37,10 +37,10 @@ def fit_one(name: str, shots: int, draw: int) -> dict:
     """One fit's figures (in this process, whose code comes from PYTHONPATH)."""
     import numpy as np
 
+    import ind_knn_ad.train as train_module
     from ind_knn_ad.calibration.threshold import cut_counts
     from ind_knn_ad.config import FitConfig
     from ind_knn_ad.io.datasets import load_dataset
-    import ind_knn_ad.train as train_module
     from ind_knn_ad.tuning.autosettings import choose
 
     dataset = load_dataset(MVTEC / name, name)
@@ -113,7 +113,9 @@ def _recording(rule, placed: dict):
 def run_child(code: Path, name: str, shots: int, draw: int) -> dict:
     environment = {**os.environ, "PYTHONPATH": str(code)}
     command = [sys.executable, __file__, "--one", name, str(shots), str(draw)]
-    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=environment, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -133,7 +135,7 @@ def row(figures: dict) -> str:
 
 def summary(rows: list[dict]) -> list[str]:
     """Per set and k: the mean share misclassified and regret over the draws."""
-    lines = ["| set | k | ROC AUC, mean | misclassified, mean | regret, mean / max |", "|---|"*5]
+    lines = ["| set | k | ROC AUC, mean | misclassified, mean | regret, mean / max |", "|---|" * 5]
     lines[1] = "|---|---|---|---|---|"
     keys = dict.fromkeys((figures["set"], figures["shots"]) for figures in rows)
     for name, shots in keys:

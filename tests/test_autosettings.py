@@ -16,8 +16,17 @@ from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import ConfigError
 from ind_knn_ad.io.datasets import list_images
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.tuning.autosettings import TIE, _pick, choose
-from ind_knn_ad.tuning.pose import TURNED_DEGREES, pose_spread
+from ind_knn_ad.tuning.autosettings import (
+    LARGER_FRACTION,
+    LARGER_FROM,
+    SMALL_CAUGHT,
+    TIE,
+    _larger_input,
+    _pick,
+    _resolution,
+    choose,
+)
+from ind_knn_ad.tuning.pose import TURNED_DEGREES, PoseSpread, pose_spread
 from ind_knn_ad.tuning.validation import Candidate, Trial
 
 BACKGROUND = (210, 210, 210)
@@ -174,7 +183,7 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
 
 
 def trial(name: str, caught: float, auroc: float = 0.9) -> Trial:
-    return Trial(Candidate(name, "max", 0.1), caught, caught / 2, auroc, 0.1)
+    return Trial(Candidate(name, "max", 0.1), Preprocess(), caught, caught / 2, auroc, 0.1)
 
 
 def test_a_cheaper_candidate_wins_a_near_tie() -> None:
@@ -205,3 +214,66 @@ def test_real_parts(name: str, aligned: bool) -> None:
     """Screws lie at any angle; transistors lie in one pose, and turning one is a defect."""
     paths = list_images(mvtec_folder(name) / "train" / "good")
     assert pose_spread(paths).varied is aligned
+
+
+class OneTrial:
+    """A search that answers with one prepared trial, and counts its calls."""
+
+    def __init__(self, trial: Trial) -> None:
+        self.trial, self.asked = trial, []
+
+    def best(self, base: FitConfig, candidates: list[Candidate]) -> tuple[Trial, str]:
+        self.asked.append((base.preprocess, candidates))
+        return self.trial, f"{self.trial.candidate.name} catches {self.trial.caught:.0%}"
+
+
+def scored(caught: float, small: float, preprocess: Preprocess) -> Trial:
+    return Trial(Candidate("efficientnet_lite0", "max", 0.01), preprocess, caught, small, 0.9, 1)
+
+
+LARGE = Preprocess(512, 512)
+
+
+def test_an_input_that_sees_small_defects_is_kept() -> None:
+    """Most small defects caught at the base input: the larger one is not even tried."""
+    search = OneTrial(scored(0.9, 0.9, LARGE))
+    base = scored(0.7, SMALL_CAUGHT, Preprocess())
+    chosen, why = _resolution(search, FitConfig(), frozenset(), base, "base", LARGE)
+    assert chosen is base and search.asked == [] and "input kept" in why
+
+
+@pytest.mark.parametrize(("gain", "larger_wins"), [(TIE, True), (TIE / 2, False)])
+def test_a_larger_input_must_catch_more(gain: float, larger_wins: bool) -> None:
+    """Small defects missed at the base input: the larger input is validated with the
+    base's backbone at the larger bank fraction, and wins only by more than a tie."""
+    base = scored(0.3, 0.05, Preprocess())
+    search = OneTrial(scored(0.3 + gain, 0.4, LARGE))
+    chosen, why = _resolution(search, FitConfig(), frozenset(), base, "base", LARGE)
+    assert (chosen is search.trial) is larger_wins
+    assert "5% of small defects caught at 256/224" in why
+    [(asked, candidates)] = search.asked
+    assert asked == LARGE
+    assert {c.backbone for c in candidates} == {"efficientnet_lite0"}
+    assert {c.coreset_fraction for c in candidates} == {LARGER_FRACTION}
+
+
+def pose(side: int) -> PoseSpread:
+    return PoseSpread(32, 32, 1.0, None, 0.0, 0.5, side)
+
+
+@pytest.mark.parametrize(
+    ("side", "given", "augment", "expected"),
+    [
+        (1024, set(), "none", LARGE),
+        (460, set(), "none", Preprocess(460, 460)),
+        (LARGER_FROM - 1, set(), "none", None),  # the photos hold no more detail
+        (1024, {"resize"}, "none", None),  # the user's size wins
+        (1024, {"crop"}, "none", None),
+        (1024, set(), "rotations", None),  # turned copies at 4 times the pixels: not tried
+    ],
+)
+def test_which_photos_get_a_larger_input(
+    side: int, given: set[str], augment: str, expected: Preprocess | None
+) -> None:
+    config = FitConfig(augment=augment)
+    assert _larger_input(config, given, pose(side), Preprocess()) == expected

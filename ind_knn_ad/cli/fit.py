@@ -56,10 +56,11 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     fixed = f"{DEFAULTS.backbone}, {DEFAULTS.preprocess.resize}/{DEFAULTS.preprocess.crop}"
     parser.add_argument(
         "--settings",
-        choices=("auto", "fixed"),
+        choices=("auto", "quick", "fixed"),
         default="auto",
         help="auto (default): choose backbone, input size, alignment, image score and coreset "
-        f"from the good images, unless given; fixed: {fixed}, the method's first image score",
+        "from the good images, unless given; quick: the same without trying a larger input "
+        f"for small defects (faster fit); fixed: {fixed}, the method's first image score",
     )
     parser.add_argument("--backbone", help="backbone name")
     parser.add_argument("--layers", type=int, nargs="+", help="backbone stages to use")
@@ -147,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> FitRequest:
     problem = _problem(args)
     if problem:
         parser.error(problem)
-    auto = args.settings == "auto" and methods.find(args.method).auto_settings
+    auto = args.settings != "fixed" and methods.find(args.method).auto_settings
     return FitRequest(fit_config(args), given(args), auto, args)
 
 

@@ -97,7 +97,13 @@ def _fit(
     if request.auto:  # checked now with what the choice starts from, and again after
         check(replace(config, backbone=autosettings.first_backbone(config, request.given)))
         choice = preflight.choose_settings(
-            dataset, config, request.given, args.device, progress, args.weights
+            dataset,
+            config,
+            request.given,
+            args.device,
+            progress,
+            args.weights,
+            larger=args.settings != "quick",
         )
         out.print(choice.table())
         config = choice.config

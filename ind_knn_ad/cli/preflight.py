@@ -113,12 +113,19 @@ def choose_settings(
     device: str,
     progress: ProgressFactory,
     weights: Path | None = None,
+    larger: bool = True,
 ) -> Choice:
     """The automatic settings for this dataset (`autosettings.choose`); a data error on the
     training images names the dataset, as in the fit."""
     with data_at_fault(dataset):
         return choose(
-            config, dataset.train, given, device=device, progress=progress, weights=weights
+            config,
+            dataset.train,
+            given,
+            device=device,
+            progress=progress,
+            weights=weights,
+            larger=larger,
         )
 
 

@@ -60,6 +60,13 @@ class Preprocess:
             return self.crop, self.crop
         return output_size(self.align, self.resize)
 
+    @property
+    def label(self) -> str:
+        """The input in a few characters, for tables: `256/224` or `aligned 557x192`."""
+        if self.align is None:
+            return f"{self.resize}/{self.crop}"
+        return "aligned {}x{}".format(*self.size)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         if self.align is None:

@@ -15,6 +15,11 @@ is itself checked (a transistor turned or moved). So the choice has two steps:
    every held-out good image, half of them small (4% of the input's side). Each backbone's
    features are computed once, on a seeded subsample; image scores and bank sizes are
    variants over them.
+3. **The input's resolution, by the same validation** (`_resolution`). Where the base
+   input (256/224, or the aligned cut) misses most small defects and the photos have the
+   pixels for more, the whole frame at up to 512 px is validated too, and taken when it
+   catches more. A texture with small flaws needs it; a part whose defects the base input
+   already sees keeps the base input and its cost.
 
 `bench/auto_settings.py` measures the pose statistic, the choice and the fits it gives on
 every shared set; the thresholds below are set from it.
@@ -55,6 +60,15 @@ RECORDED_AS = {"coreset": "coreset_fraction"}
 
 # Validation (`validation`).
 TIE = 0.05  # a cheaper candidate within this share of the best's catch rate wins
+# The larger input (`_resolution`): the whole frame at up to LARGER px, tried where the base
+# geometry catches fewer than SMALL_CAUGHT of the small synthetic defects, for photos whose
+# shorter side (LARGER_FROM px or more) holds detail the base input drops; its bank is
+# LARGER_FRACTION of the patches, as the aligned 512 px input's cheaper one
+# (bench/flags.py measures the choice on every shared set).
+LARGER = 512
+LARGER_FROM = 448
+SMALL_CAUGHT = 0.5
+LARGER_FRACTION = 0.01
 
 
 @dataclass
@@ -94,19 +108,14 @@ class Choice:
 
     def table(self) -> Table:
         """The candidates and their validation figures, the chosen one marked, for printing."""
-        preprocess = self.config.preprocess
-        geometry = (
-            f"aligned {preprocess.size[0]}x{preprocess.size[1]}"
-            if preprocess.align is not None
-            else f"{preprocess.resize}/{preprocess.crop}"
-        )
-        table = Table(title=f"Settings chosen from good images ({geometry})")
-        for column in ("", "candidate", "defects caught", "small caught", "ROC AUC", "s"):
-            table.add_column(column, justify="left" if column in ("", "candidate") else "right")
+        table = Table(title=f"Settings chosen from good images ({self.config.preprocess.label})")
+        columns = ("", "input", "candidate", "defects caught", "small caught", "ROC AUC", "s")
+        for column in columns:
+            table.add_column(column, justify="left" if columns.index(column) < 3 else "right")
         for trial in self.trials:
-            mark = "->" if trial is self.chosen else ""
             table.add_row(
-                mark,
+                "->" if trial is self.chosen else "",
+                trial.preprocess.label,
                 trial.candidate.name,
                 f"{trial.caught:.0%}",
                 f"{trial.caught_small:.0%}",
@@ -127,6 +136,7 @@ def choose(
     device: str = "auto",
     progress: ProgressFactory = no_progress,
     weights: Path | None = None,
+    larger: bool = True,
 ) -> Choice:
     """`config` completed for these good training images (PatchCore), in `Choice.config`.
 
@@ -134,7 +144,8 @@ def choose(
     and is not searched. Of the searched ones: `align` given means aligned; a given `crop`,
     or an `augment` other than none, means not aligned; `resize` and `crop` are the parts
     of `config.preprocess` that --image-size and --crop set. Every other field of `config`
-    (seed included) is passed on as it is. The caller fits with `Choice.config`, stores
+    (seed included) is passed on as it is. `larger=False` (a quick fit) never tries the
+    larger input (`_larger_input`). The caller fits with `Choice.config`, stores
     `Choice.to_dict()` as `settings["auto_settings"]` and prints `Choice.table()`.
     ValueError for a name not in GIVEN; ConfigError for `align` with `augment`;
     DatasetError for `align` on images with no part found.
@@ -148,35 +159,115 @@ def choose(
         )
     start = time.perf_counter()
     paths = list(train_paths)
-    pose = None
-    if "align" in given:
-        align, pose_reason = True, "alignment given"
-    elif "crop" in given:  # a centre crop was asked for, which an aligned cut replaces
-        align, pose_reason = False, "centre crop given: not aligned"
-    elif config.augment != NONE:  # turned copies were asked for; alignment would undo turns
-        align, pose_reason = False, "augmentation given: not aligned"
-    else:
-        pose = pose_spread(paths, config.seed)
-        align, pose_reason = pose.varied, pose.reason()
+    pose, align, pose_reason = _alignment(paths, config, given)
     preprocess = _geometry(paths, config, given, align)
     candidates = _candidates(config, given, preprocess)
     base = _with(replace(config, preprocess=preprocess), candidates[0])
     if len(candidates) == 1:
         reason = f"{pose_reason}; every other searched setting was given"
         return Choice(base, given, pose, [], None, reason, time.perf_counter() - start)
-    validation = _Validation(paths, base, config.seed)
-    trials, feature_seconds = validation.run(candidates, device, weights, progress)
-    chosen, why = _pick(trials)
+    search = _Search(paths, config.seed, device, weights, progress)
+    chosen, why = search.best(base, candidates)
+    bigger = _larger_input(config, given, pose, preprocess) if larger else None
+    if bigger is not None:
+        chosen, why = _resolution(search, base, given, chosen, why, bigger)
+    completed = _with(replace(base, preprocess=chosen.preprocess), chosen.candidate)
     return Choice(
-        _with(base, chosen.candidate),
+        completed,
         given,
         pose,
-        trials,
+        search.trials,
         chosen,
         f"{pose_reason}; {why}",
         time.perf_counter() - start,
-        feature_seconds,
-        validation.summary(),
+        search.feature_seconds,
+        search.summaries,
+    )
+
+
+def _alignment(
+    paths: Sequence[Path], config: FitConfig, given: AbstractSet[str]
+) -> tuple[PoseSpread | None, bool, str]:
+    """The pose statistic (None where the user's settings decide), whether to align, why."""
+    if "align" in given:
+        return None, True, "alignment given"
+    if "crop" in given:  # a centre crop was asked for, which an aligned cut replaces
+        return None, False, "centre crop given: not aligned"
+    if config.augment != NONE:  # turned copies were asked for; alignment would undo turns
+        return None, False, "augmentation given: not aligned"
+    pose = pose_spread(paths, config.seed)
+    return pose, pose.varied, pose.reason()
+
+
+class _Search:
+    """The validation of one geometry's candidates after another, their trials kept."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        seed: int,
+        device: str,
+        weights: Path | None,
+        progress: ProgressFactory,
+    ) -> None:
+        self.paths, self.seed = paths, seed
+        self.device, self.weights, self.progress = device, weights, progress
+        self.trials: list[Trial] = []
+        self.feature_seconds: dict[str, float] = {}
+        self.summaries: dict[str, Any] = {}
+
+    def best(self, base: FitConfig, candidates: list[Candidate]) -> tuple[Trial, str]:
+        """`_pick` among `candidates` on `base`'s geometry."""
+        validation = _Validation(self.paths, base, self.seed)
+        trials, seconds = validation.run(candidates, self.device, self.weights, self.progress)
+        self.trials += trials
+        self.feature_seconds.update(seconds)
+        summary = validation.summary()
+        if self.summaries:
+            self.summaries.setdefault("larger", {})[base.preprocess.label] = summary
+        else:
+            self.summaries.update(summary)
+        return _pick(trials)
+
+
+def _larger_input(
+    config: FitConfig, given: AbstractSet[str], pose: PoseSpread | None, preprocess: Preprocess
+) -> Preprocess | None:
+    """The whole frame at up to LARGER px, for photos with the detail for it (a shorter side
+    of LARGER_FROM px or more); None where the input is aligned, given or augmented."""
+    if pose is None or preprocess.align is not None or given & {"resize", "crop"}:
+        return None
+    if config.augment != NONE or pose.side < LARGER_FROM:
+        return None
+    side = min(LARGER, pose.side)
+    return replace(preprocess, resize=side, crop=side)
+
+
+def _resolution(
+    search: _Search,
+    base: FitConfig,
+    given: AbstractSet[str],
+    chosen: Trial,
+    why: str,
+    bigger: Preprocess,
+) -> tuple[Trial, str]:
+    """The base geometry's choice, or the larger input's where the base misses small
+    defects and the larger input catches more, by more than TIE; and why."""
+    base_input = chosen.preprocess.label
+    if chosen.caught_small >= SMALL_CAUGHT:
+        return chosen, f"{why}; small ones caught at {base_input}: input kept"
+    # The base's backbone only: the larger input costs four times per image.
+    config = replace(base, preprocess=bigger, backbone=chosen.candidate.backbone)
+    fractions = [config.coreset] if "coreset" in given else [LARGER_FRACTION]
+    scores = [config.image_score] if "image_score" in given else ["max", "top10"]
+    candidates = [Candidate(config.backbone, score, f) for f in fractions for score in scores]
+    larger, larger_why = search.best(config, candidates)
+    low = f"{chosen.caught_small:.0%} of small defects caught at {base_input}"
+    if larger.caught >= chosen.caught + TIE:
+        return larger, f"{low}, so {bigger.label} tried: {larger_why}"
+    return chosen, (
+        f"{why}; {low}, but at {bigger.label} {larger.candidate.name} catches "
+        f"{larger.caught:.0%}, not {TIE:.0%} more: input kept"
     )
 
 

@@ -36,7 +36,8 @@ class PoseSpread:
     deviation of the long axis in degrees (the axis without its direction, so 0 and 180
     are one pose; 90 stands for any angle), `None` for parts too round for an axis; `centre`
     the spread of the part's centre as a fraction of the shorter side; `border` the share of
-    frame-border pixels on the part's side of Otsu's threshold (0 on a plain background).
+    frame-border pixels on the part's side of Otsu's threshold (0 on a plain background);
+    `side` the median shorter side of the photos in pixels (what a larger input can gain).
     """
 
     images: int
@@ -45,6 +46,7 @@ class PoseSpread:
     axis_spread: float | None
     centre: float
     border: float
+    side: int = 0
 
     @property
     def plain(self) -> bool:
@@ -88,6 +90,7 @@ class PoseSpread:
             "axis_spread_degrees": None if self.axis_spread is None else round(self.axis_spread, 2),
             "centre_spread": round(self.centre, 4),
             "border_share": round(self.border, 4),
+            "shorter_side": self.side,
             "align": self.varied,
         }
 
@@ -119,9 +122,10 @@ def pose_spread(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         measured = list(pool.map(measure, chosen))
     border = float(np.mean([share for _, share, _ in measured]))
+    photo_side = int(np.median([side for _, _, side in measured]))
     found = [(pose, side) for pose, _, side in measured if pose.length > 0]
     if len(found) < 2:
-        return PoseSpread(len(chosen), len(found), 0.0, None, 0.0, border)
+        return PoseSpread(len(chosen), len(found), 0.0, None, 0.0, border, photo_side)
     poses = [pose for pose, _ in found]
     elongation = float(np.median([p.length / max(p.breadth, 1e-9) for p in poses]))
     axis_spread = None
@@ -132,4 +136,4 @@ def pose_spread(
         axis_spread = min(90.0, math.degrees(spread))
     centres = np.array([[x / side, y / side] for (x, y), side in ((p.centre, s) for p, s in found)])
     centre = float(np.sqrt(centres.var(axis=0).sum()))
-    return PoseSpread(len(chosen), len(found), elongation, axis_spread, centre, border)
+    return PoseSpread(len(chosen), len(found), elongation, axis_spread, centre, border, photo_side)

@@ -17,6 +17,7 @@ from ind_knn_ad.features.device import select_device
 from ind_knn_ad.features.extractor import FeatureExtractor, TrainFeatures, extract_features
 from ind_knn_ad.io.alignment import part_regions
 from ind_knn_ad.io.batches import images_per_batch
+from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.fitting import ProgressFactory
 from ind_knn_ad.methods.patchcore.held_out import HeldOut
 from ind_knn_ad.search.coreset import coreset_size, greedy_coreset, seeded_sample
@@ -43,12 +44,14 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Trial:
-    """A candidate's validation figures: `caught` is the share of synthetic defects scoring
-    above every held-out good image (`caught_small`: the 4% ones alone), `auroc` the ROC
-    AUC of defects against held-out good images, `seconds` its bank and scoring time
-    (its backbone's features are counted once, in `Choice.feature_seconds`)."""
+    """A candidate's validation figures on one input geometry (`preprocess`): `caught` is
+    the share of synthetic defects scoring above every held-out good image (`caught_small`:
+    the 4% ones alone), `auroc` the ROC AUC of defects against held-out good images,
+    `seconds` its bank and scoring time (its backbone's features are counted once, in
+    `Choice.feature_seconds`)."""
 
     candidate: Candidate
+    preprocess: Preprocess
     caught: float
     caught_small: float
     auroc: float
@@ -57,6 +60,7 @@ class Trial:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.candidate.name,
+            "input": self.preprocess.label,
             "backbone": self.candidate.backbone,
             "image_score": self.candidate.image_score,
             "coreset_fraction": self.candidate.coreset_fraction,
@@ -130,7 +134,8 @@ class _Validation:
         weights: Path | None,
         progress: ProgressFactory,
     ) -> tuple[list[Trial], dict[str, float]]:
-        """Every candidate's trial, and each backbone's shared seconds (features, bank)."""
+        """Every candidate's trial, and each backbone's shared seconds (features, bank), by
+        backbone and input."""
         torch_device = select_device(device)
         trials: dict[Candidate, Trial] = {}
         shared: dict[str, float] = {}
@@ -175,7 +180,9 @@ class _Validation:
             if partial
             else None
         )
-        shared[candidates[0].backbone] = time.perf_counter() - start
+        shared[f"{candidates[0].backbone} {self.base.preprocess.label}"] = (
+            time.perf_counter() - start
+        )
         good = {c: np.empty(images) for c in candidates}
         defects = {c: np.empty(len(damaged)) for c in candidates}
         seconds = dict.fromkeys(candidates, 0.0)
@@ -221,5 +228,10 @@ class _Validation:
         above = defects > good.max()
         auroc = _auroc(defects, good)
         return Trial(
-            candidate, float(above.mean()), float(above[self.small].mean()), auroc, seconds
+            candidate,
+            self.base.preprocess,
+            float(above.mean()),
+            float(above[self.small].mean()),
+            auroc,
+            seconds,
         )

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Threshold rules tried on the scores of real fits, without fitting again.
+
+Reads what `bench/flags.py --json` kept of each fit (the held-out good scores and synthetic
+defect scores the automatic threshold was placed on, and the test images' scores) and
+places the threshold by each rule below. Per rule and group of fits (all training images;
+each k of the few-shot draws): the test images misclassified, the regret (errors minus the
+fewest at any threshold), and the fits where good test images were flagged more often than
+the bound the fit would print (its 95% bound from the held-out images it flags).
+
+    python bench/flags.py --json all.json
+    python bench/flags.py --shots 5 7 10 20 --draws 3 --json few.json
+    python bench/threshold_rules.py all.json few.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ind_knn_ad.calibration.threshold import auto_threshold, cut_counts, false_alarm_bound
+
+Rule = Callable[[np.ndarray, np.ndarray], float]
+
+
+def library(held: np.ndarray, synthetic: np.ndarray) -> float:
+    """Today's `calibration.threshold.auto_threshold`."""
+    return auto_threshold(held, synthetic)[0]
+
+
+def sigmas(k: float) -> Rule:
+    return lambda held, synthetic: float(held.mean() + k * held.std())
+
+
+def highest(held: np.ndarray, synthetic: np.ndarray) -> float:
+    return float(held.max())
+
+
+RULES: dict[str, Rule] = {
+    "library": library,
+    "mean+3std": sigmas(3),
+    "mean+2std": sigmas(2),
+    "held-out max": highest,
+}
+
+
+def judged(fit: dict, rule: Rule) -> tuple[int, int, bool]:
+    """Errors, regret, and whether the good test images' alarm rate beat the bound."""
+    held, synthetic = np.array(fit["held_out"]), np.array(fit["synthetic"])
+    good, defective = np.array(fit["test_good"]), np.array(fit["test_defective"])
+    threshold = rule(held, synthetic)
+    alarms = int((good >= threshold).sum())
+    errors = alarms + int((defective < threshold).sum())
+    _, false_alarms, caught = cut_counts(good, defective)
+    best = int((false_alarms + defective.size - caught).min())
+    bound = false_alarm_bound(int((held >= threshold).sum()), held.size)
+    return errors, errors - best, alarms / good.size > bound
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", nargs="+", type=Path)
+    args = parser.parse_args()
+    fits = [fit for path in args.json for fit in json.loads(path.read_text())]
+    groups = sorted({fit["shots"] for fit in fits})
+    print("| rule | " + " | ".join(f"k={k or 'all'}: errors, regret, over bound" for k in groups))
+    print("|---" * (len(groups) + 1) + "|")
+    for name, rule in RULES.items():
+        cells = []
+        for k in groups:
+            mine = [judged(fit, rule) for fit in fits if fit["shots"] == k]
+            images = sum(fit["images"] for fit in fits if fit["shots"] == k)
+            errors = sum(e for e, _, _ in mine)
+            regret = sum(r for _, r, _ in mine)
+            over = sum(o for _, _, o in mine)
+            cells.append(f"{errors}/{images}, {regret}, {over}/{len(mine)}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
