@@ -30,7 +30,7 @@ from pathlib import Path
 
 from common import MVTEC, ROOT, machine, worktree
 
-DATASETS = ("bottle_256", "hazelnut_reduced", "transistor_reduced", "screw_512", "grid_512")
+DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512", "grid_512")
 
 
 def fit_one(name: str, shots: int, draw: int) -> dict:
@@ -176,9 +176,9 @@ def main() -> None:
                 for draw in range(args.draws if shots else 1):
                     rows.append(run_child(code, name, shots, draw))
                     print(row(rows[-1]), flush=True)
+                    if args.json:  # after every fit, so a long run's fits are kept
+                        args.json.write_text(json.dumps(rows))
     print("\n" + "\n".join(summary(rows)))
-    if args.json:
-        args.json.write_text(json.dumps(rows))
 
 
 @contextmanager
