@@ -16,7 +16,9 @@ from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import ConfigError
 from ind_knn_ad.io.datasets import list_images
 from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.tuning import autosettings
 from ind_knn_ad.tuning.autosettings import (
+    GAIN,
     LARGER_FRACTION,
     LARGER_FROM,
     SMALL_CAUGHT,
@@ -242,7 +244,7 @@ def test_an_input_that_sees_small_defects_is_kept() -> None:
     assert chosen is base and search.asked == [] and "input kept" in why
 
 
-@pytest.mark.parametrize(("gain", "larger_wins"), [(TIE, True), (TIE / 2, False)])
+@pytest.mark.parametrize(("gain", "larger_wins"), [(GAIN, True), (GAIN / 2, False)])
 def test_a_larger_input_must_catch_more(gain: float, larger_wins: bool) -> None:
     """Small defects missed at the base input: the larger input is validated with the
     base's backbone at the larger bank fraction, and wins only by more than a tie."""
@@ -277,3 +279,36 @@ def test_which_photos_get_a_larger_input(
 ) -> None:
     config = FitConfig(augment=augment)
     assert _larger_input(config, given, pose(side), Preprocess()) == expected
+
+
+def woven(seed: int, side: int = 448) -> Image.Image:
+    """A fine woven texture with a little noise: no part, so never aligned."""
+    y, x = np.mgrid[:side, :side]
+    texture = 128 + 60 * np.sin(2 * np.pi * x / 6) * np.sin(2 * np.pi * y / 6)
+    noisy = texture + np.random.default_rng(seed).normal(0, 8, texture.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+GIVEN_BUT_INPUT = {"backbone", "image_score", "coreset"}
+TEXTURE_CONFIG = FitConfig(backbone="efficientnet_lite0", image_score="max", coreset=0.05)
+
+
+def test_the_larger_input_is_validated_recorded_and_fitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the base input made to look blind (every catch rate under the bar) and any gain
+    enough, the larger input's trial is validated on real features, chosen, recorded with
+    its input, and is what the fit gets; a quick choice never tries it."""
+    paths = save([woven(seed) for seed in range(6)], tmp_path)
+    monkeypatch.setattr(autosettings, "SMALL_CAUGHT", 1.01)
+    monkeypatch.setattr(autosettings, "GAIN", -1.0)
+    choice = choose(TEXTURE_CONFIG, paths, GIVEN_BUT_INPUT, device="cpu")
+    assert [t.preprocess.label for t in choice.trials] == ["256/224", "448/448"]
+    assert choice.chosen is choice.trials[1]
+    assert choice.config.preprocess == Preprocess(448, 448)
+    record = json.loads(json.dumps(choice.to_dict()))
+    assert [c["input"] for c in record["candidates"]] == ["256/224", "448/448"]
+    assert record["validation"]["larger"]["448/448"]["defect_sizes_px"] == [18, 45]
+    assert "so 448/448 tried" in choice.reason
+    quick = choose(TEXTURE_CONFIG, paths, GIVEN_BUT_INPUT, device="cpu", larger=False)
+    assert quick.trials == [] and quick.config.preprocess == Preprocess()

@@ -101,3 +101,20 @@ def test_a_bad_operating_point_is_refused_by_the_parser(tmp_path: Path) -> None:
     result = run_script("make_model.py", "--operating-point", "recall=2", check=False)
     assert result.returncode == 2
     assert "recall must be a number in (0, 1], not '2'" in result.stderr
+
+
+def test_quick_settings_never_try_the_larger_input(tmp_path: Path) -> None:
+    """448 px photos could take the larger input: `auto` validates the base input first
+    (and says why it kept it), `quick` does not look at the input at all."""
+    from test_autosettings import save, woven
+
+    data = tmp_path / "woven"
+    save([woven(seed) for seed in range(6)], data / "train" / "good")
+    given = ("--backbone", "efficientnet_lite0", "--image-score", "max", "--coreset", "0.05")
+    out = fit(data, tmp_path / "auto.safetensors", *given)
+    record = load_model(tmp_path / "auto.safetensors").settings["auto_settings"]
+    assert [c["input"] for c in record["candidates"]] == ["256/224"]
+    assert "input kept" in " ".join(out.split())  # the table's caption wraps
+    fit(data, tmp_path / "quick.safetensors", *given, "--settings", "quick")
+    quick = load_model(tmp_path / "quick.safetensors").settings
+    assert quick["auto_settings"]["candidates"] == [] and quick["preprocess"]["crop"] == 224

@@ -67,6 +67,7 @@ TIE = 0.05  # a cheaper candidate within this share of the best's catch rate win
 # (bench/flags.py measures the choice on every shared set).
 LARGER = 512
 LARGER_FROM = 448
+GAIN = TIE  # what the larger input must catch more, in share of the synthetic defects
 SMALL_CAUGHT = 0.5
 LARGER_FRACTION = 0.01
 
@@ -163,12 +164,12 @@ def choose(
     preprocess = _geometry(paths, config, given, align)
     candidates = _candidates(config, given, preprocess)
     base = _with(replace(config, preprocess=preprocess), candidates[0])
-    if len(candidates) == 1:
+    bigger = _larger_input(config, given, pose, preprocess) if larger else None
+    if len(candidates) == 1 and bigger is None:
         reason = f"{pose_reason}; every other searched setting was given"
         return Choice(base, given, pose, [], None, reason, time.perf_counter() - start)
     search = _Search(paths, config.seed, device, weights, progress)
     chosen, why = search.best(base, candidates)
-    bigger = _larger_input(config, given, pose, preprocess) if larger else None
     if bigger is not None:
         chosen, why = _resolution(search, base, given, chosen, why, bigger)
     completed = _with(replace(base, preprocess=chosen.preprocess), chosen.candidate)
@@ -252,7 +253,7 @@ def _resolution(
     bigger: Preprocess,
 ) -> tuple[Trial, str]:
     """The base geometry's choice, or the larger input's where the base misses small
-    defects and the larger input catches more, by more than TIE; and why."""
+    defects and the larger input catches at least GAIN more; and why."""
     base_input = chosen.preprocess.label
     if chosen.caught_small >= SMALL_CAUGHT:
         return chosen, f"{why}; small ones caught at {base_input}: input kept"
@@ -263,11 +264,11 @@ def _resolution(
     candidates = [Candidate(config.backbone, score, f) for f in fractions for score in scores]
     larger, larger_why = search.best(config, candidates)
     low = f"{chosen.caught_small:.0%} of small defects caught at {base_input}"
-    if larger.caught >= chosen.caught + TIE:
+    if larger.caught >= chosen.caught + GAIN:
         return larger, f"{low}, so {bigger.label} tried: {larger_why}"
     return chosen, (
         f"{why}; {low}, but at {bigger.label} {larger.candidate.name} catches "
-        f"{larger.caught:.0%}, not {TIE:.0%} more: input kept"
+        f"{larger.caught:.0%}, not {GAIN:.0%} more: input kept"
     )
 
 
