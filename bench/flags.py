@@ -33,7 +33,7 @@ from common import MVTEC, ROOT, machine, worktree
 DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512", "grid_512")
 
 
-def fit_one(name: str, shots: int, draw: int) -> dict:
+def fit_one(folder: Path, shots: int, draw: int) -> dict:
     """One fit's figures (in this process, whose code comes from PYTHONPATH)."""
     import numpy as np
 
@@ -43,7 +43,8 @@ def fit_one(name: str, shots: int, draw: int) -> dict:
     from ind_knn_ad.io.datasets import load_dataset
     from ind_knn_ad.tuning.autosettings import choose
 
-    dataset = load_dataset(MVTEC / name, name)
+    name = folder.name
+    dataset = load_dataset(folder, name)
     if shots:
         drawn = np.random.default_rng(draw).choice(len(dataset.train), shots, replace=False)
         dataset = replace(dataset, train=[dataset.train[i] for i in sorted(drawn)])
@@ -112,7 +113,8 @@ def _recording(rule, placed: dict):
 
 def run_child(code: Path, name: str, shots: int, draw: int) -> dict:
     environment = {**os.environ, "PYTHONPATH": str(code)}
-    command = [sys.executable, __file__, "--one", name, str(shots), str(draw)]
+    # The data's folder from here: an earlier revision's checkout has no ../shared beside it.
+    command = [sys.executable, __file__, "--one", str(MVTEC / name), str(shots), str(draw)]
     done = subprocess.run(command, env=environment, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -160,8 +162,8 @@ def main() -> None:
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        name, shots, draw = args.one
-        print(json.dumps(fit_one(name, int(shots), int(draw))))
+        folder, shots, draw = args.one
+        print(json.dumps(fit_one(Path(folder), int(shots), int(draw))))
         return
     print(f"{machine()}\n")
     print(
