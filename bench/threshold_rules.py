@@ -22,7 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.calibration.threshold import auto_threshold, cut_counts, false_alarm_bound
+from ind_knn_ad.calibration.threshold import (
+    auto_threshold,
+    balanced_cut,
+    cut_counts,
+    false_alarm_bound,
+)
 
 Rule = Callable[[np.ndarray, np.ndarray], float]
 
@@ -40,11 +45,41 @@ def highest(held: np.ndarray, synthetic: np.ndarray) -> float:
     return float(held.max())
 
 
+def balanced(held: np.ndarray, synthetic: np.ndarray) -> float:
+    return balanced_cut(held, synthetic[np.isfinite(synthetic)])
+
+
+def weighted(alarm_weight: float) -> Rule:
+    """The cut with the least alarm_weight x false-alarm share + miss share."""
+
+    def rule(held: np.ndarray, synthetic: np.ndarray) -> float:
+        cuts, alarms, caught = cut_counts(held, synthetic[np.isfinite(synthetic)])
+        cost = alarm_weight * alarms / held.size + (synthetic.size - caught) / synthetic.size
+        best = np.flatnonzero(cost <= cost.min() + 1e-12)
+        return float(cuts[best[len(best) // 2]])
+
+    return rule
+
+
+def at_least(first: Rule, second: Rule) -> Rule:
+    return lambda held, synthetic: max(first(held, synthetic), second(held, synthetic))
+
+
+def spread_above_max(k: float) -> Rule:
+    """The held-out maximum plus k times the held-out scores' spread."""
+    return lambda held, synthetic: float(held.max() + k * held.std())
+
+
 RULES: dict[str, Rule] = {
     "library": library,
     "mean+3std": sigmas(3),
     "mean+2std": sigmas(2),
     "held-out max": highest,
+    "balanced": balanced,
+    "weighted x3": weighted(3),
+    "max(balanced, mean+3std)": at_least(balanced, sigmas(3)),
+    "max + 1 std": spread_above_max(1),
+    "max + 0.5 std": spread_above_max(0.5),
 }
 
 
