@@ -149,3 +149,54 @@ def test_the_scorer_reads_only_its_formats_under_a_limit(
     assert result.returncode == exit_codes.SOME_INPUTS_FAILED, result.stderr
     assert [row[0] for row in records(result.stdout)] == [str(good)]
     assert error_lines(result.stderr) == [f"ERROR: {path}: {why}" for path, why in expected.items()]
+
+
+# --- item 4: memory pressure costs the images that do not fit, never the run ---------------
+
+PEAK = """
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as status:
+        peak = [line.split()[1] for line in status if line.startswith("VmPeak")][0]
+    print(int(peak) * 1024, file=sys.stderr)
+atexit.register(report)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_large_images_under_memory_pressure(
+    sample_model: Path, sample_dataset: Path, tmp_path: Path
+) -> None:
+    """Four 8192x8192 BMPs between two small images, under three address-space limits
+    above what scoring the small ones alone maps (measured, as it grows with the cores):
+    every small image is scored; each large one is scored or gets one line saying it needs
+    more memory than is free; nothing else is printed. With the most room all are scored;
+    with the least, none of the large ones, but their lines."""
+    good = sample_dataset / "test" / "good" / "000.png"
+    big = tmp_path / "big0.bmp"
+    subprocess.run([sys.executable, "-c", MAKE, "bmp", "8192", big], env=ENV, check=True)
+    bigs = [big]
+    for index in range(1, 4):
+        bigs.append(tmp_path / f"big{index}.bmp")
+        os.link(big, bigs[-1])
+    command = [sys.executable, "-c", PEAK, ROOT / "anomaly_detector.py"]
+    alone = subprocess.run([*command, "--model", sample_model, good, good], **_captured())
+    base = int(alone.stderr.split()[-1])
+    inputs = [good, *bigs, good]
+    scored = {}
+    for extra in (200, 500, 900):
+        result = limited(base + extra * MB, "--model", sample_model, *inputs)
+        assert result.returncode in (exit_codes.OK, exit_codes.SOME_INPUTS_FAILED), result.stderr
+        names = [row[0] for row in records(result.stdout)]
+        assert names.count(str(good)) == 2, (extra, result.stderr)
+        for line in error_lines(result.stderr):
+            assert line.startswith(f"ERROR: {tmp_path}/big") and "of memory free" in line, line
+        refused = {line.split(":")[1].strip() for line in error_lines(result.stderr)}
+        assert sorted([*names, *refused]) == sorted(map(str, inputs))
+        scored[extra] = len(names) - 2
+    assert scored[900] == 4 and scored[200] == 0, scored
+
+
+def _captured() -> dict:
+    return {"capture_output": True, "text": True, "env": ENV, "cwd": ROOT, "check": True}
