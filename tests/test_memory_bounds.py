@@ -24,6 +24,7 @@ from conftest import ROOT
 from test_cli_errors import error_lines, records
 
 from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.io.limits import FIT_ADDRESS_PER_PIXEL, FIT_ADDRESS_SPACE
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/bin/prlimit").exists() and not Path("/bin/prlimit").exists(),
@@ -200,3 +201,43 @@ def test_large_images_under_memory_pressure(
 
 def _captured() -> dict:
     return {"capture_output": True, "text": True, "env": ENV, "cwd": ROOT, "check": True}
+
+
+# --- item 6: a fit under an address-space limit is refused before it starts -----------------
+
+FIT = ["--settings", "fixed", "--backbone", "efficientnet_lite0", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("gib", [4, 2])
+def test_a_fit_beyond_the_address_space_limit_is_refused(tmp_path: Path, gib: int) -> None:
+    """At 4 GiB the fit crashed in SciPy or torch (exit 70), at 2 GiB importing torch did."""
+    data = tmp_path / "data"
+    result = limited(
+        gib << 30,
+        *("--data-dir", data, *FIT, "--image-size", "224", "--crop", "224"),
+        *("--model", tmp_path / "m.safetensors"),
+        script="make_model.py",
+    )
+    assert result.returncode == exit_codes.USAGE, result.stderr
+    need = (FIT_ADDRESS_SPACE + FIT_ADDRESS_PER_PIXEL * 224 * 224) / 1e9
+    assert result.stderr.splitlines()[-1] == (
+        f"make_model.py: error: --image-size 224: a fit at 224x224 px maps about {need:.3g} GB "
+        f"of address space (torch alone maps 3.2 GB), more than the {(gib << 30) / 1e9:.3g} GB "
+        "address-space limit here (ulimit -v, prlimit --as)"
+    )
+    assert not data.exists()
+
+
+@pytest.mark.slow
+def test_a_fit_within_the_estimate_completes(sample_dataset: Path, tmp_path: Path) -> None:
+    """The estimate is enough: a fit under exactly the limit it asks for completes."""
+    limit = FIT_ADDRESS_SPACE + FIT_ADDRESS_PER_PIXEL * 96 * 96
+    model = tmp_path / "m.safetensors"
+    result = limited(
+        limit,
+        *("--data-dir", sample_dataset, *FIT, "--image-size", "96", "--crop", "96"),
+        *("--threshold", "1", "--model", model),
+        script="make_model.py",
+    )
+    assert result.returncode == exit_codes.OK, result.stderr[-2000:]
+    assert model.exists()

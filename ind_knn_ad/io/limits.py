@@ -45,6 +45,31 @@ def available_memory() -> int:
     return limit
 
 
+# Address space is not memory: what an address-space limit (ulimit -v, prlimit --as)
+# counts is every mapping, and a fit maps far more than it touches. Importing torch maps
+# 3.2 GB, timm and SciPy 0.5 GB more (VmSize). Fitting efficientnet_lite0 on 2 cores
+# (VmPeak, against VmHWM resident) peaked at 4.83 GB (1.29 GB resident) at 224 px on 10
+# images (`--image-score max --coreset 0.1`), 5.99 GB (2.56) at 512 px on the same, and
+# 4.71 GB (1.02) at 96 px on the 40 images and test set of the sample data: 5,500 bytes
+# per pixel of one network input between the first two, over 4.8 GB that holds all three.
+FIT_ADDRESS_SPACE = 4_800_000_000
+FIT_ADDRESS_PER_PIXEL = 5_500
+
+
+def fit_address_space_problem(width: int, height: int) -> str | None:
+    """None unless an address-space limit is below what a fit at this input size maps
+    (FIT_ADDRESS_SPACE), else why: refused up front, where the fit would crash mid-way."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    need = FIT_ADDRESS_SPACE + FIT_ADDRESS_PER_PIXEL * width * height
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return None
+    return (
+        f"a fit at {width}x{height} px maps about {need / 1e9:.3g} GB of address space "
+        f"(torch alone maps 3.2 GB), more than the {soft / 1e9:.3g} GB address-space limit "
+        "here (ulimit -v, prlimit --as)"
+    )
+
+
 def input_too_large(width: int, height: int, bytes_per_pixel: int) -> str | None:
     """None if one (width, height) network input fits in memory, else why not."""
     need = width * height * bytes_per_pixel
