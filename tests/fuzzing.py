@@ -206,4 +206,23 @@ def image_seeds() -> list[bytes]:
             stream = io.BytesIO()
             pixels.convert(mode).save(stream, fmt)
             seeds.append(stream.getvalue())
+    # What the loader counts per format before decoding (issue 26, item 3): a progressive
+    # JPEG's coefficients, a one-strip compressed TIFF's strip, an EXIF turn's copy; and
+    # formats Pillow reads that the loader refuses by content.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for fmt, options in [
+        ("JPEG", {"progressive": True}),
+        ("TIFF", {"compression": "tiff_lzw", "tiffinfo": {278: 24}}),
+        ("PNG", {"exif": exif}),
+        ("JPEG", {"exif": exif}),
+        ("JPEG2000", {}),
+        ("AVIF", {}),
+    ]:
+        stream = io.BytesIO()
+        try:
+            pixels.save(stream, fmt, **options)
+        except (KeyError, OSError):  # a Pillow built without this codec
+            continue
+        seeds.append(stream.getvalue())
     return seeds

@@ -1,6 +1,6 @@
 """Orientation augmentation (`make_model.py --augment`): the views are exact turns and
-flips, the training features hold each image and then its views, a fit keeps the bank size
-it would have without them, and a mirrored part, flagged without, is not flagged with
+flips, the training features hold each image and then its views, the coreset rule counts
+the views' patches, and a mirrored part, flagged without, is not flagged with
 flips."""
 
 from __future__ import annotations
@@ -131,16 +131,39 @@ def flags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-def test_flips_keep_the_bank_size_and_a_finite_threshold(flags: dict[str, Path]) -> None:
+def test_flips_keep_every_patch_and_a_finite_threshold(flags: dict[str, Path]) -> None:
+    """Without --coreset, every patch up to 16,384 is kept, the views' patches included."""
     plain, flipped = load_model(flags["none"]), load_model(flags["flips"])
     assert "augment" not in plain.settings  # a default fit's settings are as before
     assert flipped.settings["augment"] == "flips"
-    bank = flipped.tensors["memory_bank"]
-    assert bank.shape == plain.tensors["memory_bank"].shape == (8 * 12 * 12, bank.shape[1])
+    assert plain.tensors["memory_bank"].shape[0] == 8 * 12 * 12
+    assert flipped.tensors["memory_bank"].shape[0] == 3 * 8 * 12 * 12
     assert flipped.settings["coreset"]["total_patches"] == 3 * 8 * 12 * 12
     assert np.isfinite(flipped.threshold) and flipped.settings["threshold"]["holdout"]["std"] > 0
     summary = " ".join(flags["flips stderr"].split())
-    assert "Memory bank: 1152 of 3456 patches (images and their views, --augment flips)" in summary
+    assert "Memory bank: 3456 of 3456 patches (images and their views, --augment flips)" in summary
+
+
+# Issue 26, item 9: the README's coreset rule ("unset: every patch up to 16,384, else 10%;
+# 1.0 keeps all") holds with --augment; the bank kept as many rows as without views (512 of
+# 4,096 at --coreset 1.0, 1,280 of 5,120 unset).
+BANK_CASES = [  # options, patches kept, of how many (8 flags of 12x12 patches, and views)
+    (["--augment", "flips", "--coreset", "1.0"], 3456, 3456),
+    (["--augment", "rotations"], 4608, 4608),
+    (["--augment", "rotations", "--coreset", "0.25"], 1152, 4608),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("options", "kept", "total"), BANK_CASES, ids=["1.0", "unset", "0.25"])
+def test_the_coreset_rule_counts_the_views(
+    flags: dict[str, Path], tmp_path: Path, options: list[str], kept: int, total: int
+) -> None:
+    model = tmp_path / "m.safetensors"
+    size = ["--image-size", str(SIDE), "--crop", str(SIDE), "--threshold", "1"]
+    result = fit_efficientnet(flags["data"], model, *size, *options)
+    assert f"Memory bank: {kept} of {total} patches" in " ".join(result.stderr.split())
+    assert load_model(model).tensors["memory_bank"].shape[0] == kept
 
 
 @pytest.mark.slow

@@ -316,12 +316,14 @@ FORMATS = {
     "WEBP": ["RGB", "RGBA"],
     "PPM": ["RGB", "L", "I"],
 }
+LOADED_FORMATS = {"PNG", "JPEG", "BMP", "TIFF"}
 
 
 @st.composite
 def damaged_images(draw: st.DrawFn) -> tuple[bytes, tuple[int, int], bool]:
     """A random-size image in a random format and mode, possibly truncated or with bytes
-    overwritten; returns the bytes, the true size and whether it was damaged."""
+    overwritten; returns the bytes, the true size and whether it was damaged or in a format
+    the loader does not read (GIF, WebP, PPM)."""
     fmt = draw(st.sampled_from(sorted(FORMATS)))
     mode = draw(st.sampled_from(FORMATS[fmt]))
     size = (draw(st.integers(1, 70)), draw(st.integers(1, 70)))
@@ -334,7 +336,7 @@ def damaged_images(draw: st.DrawFn) -> tuple[bytes, tuple[int, int], bool]:
     elif damage == "overwrite":
         for _ in range(draw(st.integers(1, 8))):
             data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    return bytes(data), size, damage != "none"
+    return bytes(data), size, damage != "none" or fmt not in LOADED_FORMATS
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -344,7 +346,7 @@ def test_random_images_and_damage(scratch: Path, example: tuple[bytes, tuple, bo
     data, size, damaged = example
     scratch.write_bytes(data)
     image = loads_or_refuses(scratch)
-    if not damaged:  # an intact image loads exactly when it is big enough to inspect
+    if not damaged:  # an intact image we read loads exactly when it is big enough to inspect
         assert (image is not None) == (min(size) >= 2)
         assert image is None or image.size == size
 
@@ -476,13 +478,24 @@ def test_fuzzed_images_load_or_are_refused(tmp_path: Path) -> None:
 
 
 MAKE_LARGEST = """
-import sys
+import io, sys
 from PIL import Image
-from ind_knn_ad.io.images import DECODE_BYTES, MAX_PIXELS, decode_bytes
+from ind_knn_ad.io.images import DECODE_BYTES, MAX_PIXELS, decode_need
 mode = sys.argv[2]
-side = int(min(MAX_PIXELS, DECODE_BYTES // decode_bytes(mode, 1)) ** 0.5)
-Image.new(mode, (side, side), 90).save(sys.argv[1])
-Image.new(mode, (side + 1, side + 1), 90).save(sys.argv[3])
+header = {"RGB": (8, 2), "I;16": (16, 0), "RGBA": (8, 6), "L": (8, 0)}[mode]
+sys.path.insert(0, sys.argv[4])
+from test_image_loader import png_chunk, png_header
+
+def need(side):  # what the loader counts for a PNG of this side, from its header alone
+    data = png_header(side, side, *header) + png_chunk(b"IDAT", b"")
+    return decode_need(Image.open(io.BytesIO(data)))[0]
+
+low, high = 2, int(MAX_PIXELS**0.5)
+while low < high:  # the largest side within DECODE_BYTES
+    middle = (low + high + 1) // 2
+    low, high = (middle, high) if need(middle) <= DECODE_BYTES else (low, middle - 1)
+Image.new(mode, (low, low), 90).save(sys.argv[1])
+Image.new(mode, (low + 1, low + 1), 90).save(sys.argv[3])
 """
 # In a process of its own, so that making the image does not raise the peak first.
 LOAD_LARGEST = """
@@ -510,7 +523,9 @@ def test_the_largest_image_takes_one_copy(tmp_path: Path, mode: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     path = tmp_path / "largest.png"
     beyond = tmp_path / "beyond.png"
-    subprocess.run([sys.executable, "-c", MAKE_LARGEST, path, mode, beyond], env=env, check=True)
+    tests = Path(__file__).parent
+    command = [sys.executable, "-c", MAKE_LARGEST, path, mode, beyond, tests]
+    subprocess.run(command, env=env, check=True)
     result = subprocess.run(
         [sys.executable, "-c", LOAD_LARGEST, path], capture_output=True, text=True, env=env
     )

@@ -20,7 +20,11 @@ from ind_knn_ad.config import BATCH_IMAGES, FitConfig
 from ind_knn_ad.devices import DEVICES
 from ind_knn_ad.features.augment import NONE, VIEW_SETS
 from ind_knn_ad.features.borders import BORDERS
-from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
+from ind_knn_ad.io.limits import (
+    FIT_BYTES_PER_PIXEL,
+    fit_address_space_problem,
+    input_too_large,
+)
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH
 
@@ -200,6 +204,11 @@ def _problem(args: argparse.Namespace) -> str | None:
         problem = input_too_large(crop, crop, FIT_BYTES_PER_PIXEL)
         if problem:
             return f"--crop {crop} (from --image-size {resize}): {problem}"
+    # Before torch is imported: under a low enough limit, importing it fails.
+    side = resize if args.align else crop  # the smallest an aligned cut is likely to be
+    problem = fit_address_space_problem(side, side)
+    if problem:
+        return f"--image-size {resize}: {problem}"
     return None
 
 

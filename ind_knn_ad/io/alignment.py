@@ -28,6 +28,11 @@ from ind_knn_ad.io.images import load_image
 
 POSE_SIDE = 128  # the part is found on a copy this small across its shorter side
 POSE_LONGEST = 16 * POSE_SIDE  # and at most this long (thin images: shorter across)
+# Above this many pixels, the grey copy is made from a box-reduced one of at most this many
+# (`_grey`): a grey copy of an 8192x8192 image would take 64 MB, and the RGB copy and array
+# the search once made took 640 MB more.
+POSE_PIXELS = 1 << 22
+EDGE_PIXELS = 1 << 16  # the background colour is the median of at most this many per edge
 MARGIN = 0.1  # the box is this much longer and wider than the largest training part
 
 
@@ -86,6 +91,40 @@ def _part_mask(grey: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def _grey(image: Image.Image) -> Image.Image:
+    """A grey copy of the image to find the part on: the whole image's, or above
+    POSE_PIXELS one of a box-reduced copy, as small as the pose search's copy allows."""
+    width, height = image.size
+    if width * height <= POSE_PIXELS:
+        return image.convert("L")  # exactly as before: every pose stays as it was
+    factor = math.ceil(math.sqrt(width * height / POSE_PIXELS))
+    across = max(1, min(factor, width // POSE_SIDE))  # no thinner than the small copy
+    down = max(1, min(math.ceil(width * height / POSE_PIXELS / across), height // POSE_SIDE))
+    across = max(1, min(math.ceil(width * height / POSE_PIXELS / down), width // POSE_SIDE))
+    return image.reduce((across, down)).convert("L")
+
+
+def _edge_pixels(image: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
+    """(N, 3) RGB pixels of one edge of the image (a one-pixel row or column): all of
+    them, or on an edge longer than EDGE_PIXELS (a thin image's, where the edge is the
+    whole image) every k-th, read a chunk at a time."""
+    left, top, right, bottom = box
+    length = max(right - left, bottom - top)
+    step = -(-length // EDGE_PIXELS)
+    if step == 1:
+        return np.asarray(image.crop(box).convert("RGB")).reshape(-1, 3)
+    chunks = []
+    for start in range(0, length, step * 4096):
+        end = min(length, start + step * 4096)
+        part = (
+            (left + start, top, left + end, bottom)
+            if bottom - top == 1
+            else (left, top + start, right, top + end)
+        )
+        chunks.append(np.asarray(image.crop(part).convert("RGB")).reshape(-1, 3)[::step])
+    return np.concatenate(chunks)
+
+
 def find_pose(image: Image.Image) -> Pose:
     """The pose of the part in an RGB image; a frame with no part (all one colour, or the
     "part" filling it) gets the frame's centre, angle 0 and zero extent."""
@@ -97,12 +136,14 @@ def find_pose(image: Image.Image) -> Pose:
         # A thin image (10000x2) at 128 px across would be gigabytes long: cap its length.
         scale = POSE_LONGEST / max(width, height)
         side = short * scale
-    small = image.convert("L").resize(
-        (max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR
+    grey = np.asarray(
+        _grey(image).resize(
+            (max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR
+        )
     )
-    grey = np.asarray(small)
-    rgb = np.asarray(image.convert("RGB"))
-    edge = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    edges = [(0, 0, width, 1), (0, height - 1, width, height), (0, 0, 1, height)]
+    edges.append((width - 1, 0, width, height))  # rows, then columns, as NumPy slices them
+    edge = np.concatenate([_edge_pixels(image, box) for box in edges])
     background = tuple(int(v) for v in np.median(edge, axis=0))
     mask = _part_mask(grey)
     ys, xs = np.nonzero(mask)

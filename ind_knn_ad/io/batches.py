@@ -13,6 +13,7 @@ import numpy as np
 
 from ind_knn_ad.errors import ImageError
 from ind_knn_ad.io.images import is_image_file, shown_name
+from ind_knn_ad.io.limits import SCORE_BYTES_PER_PIXEL, DecodeBudget, decode_budget
 from ind_knn_ad.io.preprocess import Prepared, Preprocess
 
 Item = tuple[Path | str, "Prepared | ImageError"]
@@ -91,12 +92,13 @@ def _image_files_under(top: Path | str) -> tuple[list[Path], list[str]]:
     return found, unreadable
 
 
-def _load(preprocess: Preprocess, path: Path | str) -> Prepared | ImageError:
+def _load(preprocess: Preprocess, path: Path | str, budget: DecodeBudget) -> Prepared | ImageError:
     unusable = _lookup_error(path)
     if unusable is not None:
         return unusable
     try:
-        return preprocess.prepare_file(path)
+        with budget.ticket(shown_name(path)) as reserve:
+            return preprocess.prepare_file(path, reserve)
     except ImageError as error:
         return error
     except MemoryError:  # this image alone: the others are still scored
@@ -115,8 +117,13 @@ def preprocessed_batches(
     Pillow releases the GIL while decoding and resizing, so threads overlap with the
     backbone. At most two batches are in flight, which bounds memory for any number of
     files; a bad file becomes an ImageError in its slot instead of stopping the run.
+    Decoders share the memory free when this starts, less what a batch's feature graph and
+    the run's threads take (`limits.DecodeBudget`): large images decode one at a time where
+    memory is short, and one that cannot be decoded in it gets its own ImageError.
     """
     paths = iter(paths)
+    activations = SCORE_BYTES_PER_PIXEL * preprocess.size[0] * preprocess.size[1] * batch_size
+    budget = DecodeBudget(decode_budget(activations, workers))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[tuple[Path | str, Future]] = deque()
 
@@ -126,7 +133,7 @@ def preprocessed_batches(
                     path = next(paths)
                 except StopIteration:
                     return
-                pending.append((path, pool.submit(_load, preprocess, path)))
+                pending.append((path, pool.submit(_load, preprocess, path, budget)))
 
         fill()
         while pending:

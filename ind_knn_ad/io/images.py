@@ -10,11 +10,14 @@ What the loader accepts, and why:
   (what is under a transparent pixel is scored as it is stored).
 - EXIF orientation is honoured, so pixels match what viewers show the operator.
 - The file's content decides the format; the extension is not trusted (a PNG named `.jpg`
-  is read as the PNG it is).
+  is read as the PNG it is). Only PNG, JPEG, BMP and TIFF are decoded (FORMATS): Pillow's
+  other decoders (WebP, JPEG 2000, AVIF) took 3 to 5 times an image's pixels in memory.
 - Images smaller than 2x2, larger than MAX_PIXELS, or taking more than DECODE_BYTES to
-  decode in their mode are refused from the header alone, before any pixel is decoded: a
-  20000x20000 PNG or a decompression bomb costs no memory, and no image more than an
-  8192x8192 RGB one.
+  decode are refused from the header alone, before any pixel is decoded: a 20000x20000 PNG
+  or a decompression bomb costs no memory, and no image more than an 8192x8192 RGB one.
+  What decoding takes is counted per format (`decode_need`): the pixels in their mode and
+  their RGB copy, Pillow's row pointers, a PNG's two rows, a progressive JPEG's
+  coefficients, a compressed TIFF's strip or tile, an EXIF turn's copy.
   Preprocessing (`preprocess`) resizes only what lands in the crop, so a thin image (50000x2) that
   passes the pixel limit costs no more than a square one either.
 - Every failure, whatever Pillow raised, becomes one ImageError whose one-line message
@@ -27,7 +30,7 @@ import functools
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +39,32 @@ from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 from ind_knn_ad.errors import ImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+# The formats decoded, whatever the extension; Pillow's other decoders are never tried.
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+# Formats told apart by their first bytes, to name them when they are refused.
+_OTHER_FORMATS = {
+    b"RIFF": "WebP",
+    b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
+    b"\xffO\xffQ": "JPEG 2000",
+    b"GIF8": "GIF",
+    b"ftypavif": "AVIF",
+    b"ftypheic": "HEIF",
+}
 # Refuse anything larger before decoding it: a 20000x20000 PNG or a decompression bomb
 # would otherwise take gigabytes. 8192x8192 is far beyond any inspection camera we expect.
 MAX_PIXELS = 8192 * 8192
 # Decoding holds the pixels in the file's mode and, but for 8-bit RGB, an RGB copy (deep
-# images also a grey one): together at most what the largest RGB image takes, which keeps
-# the loader within 300 MB of memory (tests/test_image_loader.py measures the peak).
-DECODE_BYTES = MAX_PIXELS * 3
+# images also a grey one), and the decoder's own buffers (`decode_need`): together at most
+# what the largest RGB image takes with its row pointers and a PNG's rows (1 MiB), which
+# keeps the loader within 300 MB of memory (tests/test_image_loader.py measures the peak).
+DECODE_BYTES = MAX_PIXELS * 3 + (1 << 20)
 MIN_SIDE = 2
+# Pillow allocates pixels in blocks of 16 MB, which malloc keeps after the image is freed
+# (two 8192x8192 decodes in turn left the process 400 MB larger, and the feature graph
+# then failed under an address-space limit). Blocks above malloc's largest mmap threshold
+# (32 MB) are mapped and unmapped whole; an image smaller than one block takes only its size.
+PIXEL_BLOCK_BYTES = 64 << 20
+Image.core.set_block_size(PIXEL_BLOCK_BYTES)
 # What Pillow's parsers raise on malformed data, besides OSError and the bomb guard.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
@@ -135,48 +156,134 @@ def _check_file(path: str | Path, name: str) -> None:
         raise ImageError(f"{name}: not a regular file")
 
 
+def _pixel_bytes(mode: str) -> int:
+    try:
+        layout = ImageMode.getmode(mode)
+        return len(layout.bands) * np.dtype(layout.typestr).itemsize
+    except (KeyError, TypeError):  # a mode Pillow cannot describe: assume the widest
+        return 16
+
+
 def decode_bytes(mode: str, pixels: int) -> int:
     """Bytes that decoding `pixels` of an image in `mode` holds at its peak: its own pixels,
     then, unless it is 8-bit RGB, an RGB copy (and for deep modes a grey one before it)."""
-    try:
-        layout = ImageMode.getmode(mode)
-        own = len(layout.bands) * np.dtype(layout.typestr).itemsize
-    except (KeyError, TypeError):  # a mode Pillow cannot describe: assume the widest
-        own = 16
+    own = _pixel_bytes(mode)
     if mode == "RGB":
         return pixels * own
     deep = mode.startswith("I") or mode == "F"
     return pixels * (own + 3 + (1 if deep else 0))
 
 
-def load_image(path: str | Path) -> Image.Image:
+def _turns(image: Image.Image) -> bool:
+    """True when EXIF orientation asks for a turn or flip. A PNG's eXIf chunk after its
+    pixels is only seen once they are decoded (`load_image` checks again then)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return False
+    try:
+        return image.getexif().get(0x0112, 1) in range(2, 9)
+    except Exception:  # a damaged EXIF block: exif_transpose will not turn either
+        return False
+
+
+def _decoder_bytes(image: Image.Image) -> tuple[int, str]:
+    """What the format's decoder holds besides the pixels, in bytes, and what it is."""
+    width, height = image.size
+    if image.format == "PNG":  # the row being unfiltered and the one above it
+        return 2 * (width * _pixel_bytes(image.mode) + 1), "PNG rows"
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
+        layers = getattr(image, "layer", None) or [(0, 1, 1, 0)] * len(image.getbands())
+        most = max(h * v for _, h, v, _ in layers)
+        samples = sum(h * v for _, h, v, _ in layers) / most  # per pixel, subsampled
+        return int(width * height * samples * 2), "progressive JPEG"  # 16-bit coefficients
+    tile = image.tile[0] if image.tile else None
+    if image.format == "TIFF" and tile is not None and tile.codec_name == "libtiff":
+        tags = getattr(image, "tag_v2", {})
+        if 322 in tags and 323 in tags:
+            area = int(tags[322]) * int(tags[323])
+        else:
+            area = width * min(height, int(tags.get(278, height)))
+        depth = max(4, -(-sum(tags.get(258, (8,))) // 8))
+        return area * depth, "compressed TIFF"
+    return 0, ""
+
+
+def decode_need(image: Image.Image) -> tuple[int, str]:
+    """Bytes that decoding an opened (not yet loaded) image holds at its peak, and what
+    besides its pixels makes them up: its pixels and RGB copy (`decode_bytes`), Pillow's
+    row pointers, its decoder's buffers (`_decoder_bytes`) and an EXIF turn's copy."""
+    width, height = image.size
+    pixels = width * height
+    need = decode_bytes(image.mode, pixels) + 8 * height
+    extra, what = _decoder_bytes(image)
+    if _turns(image):
+        extra += pixels * _pixel_bytes(image.mode)
+        what = f"{what}, EXIF turn" if what else "EXIF turn"
+    return need + extra, what
+
+
+def _format_name(path: str | Path) -> str | None:
+    """The name of a known format Pillow may read but we do not, from the first bytes."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError:
+        return None
+    for magic, name in _OTHER_FORMATS.items():
+        if head.startswith(magic) or head[4:].startswith(magic):
+            return name
+    return None
+
+
+def _checked_need(image: Image.Image, name: str) -> int:
+    """What decoding this opened image takes (`decode_need`), or the ImageError refusing it
+    from its header: too many pixels, too small, or taking more than DECODE_BYTES."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{name}: image is {width}x{height}, more than the {MAX_PIXELS} pixel "
+            "limit (refused before decoding)"
+        )
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise ImageError(f"{name}: image is {width}x{height}, too small to inspect")
+    need, what = decode_need(image)
+    if need > DECODE_BYTES:
+        raise ImageError(
+            f"{name}: image is {width}x{height} {image.mode}{f' ({what})' if what else ''}, "
+            f"which takes about {need / 1e6:.0f} MB to decode, more than the "
+            f"{DECODE_BYTES / 1e6:.0f} MB limit (refused before decoding)"
+        )
+    return need
+
+
+def load_image(path: str | Path, reserve: Callable[[int], None] | None = None) -> Image.Image:
     """Decode a file into an RGB image, honouring EXIF orientation; else raise ImageError.
 
     Orientation is applied so that the pixels match what image viewers show people:
-    masks, heatmaps and the operator's eye all agree on where a defect is.
+    masks, heatmaps and the operator's eye all agree on where a defect is. `reserve`, if
+    given, is called with the bytes decoding will take before any pixel is decoded (it may
+    wait for memory, or raise ImageError); a turn found only after decoding adds its copy.
     """
     name = shown_name(path)
     try:
         _check_file(path, name)
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(
-                    f"{name}: image is {width}x{height}, more than the {MAX_PIXELS} pixel "
-                    "limit (refused before decoding)"
-                )
-            if width < MIN_SIDE or height < MIN_SIDE:
-                raise ImageError(f"{name}: image is {width}x{height}, too small to inspect")
-            need = decode_bytes(image.mode, width * height)
-            if need > DECODE_BYTES:
-                raise ImageError(
-                    f"{name}: image is {width}x{height} {image.mode}, which takes about "
-                    f"{need / 1e6:.0f} MB to decode, more than the {DECODE_BYTES / 1e6:.0f} MB "
-                    "limit (refused before decoding)"
-                )
+        with Image.open(path, formats=FORMATS) as image:
+            need = _checked_need(image, name)
+            turned = _turns(image)
+            if reserve is not None:
+                reserve(need)
             if image.format == "TIFF":
                 _silence_libtiff()
             image.load()
+            if not turned and _turns(image):  # a PNG's eXIf chunk after its pixels
+                extra = image.size[0] * image.size[1] * _pixel_bytes(image.mode)
+                if need + extra > DECODE_BYTES:
+                    raise ImageError(
+                        f"{name}: image is {image.size[0]}x{image.size[1]} {image.mode} (EXIF "
+                        f"turn), which takes about {(need + extra) / 1e6:.0f} MB to decode, "
+                        f"more than the {DECODE_BYTES / 1e6:.0f} MB limit"
+                    )
+                if reserve is not None:
+                    reserve(extra)
             ImageOps.exif_transpose(image, in_place=True)  # a copy would double the memory
             return _to_rgb(image)
     except ImageError:
@@ -186,6 +293,12 @@ def load_image(path: str | Path) -> Image.Image:
     except PermissionError:
         raise ImageError(f"{name}: permission denied") from None
     except UnidentifiedImageError:
+        other = _format_name(path)
+        if other is not None:
+            raise ImageError(
+                f"{name}: {'an' if other[0] in 'AEIOU' else 'a'} {other} image; only PNG, JPEG, "
+                "BMP and TIFF are read"
+            ) from None
         raise ImageError(f"{name}: not an image file (or an unsupported format)") from None
     except Image.DecompressionBombError:
         raise ImageError(

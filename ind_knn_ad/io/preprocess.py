@@ -7,6 +7,7 @@ this nor each other's callers. NumPy and Pillow only: scoring imports this witho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,6 +136,9 @@ class Preprocess:
         """Decode and preprocess one file: the network's input alone."""
         return self(load_image(path))
 
-    def prepare_file(self, path: str | Path) -> Prepared:
-        """Decode and preprocess one file, keeping what later steps need."""
-        return self.prepare(load_image(path))
+    def prepare_file(
+        self, path: str | Path, reserve: Callable[[int], None] | None = None
+    ) -> Prepared:
+        """Decode and preprocess one file, keeping what later steps need; `reserve` as for
+        `load_image`."""
+        return self.prepare(load_image(path, reserve))

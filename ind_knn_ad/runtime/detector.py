@@ -21,6 +21,7 @@ from ind_knn_ad.io.preprocess import Prepared, Preprocess
 from ind_knn_ad.methods import make_scorer
 from ind_knn_ad.methods.base import PatchScores
 from ind_knn_ad.model_file.schema import Model
+from ind_knn_ad.search.nearest import start_threads
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -127,6 +128,7 @@ class Detector:
         add up to the scoring alone. A bad image took 0 seconds.
         """
         batch_size = batch_size or self.batch_size
+        start_threads()  # before the decoders measure what memory is free
         batches = iter(preprocessed_batches(paths, self.preprocess, batch_size))
         while True:
             start = time.perf_counter()

@@ -8,7 +8,9 @@ image's score is made of is the method's (`methods.patchcore.image_score`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +45,25 @@ Result = TypeVar("Result")
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="nearest")
+
+
+def start_threads() -> None:
+    """Start the search's threads and have each map its BLAS buffer now, all at once, as a
+    search does: OpenBLAS maps a buffer (up to 128 MB of address space) the first time a
+    thread calls it, and ends the whole process when it cannot ("Memory allocation still
+    failed"). Scoring calls this before decoding starts, so that the decoders' share of
+    memory (`io.limits.decode_budget`) is measured with these already in place."""
+    ready = threading.Barrier(cpu_count())
+
+    def product(_: int) -> float:
+        # A thread late: its buffer comes at its first search, as before.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            ready.wait(timeout=10)
+        square = np.ones((8, 8), np.float32)
+        return float((square @ square)[0, 0])
+
+    with one_blas_thread():
+        list(_pool().map(product, range(cpu_count())))
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,13 @@ class PatchCoreFitter(Fitter):
         image_score: str,
         progress: ProgressFactory,
     ) -> Fitted:
-        """The greedy coreset of every training patch, views included (`augment`), with as
-        many rows as without views, so that scoring costs the same."""
+        """The greedy coreset of every training patch, views included (`augment`): the
+        coreset fraction, and the rule without one, count the views' patches too, so that
+        `--coreset 1.0` keeps every one (issue 26, item 9; the bank once kept as many rows as
+        without views, whatever the fraction)."""
         images, patches, channels = train.features.shape
         flat = train.features.reshape(-1, channels)
-        size = coreset_size(images * patches // train.views, settings.coreset)
+        size = coreset_size(images * patches, settings.coreset)
         with progress("Coreset selection", size) as callback:
             chosen = greedy_coreset(flat, size, settings.projection_dim, settings.seed, callback)
         bank = np.ascontiguousarray(flat[chosen])
