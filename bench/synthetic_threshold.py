@@ -35,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 from common import CHOSEN, MVTEC, PYTHON, ROOT, chosen_settings, machine, report
+from threshold_rules import balanced_cut
 
 import ind_knn_ad.train
 from ind_knn_ad.calibration.operating_point import operating_threshold, parse_operating_point
-from ind_knn_ad.calibration.threshold import FEW, balanced_cut
+from ind_knn_ad.calibration.threshold import FEW
 from ind_knn_ad.io.datasets import Dataset, load_dataset
 
 

@@ -22,19 +22,40 @@ from pathlib import Path
 
 import numpy as np
 
-from ind_knn_ad.calibration.threshold import (
-    auto_threshold,
-    balanced_cut,
-    cut_counts,
-    false_alarm_bound,
-)
+from ind_knn_ad.calibration.threshold import auto_threshold, cut_counts, false_alarm_bound
 
 Rule = Callable[[np.ndarray, np.ndarray], float]
 
 
 def library(held: np.ndarray, synthetic: np.ndarray) -> float:
-    """Today's `calibration.threshold.auto_threshold`."""
+    """This checkout's `calibration.threshold.auto_threshold`."""
     return auto_threshold(held, synthetic)[0]
+
+
+def balanced_cut(good: np.ndarray, defective: np.ndarray) -> float:
+    """The middle one of the cuts with the least false-alarm share plus miss share."""
+    cuts, false_alarms, caught = cut_counts(good, defective)
+    cost = false_alarms / good.size + (defective.size - caught) / defective.size
+    best = np.flatnonzero(cost <= cost.min() + 1e-12)
+    return float(cuts[best[len(best) // 2]])
+
+
+def until_2026_12_07(held: np.ndarray, synthetic: np.ndarray) -> float:
+    """The library's rule before: `balanced` below 20 held-out images, else mean + 3 std."""
+    finite = synthetic[np.isfinite(synthetic)]
+    if finite.size and held.size < 20:
+        return balanced_cut(held, finite)
+    return float(held.mean() + 3 * held.std())
+
+
+def gap(quantile: float) -> Rule:
+    """Halfway between the held-out maximum and this quantile (%) of the synthetic defects."""
+
+    def rule(held: np.ndarray, synthetic: np.ndarray) -> float:
+        finite = synthetic[np.isfinite(synthetic)]
+        return float((held.max() + np.percentile(finite, quantile)) / 2)
+
+    return rule
 
 
 def sigmas(k: float) -> Rule:
@@ -70,8 +91,17 @@ def spread_above_max(k: float) -> Rule:
     return lambda held, synthetic: float(held.max() + k * held.std())
 
 
+def below(count: int, few: Rule, many: Rule) -> Rule:
+    return lambda held, synthetic: (few if held.size < count else many)(held, synthetic)
+
+
 RULES: dict[str, Rule] = {
-    "library": library,
+    "library (this checkout)": library,
+    "until 2026-12-07: balanced below 20, else mean+3std": until_2026_12_07,
+    "gap q25 always": gap(25),
+    "gap q33 always": gap(33),
+    "gap q25 below 20, else mean+3std": below(20, gap(25), sigmas(3)),
+    "gap q25 below 50, else mean+3std": below(50, gap(25), sigmas(3)),
     "mean+3std": sigmas(3),
     "mean+2std": sigmas(2),
     "held-out max": highest,

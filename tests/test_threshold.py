@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ind_knn_ad.calibration.threshold import FEW, auto_threshold, balanced_cut
+from ind_knn_ad.calibration.threshold import FEW, auto_threshold
 
 
 def test_auto_threshold_is_mean_plus_three_std() -> None:
@@ -18,10 +18,11 @@ def test_auto_threshold_is_mean_plus_three_std() -> None:
 
 def test_few_held_out_images_place_the_threshold_against_synthetic_defects() -> None:
     """5 held-out good scores and defects from 6 up: mean + 3 std (7.0) would pass the
-    defects at 6 and 6.5; the cut between the two kinds flags every defect and no good."""
+    defects at 6 and 6.5; halfway between the highest good score (5) and the defects' lower
+    quartile (6.375) flags every defect and no good."""
     good, defects = np.array([2.0, 3.0, 3.0, 4.0, 5.0]), np.array([6.0, 6.5, 9.0, 12.0])
     value, details = auto_threshold(good, defects)
-    assert value == 5.5
+    assert value == 5.6875
     assert "synthetic defects" in details["rule"]
     assert details["synthetic"] == {"count": 4, "caught": 4}
     assert details["holdout"]["count"] == 5
@@ -44,20 +45,20 @@ def test_from_few_held_out_images_on_the_rule_is_mean_plus_three_std() -> None:
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_balanced_cut_has_the_least_false_alarm_plus_miss_share(seed: int) -> None:
-    """Against every threshold at or between the scores, on random scores with ties."""
+def test_few_held_out_images_cut_halfway_to_the_defects_the_model_sees(seed: int) -> None:
+    """Below FEW: halfway between the highest held-out score and the lower quartile of the
+    defects, so a new good image may score above every held-out one and still pass, and
+    the faint defects (below the quartile) do not drag the cut into the good scores."""
     rng = np.random.default_rng(seed)
-    good = rng.integers(0, 12, rng.integers(1, 15)).astype(float)
-    defects = rng.integers(4, 16, rng.integers(1, 40)).astype(float)
-
-    def cost(value: float) -> float:
-        return (good >= value).mean() + (defects < value).mean()
-
-    scores = np.unique(np.concatenate([good, defects]))
-    candidates = np.concatenate([[0.0], scores, [scores[-1] + 1]])
-    value = balanced_cut(good, defects)
-    assert cost(value) == pytest.approx(min(cost(c) for c in candidates))
-    assert not np.isin(value, scores)  # between scores, never on one
+    good = rng.uniform(10, 20, rng.integers(2, FEW))
+    defects = np.concatenate([rng.uniform(5, 20, 8), rng.uniform(25, 60, 32)])
+    value, details = auto_threshold(good, defects)
+    quartile = np.percentile(defects, 25)
+    assert value == pytest.approx((good.max() + quartile) / 2)
+    assert good.max() < value < quartile
+    assert details["expected_false_alarms"]["held_out_flagged"] == 0
+    assert details["synthetic"]["caught"] == int((defects >= value).sum())
+    assert details["rule"].startswith("halfway between the highest")
 
 
 def test_expected_false_alarms_count_held_out_images_at_or_above_the_threshold() -> None:

@@ -12,9 +12,13 @@ import numpy as np
 from ind_knn_ad.errors import DatasetError
 
 AUTO = "auto"
-# Fewer held-out images than this: the threshold is placed against synthetic defects
-# (auto_threshold, bench/synthetic_threshold.py).
-FEW = 20
+# Fewer held-out images than this: the threshold is placed between them and the synthetic
+# defects (`gap_cut`); from this many on, their mean and spread are steady enough for
+# mean + 3 std (bench/threshold_rules.py on bench/flags.py's fits).
+FEW = 50
+# The synthetic defects' score quantile (%) that stands for a defect the model sees: below
+# it are the ones too small or faint to see at all, which say nothing about where to cut.
+SEEN_QUANTILE = 25
 # Held-out scores at most this share of the features' own scale are rounding, not
 # differences: scoring the same image again differs by about 1e-6 of it (ONNX against
 # torch features), so a threshold placed among such scores flags the training images.
@@ -44,18 +48,14 @@ def auto_threshold(
 ) -> tuple[float, dict]:
     """The threshold from held-out good scores and, with few of them, synthetic defects.
 
-    From FEW held-out images on: mean + `sigmas` standard deviations of their scores.
-    Measured against the maximum, 4 std and the 95th percentile (bench/accuracy.py): it
-    ties the best on bottle_256 and beats the maximum on screw_512, since one odd training
-    image cannot drag it up the way it drags the maximum.
+    From FEW held-out images on: mean + `sigmas` standard deviations of their scores. One
+    odd training image cannot drag it up the way it drags the maximum (bench/accuracy.py).
 
-    Below FEW, with `defects` (scores of synthetic defects on held-out images): the cut
-    with the fewest false alarms on the held-out images plus misses of the defects, each as
-    a share. A standard deviation of a handful of scores is too loose to go 3 of them out,
-    and those held-out scores sit above new good images' (bench/few_shot.py): the threshold
-    landed above real defects. On the shared sets at 5 to 10 training images this halves
-    the misses for some more false alarms, and leaves larger fits as they were
-    (bench/synthetic_threshold.py).
+    Below FEW, with `defects` (scores of synthetic defects on held-out images): `gap_cut`,
+    halfway between the highest held-out score and the defects the model sees. A handful
+    of held-out images neither shows how far new good images reach above them (on
+    bottle_256 at 5 images they reached well above; bench/flags.py) nor gives a steady
+    standard deviation; the defects show how much room there is before one is missed.
 
     Returns the value and the statistics stored in the model. DatasetError where the
     rule gives no positive threshold (identical training images): it would flag every image.
@@ -73,11 +73,11 @@ def auto_threshold(
     # A defect whose features overflowed is caught at any cut: it places nothing.
     defects = np.empty(0) if defects is None else defects[np.isfinite(defects)]
     if defects.size and scores.size < FEW:
-        value = balanced_cut(scores, defects)
+        value = gap_cut(scores, defects)
         details["rule"] = (
-            f"fewest false alarms plus misses between {scores.size} leave-one-image-out scores "
-            f"of train/good and {defects.size} synthetic defects on them (fewer than {FEW} "
-            "held out)"
+            f"halfway between the highest of {scores.size} leave-one-image-out scores of "
+            f"train/good and the lower quartile of {defects.size} synthetic defects on them "
+            f"(fewer than {FEW} held out)"
         )
         details["synthetic"] = {"count": int(defects.size), "caught": int((defects >= value).sum())}
     else:
@@ -95,6 +95,13 @@ def auto_threshold(
     return value, details
 
 
+def gap_cut(good: np.ndarray, defects: np.ndarray) -> float:
+    """Halfway between the highest good score and the SEEN_QUANTILE of the defects' scores:
+    as far from both as the scores allow. Below the highest good score where the defects
+    the model sees score among the good ones; the expected false alarms then say so."""
+    return float((good.max() + np.percentile(defects, SEEN_QUANTILE)) / 2)
+
+
 def cut_counts(
     good: np.ndarray, defective: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,14 +115,6 @@ def cut_counts(
     false_alarms = good.size - np.searchsorted(np.sort(good), cuts, side="left")
     caught = defective.size - np.searchsorted(np.sort(defective), cuts, side="left")
     return cuts, false_alarms, caught
-
-
-def balanced_cut(good: np.ndarray, defective: np.ndarray) -> float:
-    """The middle one of the cuts with the least false-alarm share plus miss share."""
-    cuts, false_alarms, caught = cut_counts(good, defective)
-    cost = false_alarms / good.size + (defective.size - caught) / defective.size
-    best = np.flatnonzero(cost <= cost.min() + 1e-12)
-    return float(cuts[best[len(best) // 2]])
 
 
 def false_alarm_bound(flagged: int, count: int, confidence: float = 0.95) -> float:
