@@ -11,6 +11,7 @@ the bound the fit would print (its 95% bound from the held-out images it flags).
     python bench/flags.py --json all.json
     python bench/flags.py --shots 5 7 10 20 --draws 3 --json few.json
     python bench/threshold_rules.py all.json few.json
+    python bench/threshold_rules.py few.json --by-set "until 2026-12-07" library
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def below(count: int, few: Rule, many: Rule) -> Rule:
 
 
 RULES: dict[str, Rule] = {
-    "library (this checkout)": library,
-    "until 2026-12-07: balanced below 20, else mean+3std": until_2026_12_07,
+    "library": library,  # this checkout's
+    "until 2026-12-07": until_2026_12_07,  # balanced below 20, else mean + 3 std
     "gap q25 always": gap(25),
     "gap q33 always": gap(33),
     "gap q25 below 20, else mean+3std": below(20, gap(25), sigmas(3)),
@@ -126,11 +127,33 @@ def judged(fit: dict, rule: Rule) -> tuple[int, int, bool]:
     return errors, errors - best, alarms / good.size > bound
 
 
+def by_set(fits: list[dict], names: list[str]) -> None:
+    """Per set and k, for each named rule: the share misclassified and the regret, as the
+    mean over the draws, and the draws whose good test images beat the printed bound."""
+    print("| set | k | draws | " + " | ".join(f"{n}: misclassified, regret, over" for n in names))
+    print("|---" * (3 + len(names)) + "|")
+    for name, k in dict.fromkeys((fit["set"], fit["shots"]) for fit in fits):
+        mine = [fit for fit in fits if (fit["set"], fit["shots"]) == (name, k)]
+        cells = []
+        for rule in names:
+            judged_fits = [judged(fit, RULES[rule]) for fit in mine]
+            pairs = zip(judged_fits, mine, strict=True)
+            share = np.mean([errors / fit["images"] for (errors, _, _), fit in pairs])
+            regret = np.mean([r for _, r, _ in judged_fits])
+            over = sum(o for _, _, o in judged_fits)
+            cells.append(f"{share:.1%}, {regret:.1f}, {over}")
+        print(f"| {name} | {k or 'all'} | {len(mine)} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", type=Path)
+    parser.add_argument("--by-set", nargs="+", metavar="RULE", help="these rules per set and k")
     args = parser.parse_args()
     fits = [fit for path in args.json for fit in json.loads(path.read_text())]
+    if args.by_set:
+        by_set(fits, args.by_set)
+        return
     groups = sorted({fit["shots"] for fit in fits})
     print("| rule | " + " | ".join(f"k={k or 'all'}: errors, regret, over bound" for k in groups))
     print("|---" * (len(groups) + 1) + "|")
