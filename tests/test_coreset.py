@@ -7,14 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ind_knn_ad.search.coreset import (
-    FULL_BANK_PATCHES,
-    coreset_size,
-    greedy_coreset,
-    greedy_k_center,
-    project,
-    start_index,
-)
+from ind_knn_ad.search.coreset import FULL_BANK_PATCHES, coreset_size, greedy_coreset, project
+from ind_knn_ad.search.k_center import greedy_k_center, start_index
 
 
 def reference_k_center(points: np.ndarray, size: int, start: int) -> np.ndarray:
