@@ -32,11 +32,11 @@ def covering_radius(points: np.ndarray, chosen: np.ndarray) -> float:
     return float(np.sqrt(squared.min(axis=1).max()))
 
 
-def clustered(count: int, dim: int, seed: int) -> np.ndarray:
+def clustered(count: int, dim: int, seed: int, clusters: int = 24) -> np.ndarray:
     """Gaussian blobs of different spreads: the kind of data where block pruning skips most
     of the work, so the test goes through the pruned path many times."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=10.0, size=(24, dim))
+    centres = rng.normal(scale=10.0, size=(clusters, dim))
     which = rng.integers(len(centres), size=count)
     spread = rng.uniform(0.3, 3.0, size=len(centres))[which, None]
     return (centres[which] + spread * rng.normal(size=(count, dim))).astype(np.float32)

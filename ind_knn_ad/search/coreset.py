@@ -11,9 +11,16 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ind_knn_ad.search.k_center import greedy_k_center, start_index
+from ind_knn_ad.search.k_center import k_center_radius, start_index
+from ind_knn_ad.search.two_stage import two_stage_k_center, worth_two_stages
 
 PROJECTION_DIM = 128
+# Plain greedy k-center's work grows as rows x bank size (bench/budget.py). Beyond this, it
+# runs in two stages (search/two_stage.py), whose bank covers the rows less tightly but
+# costs a fraction of the time; set above the largest of the shared sets' fits (their
+# default and automatic settings, and grid_512 at 512 px with a 1% coreset:
+# bench/same_fit.py), so that every one of them keeps its bank.
+GREEDY_WORK = 4e9
 # Rows projected per matrix product, so projecting needs no second full-size copy.
 PROJECT_ROWS = 1 << 16
 
@@ -60,9 +67,13 @@ def greedy_coreset(
     projection_dim: int = PROJECTION_DIM,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    image_rows: int = 1,
+    work: float = GREEDY_WORK,
 ) -> np.ndarray:
     """Indices of `size` rows of (N, D) `features` chosen by greedy k-center in a seeded
-    random projection, starting from a seeded random row."""
+    random projection, starting from a seeded random row. Where rows x size exceeds `work`
+    (and two stages save work), the two-stage greedy of search/two_stage.py instead, in
+    chunks of whole images of `image_rows` rows."""
     count = features.shape[0]
     if not 0 < size <= count:
         raise ValueError(f"coreset size must be in 1..{count}, not {size}")
@@ -70,10 +81,14 @@ def greedy_coreset(
         # Every row is kept (--coreset 1.0): the greedy order would change nothing the bank
         # is used for, and ordering all rows costs time quadratic in their number.
         return np.arange(count)
-    # Passed on without a name here, so greedy_k_center holds the only reference.
-    return greedy_k_center(
+    if count * size > work and worth_two_stages(count, size):
+        points = project(features, projection_dim, seed)
+        return two_stage_k_center(points, size, seed, image_rows, progress)
+    # Passed on without a name here, so k_center_radius holds the only reference.
+    chosen, _ = k_center_radius(
         project(features, projection_dim, seed), size, start_index(count, seed), progress
     )
+    return chosen
 
 
 def seeded_sample(count: int, limit: int, seed: int) -> np.ndarray:

@@ -109,6 +109,21 @@ def greedy_k_center(
     never chosen again); pruning only skips updates that cannot change anything.
     `progress(done)` is called every few hundred steps.
     """
+    return k_center_radius(points, size, start, progress)[0]
+
+
+def k_center_radius(
+    points: np.ndarray,
+    size: int,
+    start: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, float]:
+    """`greedy_k_center`'s indices, and the radius they cover `points` with: the distance
+    from the farthest point to its nearest chosen one (0 when every point is chosen).
+
+    A caller that made `points` for this call alone should pass them without keeping a
+    name: regrouping copies them, and the original can then be freed.
+    """
     points = np.asarray(points, dtype=np.float32)
     count = points.shape[0]
     if not 0 < size <= count:
@@ -125,7 +140,8 @@ def greedy_k_center(
                 progress(step + 1)
     if progress is not None:
         progress(size)
-    return greedy.chosen
+    farthest = float(greedy.min_distances[greedy.position])
+    return greedy.chosen, math.sqrt(max(farthest, 0.0))
 
 
 class _Greedy:
