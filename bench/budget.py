@@ -96,7 +96,7 @@ def stages(stderr: str) -> str:
 
 
 def fit(code: Path, folder: Path, name: str, label: str) -> None:
-    model = WORK / f"budget_{name}_{label}.safetensors"
+    model = WORK / f"budget_{name}_{'after' if code == ROOT else 'before'}.safetensors"
     command = ["env", f"PYTHONPATH={code}", PYTHON, code / "make_model.py", "--data-dir"]
     command += [folder, "--model", model, "--device", "cpu", *FITS[name]]
     result = run(command)
