@@ -97,11 +97,14 @@ def stages(stderr: str) -> str:
 
 def fit(code: Path, folder: Path, name: str, label: str) -> None:
     model = WORK / f"budget_{name}_{'after' if code == ROOT else 'before'}.safetensors"
-    command = ["env", f"PYTHONPATH={code}", PYTHON, code / "make_model.py", "--data-dir"]
+    # make_model.py's command, with a stack sampler for the stages' seconds (fit_stages.py).
+    command = ["env", f"PYTHONPATH={code}", PYTHON, ROOT / "bench" / "fit_stages.py"]
+    command += ["--data-dir"]
     command += [folder, "--model", model, "--device", "cpu", *FITS[name]]
     result = run(command)
     output = (result.stdout + result.stderr).splitlines()
     bank = [line.split(";")[0] for line in output if line.startswith("Memory bank")]
+    sampled = [line for line in output if line.startswith("Stages (sampled")]
     report(
         f"budget fit, {name} ({label})",
         command,
@@ -110,6 +113,7 @@ def fit(code: Path, folder: Path, name: str, label: str) -> None:
             "CPU time": f"{result.cpu_seconds:.0f} s",
             "peak RSS": f"{result.peak_rss_mb:.0f} MB",
             "progress bars": stages(result.stderr),
+            "stages": sampled[-1].split(": ", 1)[1] if sampled else "?",
             "bank": bank[0] if bank else "?",
             "machine": machine(),
         },
