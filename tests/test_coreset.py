@@ -7,14 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ind_knn_ad.search.coreset import (
-    FULL_BANK_PATCHES,
-    coreset_size,
-    greedy_coreset,
-    greedy_k_center,
-    project,
-    start_index,
-)
+from ind_knn_ad.search.coreset import FULL_BANK_PATCHES, coreset_size, greedy_coreset, project
+from ind_knn_ad.search.k_center import greedy_k_center, start_index
 
 
 def reference_k_center(points: np.ndarray, size: int, start: int) -> np.ndarray:
@@ -38,11 +32,11 @@ def covering_radius(points: np.ndarray, chosen: np.ndarray) -> float:
     return float(np.sqrt(squared.min(axis=1).max()))
 
 
-def clustered(count: int, dim: int, seed: int) -> np.ndarray:
+def clustered(count: int, dim: int, seed: int, clusters: int = 24) -> np.ndarray:
     """Gaussian blobs of different spreads: the kind of data where block pruning skips most
     of the work, so the test goes through the pruned path many times."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=10.0, size=(24, dim))
+    centres = rng.normal(scale=10.0, size=(clusters, dim))
     which = rng.integers(len(centres), size=count)
     spread = rng.uniform(0.3, 3.0, size=len(centres))[which, None]
     return (centres[which] + spread * rng.normal(size=(count, dim))).astype(np.float32)

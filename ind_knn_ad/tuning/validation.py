@@ -174,9 +174,12 @@ class _Validation:
             c.coreset_fraction: self.bank_size(c.coreset_fraction, patches) for c in candidates
         }
         partial = [size for size in sizes.values() if size < len(flat)]
-        # Greedy order is incremental: a smaller bank is a prefix of a larger one.
+        # Greedy order is incremental: a smaller bank is a prefix of a larger one (in two
+        # stages, a prefix of the second stage's order over the same union).
         order = (
-            greedy_coreset(flat, max(partial), self.base.projection_dim, self.base.seed)
+            greedy_coreset(
+                flat, max(partial), self.base.projection_dim, self.base.seed, image_rows=patches
+            )
             if partial
             else None
         )

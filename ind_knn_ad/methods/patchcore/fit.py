@@ -54,7 +54,9 @@ class PatchCoreFitter(Fitter):
         flat = train.features.reshape(-1, channels)
         size = coreset_size(images * patches, settings.coreset)
         with progress("Coreset selection", size) as callback:
-            chosen = greedy_coreset(flat, size, settings.projection_dim, settings.seed, callback)
+            chosen = greedy_coreset(
+                flat, size, settings.projection_dim, settings.seed, callback, image_rows=patches
+            )
         bank = np.ascontiguousarray(flat[chosen])
         # The training image each bank patch came from: a view's patches belong to its
         # image, so a held-out image takes its views with it.
