@@ -114,7 +114,9 @@ class Choice:
         table = Table(title=f"Settings chosen from good images ({self.config.preprocess.label})")
         columns = ("", "input", "candidate", "defects caught", "small caught", "ROC AUC", "s")
         for column in columns:
-            table.add_column(column, justify="left" if columns.index(column) < 3 else "right")
+            left = columns.index(column) < 3
+            # Folded, not cut with an ellipsis, on an 80-column log: the name is the choice.
+            table.add_column(column, justify="left" if left else "right", overflow="fold")
         for trial in self.trials:
             table.add_row(
                 "->" if trial is self.chosen else "",
