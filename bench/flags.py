@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from common import MVTEC, ROOT, machine, worktree
+from common import MVTEC, ROOT, fewest_errors, machine, worktree
 
 DATASETS = ("hazelnut_reduced", "transistor_reduced", "bottle_256", "screw_512", "grid_512")
 
@@ -38,7 +38,6 @@ def fit_one(folder: Path, shots: int, draw: int) -> dict:
     import numpy as np
 
     import ind_knn_ad.train as train_module
-    from ind_knn_ad.calibration.threshold import cut_counts
     from ind_knn_ad.config import FitConfig
     from ind_knn_ad.io.datasets import load_dataset
     from ind_knn_ad.tuning.autosettings import choose
@@ -65,10 +64,10 @@ def fit_one(folder: Path, shots: int, draw: int) -> dict:
     evaluation, settings = result.evaluation, result.model.settings
     good, defective = evaluation.labelled_scores()
     threshold = evaluation.threshold
-    _, alarms, caught = cut_counts(good, defective)
     false_alarms = int((good >= threshold).sum())
     misses = int((defective < threshold).sum())
     preprocess = choice.config.preprocess
+    # Spelled out, not Preprocess.label: the earlier revisions this runs under lack it.
     geometry = (
         f"aligned {preprocess.resize}"
         if preprocess.align is not None
@@ -87,7 +86,7 @@ def fit_one(folder: Path, shots: int, draw: int) -> dict:
         "misses": misses,
         "images": int(good.size + defective.size),
         "good": int(good.size),
-        "best_errors": int((alarms + defective.size - caught).min()),
+        "best_errors": fewest_errors(good, defective),
         "bound": settings["threshold"]["expected_false_alarms"]["upper_95"],
         "seconds": seconds,
         "choose_seconds": choice.seconds,

@@ -22,8 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from common import fewest_errors
 
-from ind_knn_ad.calibration.threshold import auto_threshold, cut_counts, false_alarm_bound
+from ind_knn_ad.calibration.threshold import (
+    auto_threshold,
+    cut_counts,
+    false_alarm_bound,
+    gap_cut,
+)
 
 Rule = Callable[[np.ndarray, np.ndarray], float]
 
@@ -33,10 +39,11 @@ def library(held: np.ndarray, synthetic: np.ndarray) -> float:
     return auto_threshold(held, synthetic)[0]
 
 
-def balanced_cut(good: np.ndarray, defective: np.ndarray) -> float:
-    """The middle one of the cuts with the least false-alarm share plus miss share."""
+def balanced_cut(good: np.ndarray, defective: np.ndarray, alarm_weight: float = 1.0) -> float:
+    """The middle one of the cuts with the least alarm_weight x false-alarm share plus miss
+    share."""
     cuts, false_alarms, caught = cut_counts(good, defective)
-    cost = false_alarms / good.size + (defective.size - caught) / defective.size
+    cost = alarm_weight * false_alarms / good.size + (defective.size - caught) / defective.size
     best = np.flatnonzero(cost <= cost.min() + 1e-12)
     return float(cuts[best[len(best) // 2]])
 
@@ -52,11 +59,7 @@ def until_2026_12_07(held: np.ndarray, synthetic: np.ndarray) -> float:
 def gap(quantile: float) -> Rule:
     """Halfway between the held-out maximum and this quantile (%) of the synthetic defects."""
 
-    def rule(held: np.ndarray, synthetic: np.ndarray) -> float:
-        finite = synthetic[np.isfinite(synthetic)]
-        return float((held.max() + np.percentile(finite, quantile)) / 2)
-
-    return rule
+    return lambda held, synthetic: gap_cut(held, synthetic[np.isfinite(synthetic)], quantile)
 
 
 def sigmas(k: float) -> Rule:
@@ -72,15 +75,10 @@ def balanced(held: np.ndarray, synthetic: np.ndarray) -> float:
 
 
 def weighted(alarm_weight: float) -> Rule:
-    """The cut with the least alarm_weight x false-alarm share + miss share."""
-
-    def rule(held: np.ndarray, synthetic: np.ndarray) -> float:
-        cuts, alarms, caught = cut_counts(held, synthetic[np.isfinite(synthetic)])
-        cost = alarm_weight * alarms / held.size + (synthetic.size - caught) / synthetic.size
-        best = np.flatnonzero(cost <= cost.min() + 1e-12)
-        return float(cuts[best[len(best) // 2]])
-
-    return rule
+    """`balanced`, a false alarm weighing alarm_weight times a miss."""
+    return lambda held, synthetic: balanced_cut(
+        held, synthetic[np.isfinite(synthetic)], alarm_weight
+    )
 
 
 def at_least(first: Rule, second: Rule) -> Rule:
@@ -121,8 +119,7 @@ def judged(fit: dict, rule: Rule) -> tuple[int, int, bool]:
     threshold = rule(held, synthetic)
     alarms = int((good >= threshold).sum())
     errors = alarms + int((defective < threshold).sum())
-    _, false_alarms, caught = cut_counts(good, defective)
-    best = int((false_alarms + defective.size - caught).min())
+    best = fewest_errors(good, defective)
     bound = false_alarm_bound(int((held >= threshold).sum()), held.size)
     return errors, errors - best, alarms / good.size > bound
 

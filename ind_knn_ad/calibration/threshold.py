@@ -95,11 +95,11 @@ def auto_threshold(
     return value, details
 
 
-def gap_cut(good: np.ndarray, defects: np.ndarray) -> float:
-    """Halfway between the highest good score and the SEEN_QUANTILE of the defects' scores:
+def gap_cut(good: np.ndarray, defects: np.ndarray, quantile: float = SEEN_QUANTILE) -> float:
+    """Halfway between the highest good score and the `quantile` (%) of the defects' scores:
     as far from both as the scores allow. Below the highest good score where the defects
     the model sees score among the good ones; the expected false alarms then say so."""
-    return float((good.max() + np.percentile(defects, SEEN_QUANTILE)) / 2)
+    return float((good.max() + np.percentile(defects, quantile)) / 2)
 
 
 def cut_counts(

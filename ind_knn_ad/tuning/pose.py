@@ -46,7 +46,7 @@ class PoseSpread:
     axis_spread: float | None
     centre: float
     border: float
-    side: int = 0
+    side: int
 
     @property
     def plain(self) -> bool:
