@@ -23,6 +23,7 @@ from ind_knn_ad.tuning.autosettings import (
     LARGER_FROM,
     SMALL_CAUGHT,
     TIE,
+    _candidates,
     _larger_input,
     _pick,
     _resolution,
@@ -221,8 +222,8 @@ def test_real_parts(name: str, aligned: bool) -> None:
 class OneTrial:
     """A search that answers with one prepared trial, and counts its calls."""
 
-    def __init__(self, trial: Trial) -> None:
-        self.trial, self.asked = trial, []
+    def __init__(self, trial: Trial, images: int = 200) -> None:
+        self.trial, self.asked, self.images = trial, [], images
 
     def best(self, base: FitConfig, candidates: list[Candidate]) -> tuple[Trial, str]:
         self.asked.append((base.preprocess, candidates))
@@ -257,6 +258,24 @@ def test_a_larger_input_must_catch_more(gain: float, larger_wins: bool) -> None:
     assert asked == LARGE
     assert {c.backbone for c in candidates} == {"efficientnet_lite0"}
     assert {c.coreset_fraction for c in candidates} == {LARGER_FRACTION}
+
+
+def test_few_images_keep_every_patch() -> None:
+    """A fraction of a few images' patches would be a bank of a few dozen rows: where the
+    images hold FULL_BANK_PATCHES patches or fewer at the input, only the library's default
+    rule (every patch) is validated, for the base input and the larger one alike."""
+    few = 16_384 // (64 * 64)  # 512 x 512 px: 64 x 64 patches per image
+    for images, fractions in ((few, {None}), (few + 1, {0.01, 0.1})):
+        candidates = _candidates(FitConfig(), frozenset(), LARGE, images)
+        assert {c.coreset_fraction for c in candidates} == fractions
+    given = _candidates(FitConfig(coreset=0.5), {"coreset"}, LARGE, few)
+    assert {c.coreset_fraction for c in given} == {0.5}
+    base = scored(0.3, 0.05, Preprocess())
+    for images, fraction in ((few, None), (few + 1, LARGER_FRACTION)):
+        search = OneTrial(scored(0.9, 0.9, LARGE), images)
+        _resolution(search, FitConfig(), frozenset(), base, "base", LARGE)
+        [(_, candidates)] = search.asked
+        assert {c.coreset_fraction for c in candidates} == {fraction}
 
 
 def pose(side: int) -> PoseSpread:

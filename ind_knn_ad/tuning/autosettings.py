@@ -42,6 +42,7 @@ from ind_knn_ad.features.augment import NONE
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.fitting import ProgressFactory, no_progress
+from ind_knn_ad.search.coreset import FULL_BANK_PATCHES
 from ind_knn_ad.tuning.pose import PoseSpread, pose_spread
 from ind_knn_ad.tuning.validation import Candidate, Trial, _Validation
 
@@ -72,6 +73,9 @@ LARGER_FROM = 448
 GAIN = TIE  # what the larger input must catch more, in share of the synthetic defects
 SMALL_CAUGHT = 0.5
 LARGER_FRACTION = 0.01
+# Patches per image are counted at the finest stage's stride, every offline backbone's
+# (features/registry.py); coarser --layers give fewer, so the count only errs high.
+FINEST_STRIDE = 8
 
 
 @dataclass
@@ -166,7 +170,7 @@ def choose(
     paths = list(train_paths)
     pose, align, pose_reason = _alignment(paths, config, given)
     preprocess = _geometry(paths, config, given, align)
-    candidates = _candidates(config, given, preprocess)
+    candidates = _candidates(config, given, preprocess, len(paths))
     base = _with(replace(config, preprocess=preprocess), candidates[0])
     bigger = _larger_input(config, given, pose, preprocess) if larger else None
     if len(candidates) == 1 and bigger is None:
@@ -216,6 +220,7 @@ class _Search:
         progress: ProgressFactory,
     ) -> None:
         self.paths, self.seed = paths, seed
+        self.images = len(paths)
         self.device, self.weights, self.progress = device, weights, progress
         self.trials: list[Trial] = []
         self.feature_seconds: dict[str, float] = {}
@@ -263,7 +268,7 @@ def _resolution(
         return chosen, f"{why}; small ones caught at {base_input}: input kept"
     # The base's backbone only: the larger input costs four times per image.
     config = replace(base, preprocess=bigger, backbone=chosen.candidate.backbone)
-    fractions = [config.coreset] if "coreset" in given else [LARGER_FRACTION]
+    fractions = _fractions(config, given, bigger, search.images, [LARGER_FRACTION])
     scores = [config.image_score] if "image_score" in given else ["max", "top10"]
     candidates = [Candidate(config.backbone, score, f) for f in fractions for score in scores]
     larger, larger_why = search.best(config, candidates)
@@ -298,8 +303,27 @@ def first_backbone(config: FitConfig, given: AbstractSet[str]) -> str:
     return config.backbone if "backbone" in given else OFFLINE_BACKBONES[0]
 
 
+def _fractions(
+    config: FitConfig,
+    given: AbstractSet[str],
+    preprocess: Preprocess,
+    images: int,
+    searched: list[float | None],
+) -> list[float | None]:
+    """The coreset fractions to validate: the given one; else the library's default rule
+    (None: every patch up to FULL_BANK_PATCHES) where the images' patches at this input
+    are that few, since a fraction of a few images' patches is a bank whose held-out
+    scores promise fewer false alarms than new images give (bench/flags.py --shots);
+    else `searched`."""
+    if "coreset" in given:
+        return [config.coreset]
+    width, height = preprocess.size
+    patches = images * (width // FINEST_STRIDE) * (height // FINEST_STRIDE)
+    return [None] if patches <= FULL_BANK_PATCHES else list(searched)
+
+
 def _candidates(
-    config: FitConfig, given: AbstractSet[str], preprocess: Preprocess
+    config: FitConfig, given: AbstractSet[str], preprocess: Preprocess, images: int
 ) -> list[Candidate]:
     """The searched grid in order of preference on a tie: cheaper first (Lite0 before Lite2,
     the smaller bank first), then the image score of today's default (fixed pose) or of the
@@ -312,7 +336,7 @@ def _candidates(
         scores = ["top10", "max"] if preprocess.align is not None else ["max", "top10"]
     width, height = preprocess.size
     larger = width * height > FIXED_POSE.crop**2
-    fractions = [config.coreset] if "coreset" in given else [0.01, 0.1] if larger else [None]
+    fractions = _fractions(config, given, preprocess, images, [0.01, 0.1] if larger else [None])
     return [
         Candidate(backbone, score, fraction)
         for fraction in fractions
