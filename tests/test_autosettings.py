@@ -12,6 +12,7 @@ import pytest
 from conftest import mvtec_folder
 from PIL import Image, ImageDraw
 
+from ind_knn_ad.calibration.synthetic import DEFECTS
 from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import ConfigError
 from ind_knn_ad.io.datasets import list_images
@@ -209,6 +210,9 @@ def test_the_choice_records_every_candidate(tmp_path: Path) -> None:
     record = json.loads(json.dumps(choice.to_dict()))
     assert [c["image_score"] for c in record["candidates"]] == ["max", "top10"]
     assert record["align"] is False and record["validation"]["images"] == 5
+    for trial in choice.trials:  # every kind is made equally often, so rates average out
+        assert set(trial.by_kind) == set(DEFECTS)
+        assert trial.caught == pytest.approx(np.mean(list(trial.by_kind.values())))
     assert choice.table().row_count == 2
 
 

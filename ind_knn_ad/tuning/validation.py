@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ class Trial:
     the share of synthetic defects scoring above every held-out good image (`caught_small`:
     the 4% ones alone), `auroc` the ROC AUC of defects against held-out good images,
     `seconds` its bank and scoring time (its backbone's features are counted once, in
-    `Choice.feature_seconds`)."""
+    `Choice.feature_seconds`), `by_kind` the catch rate of each synthetic kind (which
+    kinds a candidate sees; bench/validation_real.py ranks them against real defects)."""
 
     candidate: Candidate
     preprocess: Preprocess
@@ -56,6 +57,7 @@ class Trial:
     caught_small: float
     auroc: float
     seconds: float
+    by_kind: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,7 @@ class Trial:
             "caught_small": round(self.caught_small, 4),
             "auroc": round(self.auroc, 4),
             "seconds": round(self.seconds, 2),
+            "by_kind": {kind: round(rate, 4) for kind, rate in self.by_kind.items()},
         }
 
 
@@ -95,7 +98,7 @@ class _Validation:
         shorter = min(base.preprocess.size)
         self.sizes = sorted({max(1, round(fraction * shorter)) for fraction in SIZES})
         rng = np.random.default_rng(seed)
-        arrays, cuts, self.small, sources = [], [], [], []
+        arrays, cuts, self.small, sources, kinds = [], [], [], [], []
         for image in seeded_sample(len(self.paths), DAMAGED_IMAGES, seed + 1):
             damaged, damaged_cuts, labels = damaged_inputs(
                 Path(self.paths[image]), base.preprocess, self.sizes, rng
@@ -103,11 +106,13 @@ class _Validation:
             arrays.append(damaged)
             cuts.append(damaged_cuts)
             self.small += [size == self.sizes[0] for _, size in labels]
+            kinds += [kind for kind, _ in labels]
             sources += [int(image)] * len(labels)
         self.damaged = np.concatenate(arrays)
         self.damaged_cuts = np.concatenate(cuts)  # part regions are found on these
         self.sources = np.asarray(sources)
         self.small = np.asarray(self.small)
+        self.kinds = np.asarray(kinds)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -237,4 +242,5 @@ class _Validation:
             float(above[self.small].mean()),
             auroc,
             seconds,
+            {str(kind): float(above[self.kinds == kind].mean()) for kind in np.unique(self.kinds)},
         )
