@@ -13,10 +13,12 @@ from conftest import mvtec_folder
 from PIL import Image, ImageDraw
 
 from ind_knn_ad.calibration.synthetic import DEFECTS
+from ind_knn_ad.calibration.threshold import FEW
 from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import ConfigError
 from ind_knn_ad.io.datasets import list_images
 from ind_knn_ad.io.preprocess import Preprocess
+from ind_knn_ad.search.coreset import FULL_BANK_PATCHES, coreset_size
 from ind_knn_ad.tuning import autosettings
 from ind_knn_ad.tuning.autosettings import (
     GAIN,
@@ -264,18 +266,23 @@ def test_a_larger_input_must_catch_more(gain: float, larger_wins: bool) -> None:
     assert {c.coreset_fraction for c in candidates} == {LARGER_FRACTION}
 
 
-def test_few_images_keep_every_patch() -> None:
-    """A fraction of a few images' patches would be a bank of a few dozen rows: where the
-    images hold FULL_BANK_PATCHES patches or fewer at the input, only the library's default
-    rule (every patch) is validated, for the base input and the larger one alike."""
-    few = 16_384 // (64 * 64)  # 512 x 512 px: 64 x 64 patches per image
-    for images, fractions in ((few, {None}), (few + 1, {0.01, 0.1})):
+def test_few_images_keep_a_full_bank() -> None:
+    """A share of a few images' patches would be a bank of a few dozen rows: where the
+    images hold FULL_BANK_PATCHES patches or fewer at the input, only the default rule
+    (every patch) is validated; below FEW images, the share keeping FULL_BANK_PATCHES
+    rows; from FEW images on, the searched shares. For the larger input alike."""
+    per_image = 64 * 64  # 512 x 512 px at stride 8
+    few = FULL_BANK_PATCHES // per_image
+    expected = {few: {None}, few + 1: {0.8}, FEW: {0.01, 0.1}}
+    for images, fractions in expected.items():
         candidates = _candidates(FitConfig(), frozenset(), LARGE, images)
         assert {c.coreset_fraction for c in candidates} == fractions
+    assert coreset_size(few * per_image, None) == few * per_image
+    assert coreset_size((few + 1) * per_image, 0.8) == FULL_BANK_PATCHES
     given = _candidates(FitConfig(coreset=0.5), {"coreset"}, LARGE, few)
     assert {c.coreset_fraction for c in given} == {0.5}
     base = scored(0.3, 0.05, Preprocess())
-    for images, fraction in ((few, None), (few + 1, LARGER_FRACTION)):
+    for images, fraction in ((few, None), (few + 1, 0.8), (FEW, LARGER_FRACTION)):
         search = OneTrial(scored(0.9, 0.9, LARGE), images)
         _resolution(search, FitConfig(), frozenset(), base, "base", LARGE)
         [(_, candidates)] = search.asked

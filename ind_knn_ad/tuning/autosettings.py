@@ -36,6 +36,7 @@ from typing import Any
 
 from rich.table import Table
 
+from ind_knn_ad.calibration.threshold import FEW
 from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import ConfigError, DatasetError
 from ind_knn_ad.features.augment import NONE
@@ -310,16 +311,21 @@ def _fractions(
     images: int,
     searched: list[float | None],
 ) -> list[float | None]:
-    """The coreset fractions to validate: the given one; else the library's default rule
-    (None: every patch up to FULL_BANK_PATCHES) where the images' patches at this input
-    are that few, since a fraction of a few images' patches is a bank whose held-out
-    scores promise fewer false alarms than new images give (bench/flags.py --shots);
-    else `searched`."""
+    """The coreset fractions to validate: the given one; else, for images whose patches
+    at this input number FULL_BANK_PATCHES or fewer, the library's default rule (None:
+    every patch); else, for fewer than FEW images, the share that keeps FULL_BANK_PATCHES
+    rows (the bank the default rule allows); else `searched`. A small share of a few
+    images' patches is a bank whose held-out scores promise fewer false alarms than new
+    images give (bench/flags.py --shots)."""
     if "coreset" in given:
         return [config.coreset]
     width, height = preprocess.size
     patches = images * (width // FINEST_STRIDE) * (height // FINEST_STRIDE)
-    return [None] if patches <= FULL_BANK_PATCHES else list(searched)
+    if patches <= FULL_BANK_PATCHES:
+        return [None]
+    if images < FEW:
+        return [float(f"{FULL_BANK_PATCHES / patches:.3g}")]
+    return list(searched)
 
 
 def _candidates(
