@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import logging
 import os
@@ -26,14 +27,15 @@ import warnings
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.cli.arguments import score_threshold
+from ind_knn_ad.cli.inputs import STDIN, scored
 from ind_knn_ad.errors import ImageError, WriteError
-from ind_knn_ad.io.batches import expand_inputs
 from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH, load_model, named
+from ind_knn_ad.report.summary import describe
 from ind_knn_ad.runtime.detector import Detector
 
 if TYPE_CHECKING:
@@ -56,9 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "imagefile",
-        nargs="+",
-        help="image file(s) to score; a directory means every image under it, sorted",
+        nargs="*",
+        help="image file(s) to score; a directory means every image under it, sorted; "
+        "- alone: names read from stdin, one per line, each printed as soon as scored",
     )
+    _more_options(parser)
     parser.add_argument("-l", "--loglevel", choices=("warning", "debug", "info"), default="warning")
     parser.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL_PATH, help=f"default: {DEFAULT_MODEL_PATH}"
@@ -77,7 +81,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="also write each image with its anomaly map as a PNG into DIR",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problem = _problem(args)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def _more_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-0", "--null", action="store_true", help="with -: names on stdin end in NUL, not LF"
+    )
+    parser.add_argument(
+        "--info",
+        action="store_true",
+        help="print what the model is (threshold included), score nothing",
+    )
+
+
+def _problem(args: argparse.Namespace) -> str | None:
+    """The first of the inputs that cannot go together, for the parser to report."""
+    if args.info:
+        return "--info takes no image files" if args.imagefile else None
+    if not args.imagefile:
+        return "the following arguments are required: imagefile"
+    if STDIN in args.imagefile and len(args.imagefile) > 1:
+        return "- (names from stdin) goes alone; a file named - is ./-"
+    if args.null and args.imagefile != [STDIN]:
+        return "-0 is for names read from stdin (-)"
+    return None
 
 
 def csv_record(fields: Iterable[object]) -> str:
@@ -129,10 +161,14 @@ def _quiet_libraries(loglevel: str) -> None:
         warnings.simplefilter("ignore")
 
 
-def score(args: argparse.Namespace, stdout: TextIO) -> int:
-    """Score every file, writing records as they come; the exit code says which images
-    failed, and an error that stops the run is raised (see exit_codes)."""
+def score(args: argparse.Namespace, stdout: TextIO, stdin: BinaryIO) -> int:
+    """Score every file, writing records as they come (flushed, for names from stdin); the
+    exit code says which images failed, and an error that stops the run is raised (see
+    exit_codes). With --info, print the model's description instead."""
     model = load_model(args.model)
+    if args.info:
+        _write(stdout, describe(model, args.model), flush=False)
+        return exit_codes.OK
     with named(args.model):
         # Patch maps only for heatmaps: without them some methods search less.
         detector = Detector(model, args.device, maps=args.heatmap is not None)
@@ -150,7 +186,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
     status = exit_codes.OK
     failed_write = False
     with named(args.model):
-        for path, result, seconds, cut in detector.score_files_timed(expand_inputs(args.imagefile)):
+        for path, result, seconds, cut in scored(detector, args.imagefile, stdin, args.null):
             if isinstance(result, ImageError):
                 log.error("%s", result)
                 status = exit_codes.SOME_INPUTS_FAILED
@@ -177,12 +213,18 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
                 record = json_record(
                     path, printed, flag, threshold, model, args.model, seconds, heatmap
                 )
-            try:
-                stdout.write(record)
-            except OSError as error:
-                raise _stdout_failed(error) from error
+            _write(stdout, record, flush=args.imagefile == [STDIN])
             log.debug("%s: score %s, flag %d", shown_name(path), printed, flag)
     return exit_codes.WRITE_ERROR if failed_write else status
+
+
+def _write(stdout: TextIO, text: str, flush: bool) -> None:
+    try:
+        stdout.write(text)
+        if flush:
+            stdout.flush()
+    except OSError as error:
+        raise _stdout_failed(error) from error
 
 
 def _stdout_failed(error: OSError) -> WriteError:
@@ -201,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     # File names from argv may hold bytes that are not UTF-8 (decoded as surrogates):
     # write them back as the same bytes instead of failing.
     sys.stdout.reconfigure(errors="surrogateescape")
-    status = score(args, sys.stdout)
+    stdin = sys.stdin.buffer if sys.stdin is not None else io.BytesIO()
+    status = score(args, sys.stdout, stdin)
     try:
         sys.stdout.flush()
     except OSError as error:
