@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from ind_knn_ad.cli import resident
+
 # What `pip install 'ind_knn_ad[fit]'` adds (requirements-fit.txt), as import names.
 FIT_MODULES = ("torch", "torchvision", "timm", "sklearn", "rich", "onnx")
 USAGE = 2  # exit_codes.USAGE, without importing it (it imports the library's errors)
@@ -27,6 +29,11 @@ def _quiet_runtime() -> None:
 def anomaly_detector(argv: list[str] | None = None) -> int:
     """Score images (ind_knn_ad.cli.score), through the resident scorer when asked."""
     _quiet_runtime()
+    arguments = sys.argv[1:] if argv is None else argv
+    if resident.wanted(arguments):
+        code = resident.call(arguments)
+        if code is not None:
+            return code
     from ind_knn_ad.cli.score import main
 
     return main(argv)

@@ -97,6 +97,12 @@ def _more_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print what the model is (threshold included), score nothing",
     )
+    parser.add_argument(
+        "--resident",
+        action="store_true",
+        help="score in a process that keeps the model loaded, started if needed (also "
+        "ANOMALY_DETECTOR_RESIDENT=1); the same output as without",
+    )
 
 
 def _problem(args: argparse.Namespace) -> str | None:
@@ -161,28 +167,44 @@ def _quiet_libraries(loglevel: str) -> None:
         warnings.simplefilter("ignore")
 
 
-def score(args: argparse.Namespace, stdout: TextIO, stdin: BinaryIO) -> int:
+class Models:
+    """Where a call gets its model and detector: loaded afresh, as a one-off call does; the
+    resident scorer (cli/resident.py) keeps them between calls."""
+
+    def model(self, path: Path) -> Model:
+        return load_model(path)
+
+    def detector(self, model: Model, device: str, maps: bool) -> Detector:
+        return Detector(model, device, maps=maps)
+
+
+def _check_heatmaps(folder: Path) -> None:
+    """WriteError now, not after the first image, if heatmaps cannot go to `folder`."""
+    from ind_knn_ad.io.atomic import check_writable
+
+    try:
+        check_writable(folder / "heatmap.png")
+    except OSError as error:
+        raise WriteError(f"cannot write heatmaps to {shown_name(folder)}: {error}") from error
+
+
+def score(args: argparse.Namespace, stdout: TextIO, stdin: BinaryIO, models: Models) -> int:
     """Score every file, writing records as they come (flushed, for names from stdin); the
     exit code says which images failed, and an error that stops the run is raised (see
     exit_codes). With --info, print the model's description instead."""
-    model = load_model(args.model)
+    model = models.model(args.model)
     if args.info:
         _write(stdout, describe(model, args.model), flush=False)
         return exit_codes.OK
     with named(args.model):
         # Patch maps only for heatmaps: without them some methods search less.
-        detector = Detector(model, args.device, maps=args.heatmap is not None)
+        detector = models.detector(model, args.device, args.heatmap is not None)
     threshold = model.threshold if args.threshold is None else args.threshold
     log.info("model %s: %s, threshold %.4g", args.model, model.settings["backbone"], threshold)
     if args.heatmap is not None:
-        from ind_knn_ad.io.atomic import check_writable
         from ind_knn_ad.report.heatmap import write_heatmap
 
-        try:  # now, not after the first image
-            check_writable(args.heatmap / "heatmap.png")
-        except OSError as error:
-            folder = shown_name(args.heatmap)
-            raise WriteError(f"cannot write heatmaps to {folder}: {error}") from error
+        _check_heatmaps(args.heatmap)
     status = exit_codes.OK
     failed_write = False
     with named(args.model):
@@ -236,7 +258,7 @@ def _stdout_failed(error: OSError) -> WriteError:
     return WriteError(f"cannot write results to stdout: {error.strerror or error}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, models: Models) -> int:
     """Score to stdout, which must be there to take the records."""
     if sys.stdout is None:
         raise WriteError("cannot write results: stdout is closed")
@@ -244,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     # write them back as the same bytes instead of failing.
     sys.stdout.reconfigure(errors="surrogateescape")
     stdin = sys.stdin.buffer if sys.stdin is not None else io.BytesIO()
-    status = score(args, sys.stdout, stdin)
+    status = score(args, sys.stdout, stdin, models)
     try:
         sys.stdout.flush()
     except OSError as error:
@@ -252,10 +274,16 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, models: Models | None = None) -> int:
+    """The command; the resident scorer calls it once per request, with its own `models`
+    and sys.stdout and sys.stderr (hence `force`: this call's stderr, this call's level)."""
     args = parse_args(argv)
     logging.basicConfig(
-        level=args.loglevel.upper(), format="%(levelname)s: %(message)s", stream=sys.stderr
+        level=args.loglevel.upper(),
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
     )
     _quiet_libraries(args.loglevel)
-    return exit_codes.run_cli(partial(run, args), partial(log.error, "%s"), "interrupted")
+    run_args = partial(run, args, models or Models())
+    return exit_codes.run_cli(run_args, partial(log.error, "%s"), "interrupted")

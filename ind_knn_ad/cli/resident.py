@@ -1,0 +1,206 @@
+"""The resident scorer: one process per user that keeps models loaded, so that a loop
+calling `anomaly_detector.py --resident IMAGE` once per image (or with
+ANOMALY_DETECTOR_RESIDENT=1 in the environment) pays for Python's start alone.
+
+A call sends its arguments and working folder over a Unix socket and prints the bytes the
+scorer sends back: what a plain call would have printed on stdout and stderr, and its exit
+code (the scorer runs `cli.score.main` on them). Where there is no working scorer (none can
+start, no Unix sockets, names read from stdin), the call scores in its own process, with the
+same output. The socket is private: mode 0600 in a 0700 folder of the user's runtime
+folder, and a peer of another uid (SO_PEERCRED) is refused. A model file that changes
+(another inode, size or time) is loaded again before it scores. The scorer exits after
+IDLE_SECONDS without a call, and a socket left by one that died is replaced.
+
+Standard library only until the scorer itself starts: a call must not load NumPy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENVIRONMENT = "ANOMALY_DETECTOR_RESIDENT"  # "1": every call is resident
+IDLE_SECONDS = float(os.environ.get("ANOMALY_DETECTOR_IDLE_SECONDS", 600))
+_REPLY = struct.Struct("!iQQ")  # exit code, stdout bytes, stderr bytes
+_START_SECONDS = 10.0  # how long a call waits for a scorer it started to listen
+
+
+def folder() -> Path:
+    """$XDG_RUNTIME_DIR/ind_knn_ad, else a folder of this uid in the temporary folder."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "ind_knn_ad"
+    return Path(tempfile.gettempdir()) / f"ind_knn_ad-{os.getuid()}"
+
+
+def _private_folder() -> Path:
+    """The socket's folder, made 0700; OSError if it is someone else's or open to others."""
+    path = folder()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not path.is_dir():
+        raise PermissionError(f"{path} is not a private folder of this user")
+    return path
+
+
+def wanted(argv: list[str]) -> bool:
+    """Whether this call asks for the resident scorer and can use it (names from stdin
+    stay with the call: its stdin is not the scorer's)."""
+    asked = "--resident" in argv or os.environ.get(ENVIRONMENT) == "1"
+    return asked and hasattr(socket, "AF_UNIX") and "-" not in argv
+
+
+def call(argv: list[str]) -> int | None:
+    """Score through the resident scorer, started if needed: its exit code once its output
+    is printed, or None (nothing printed) where no scorer answers."""
+    try:
+        reply = _ask(argv)
+    except (OSError, ValueError):
+        return None
+    if reply is None:
+        return None
+    code, out, err = reply
+    sys.stderr.buffer.write(err)
+    sys.stderr.flush()
+    try:
+        sys.stdout.buffer.write(out)
+        sys.stdout.flush()
+    except OSError as error:  # as a plain call says it (cli/score.py _stdout_failed)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"ERROR: cannot write results to stdout: {error.strerror}", file=sys.stderr)
+        return 6  # exit_codes.WRITE_ERROR
+    return code
+
+
+def _ask(argv: list[str]) -> tuple[int, bytes, bytes] | None:
+    path = _private_folder() / "scorer.sock"
+    try:
+        connection = _connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        _start()
+        connection = _wait_for(path)
+    with connection:
+        prog = os.path.basename(sys.argv[0])
+        request = {"argv": argv, "cwd": os.getcwd(), "prog": prog}
+        connection.sendall(json.dumps(request).encode() + b"\n")
+        return _read_reply(connection)
+
+
+def _connect(path: Path) -> socket.socket:
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(str(path))
+    except OSError:
+        connection.close()
+        raise
+    return connection
+
+
+def _start() -> None:
+    """Start a scorer, detached from this call (its own session, no terminal)."""
+    command = [sys.executable, "-m", "ind_knn_ad.cli.resident"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+
+
+def _wait_for(path: Path) -> socket.socket:
+    deadline = time.monotonic() + _START_SECONDS
+    while True:
+        try:
+            return _connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _read_reply(connection: socket.socket) -> tuple[int, bytes, bytes] | None:
+    """The scorer's answer, or None where it closed without one (refused, or it died)."""
+    data = b""
+    while chunk := connection.recv(1 << 20):
+        data += chunk
+    if len(data) < _REPLY.size:
+        return None
+    code, out, err = _REPLY.unpack_from(data)
+    body = data[_REPLY.size :]
+    if len(body) != out + err:
+        return None
+    return code, body[:out], body[out:]
+
+
+def peer_uid(connection: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return struct.unpack("3i", credentials)[1]
+
+
+def main() -> None:
+    """The scorer: hold the lock (one scorer per user), listen, answer, exit when idle."""
+    import fcntl  # Unix only, as the scorer is; never on a plain call's import path
+
+    from ind_knn_ad.cli.resident_models import Resident, answer
+
+    private = _private_folder()
+    with open(private / "scorer.lock", "a+") as lock:  # "w" would empty another's
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # another scorer runs
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")  # which process it is, for people and tests
+        lock.flush()
+        path = private / "scorer.sock"
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a socket left by a scorer that died
+        old_mask = os.umask(0o177)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        os.umask(old_mask)
+        server.listen(16)
+        server.settimeout(IDLE_SECONDS)
+        models = Resident()
+        try:
+            while True:
+                try:
+                    connection, _ = server.accept()
+                except TimeoutError:
+                    return
+                with connection:
+                    _serve(connection, models, answer)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _serve(connection: socket.socket, models: object, answer) -> None:
+    """One request; a peer of another uid, or one that goes away, costs only itself."""
+    if peer_uid(connection) != os.getuid():
+        return
+    connection.settimeout(10)  # a request is one short line
+    try:
+        request = json.loads(connection.makefile("rb").readline())
+        code, out, err = answer(request["argv"], request["cwd"], request["prog"], models)
+        connection.settimeout(None)
+        connection.sendall(_REPLY.pack(code, len(out), len(err)) + out + err)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+
+
+if __name__ == "__main__":
+    with contextlib.redirect_stdout(io.StringIO()):
+        main()
