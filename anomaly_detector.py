@@ -13,7 +13,7 @@ import sys
 from ind_knn_ad.cli import environment  # noqa: F401 - first: it may re-run us in the venv
 
 # isort: split
-from ind_knn_ad.cli.commands import anomaly_detector
+from ind_knn_ad.cli.commands import anomaly_detector as main
 
 if __name__ == "__main__":
-    sys.exit(anomaly_detector())
+    sys.exit(main())

@@ -13,7 +13,7 @@ import sys
 from ind_knn_ad.cli import environment  # noqa: F401 - first: it may re-run us in the venv
 
 # isort: split
-from ind_knn_ad.cli.commands import make_model
+from ind_knn_ad.cli.commands import make_model as main
 
 if __name__ == "__main__":
-    sys.exit(make_model())
+    sys.exit(main())

@@ -10,10 +10,10 @@ own, started by an untimed first call, and is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import tempfile
-import time
 from pathlib import Path
 
 from common import BOTTLE, PYTHON, ROOT, ensure_model, machine, report, run, spread
@@ -69,13 +69,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def stop(runtime: Path) -> None:
     """End the scorer this script started (its pid is in its lock file)."""
-    lock = runtime / "ind_knn_ad" / "scorer.lock"
-    if lock.is_file() and lock.read_text().strip():
-        try:
+    for lock in runtime.glob("ind_knn_ad/scorer-*.lock"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(lock.read_text()), signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
 
 
 if __name__ == "__main__":

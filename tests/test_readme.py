@@ -45,8 +45,9 @@ def environment(tmp_path: Path) -> Iterator[dict[str, str]]:
     runtime.mkdir(mode=0o700)
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     yield {**os.environ, "PATH": path, "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(runtime)}
-    with contextlib.suppress(OSError, ValueError):
-        os.kill(int((runtime / "ind_knn_ad" / "scorer.lock").read_text()), signal.SIGTERM)
+    for lock in runtime.glob("ind_knn_ad/scorer-*.lock"):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(lock.read_text()), signal.SIGTERM)
 
 
 @pytest.mark.slow

@@ -14,22 +14,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import ROOT
 from test_golden import GOLDEN, expected, write_images
 
-from ind_knn_ad.cli import resident
+from ind_knn_ad.cli import exit_codes, resident
 
 SCRIPT = ROOT / "anomaly_detector.py"
 
 
 class Calls:
     """Calls of the scorer script in one private runtime folder; the resident scorer they
-    start is stopped at the end (its pid is in scorer.lock)."""
+    start is stopped at the end (its pid is in its lock file)."""
 
     def __init__(self, runtime: Path, cwd: Path) -> None:
         self.folder = runtime / "ind_knn_ad"
+        with mock.patch.dict(os.environ, {"XDG_RUNTIME_DIR": str(runtime)}):
+            self.socket, self.lock = resident.scorer_files()  # the scorer of this code
         self.cwd = cwd
         self.env = {
             **os.environ,
@@ -46,7 +49,7 @@ class Calls:
 
     def scorer_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
-            return int((self.folder / "scorer.lock").read_text())
+            return int(self.lock.read_text())
         return None
 
     def stop(self) -> None:
@@ -100,7 +103,7 @@ def test_a_resident_call_prints_a_plain_calls_bytes(
 def test_the_socket_is_private(calls: Calls) -> None:
     calls.run("--model", GOLDEN / "padim.safetensors", calls.names[0])
     assert calls.folder.stat().st_mode & 0o777 == 0o700
-    assert (calls.folder / "scorer.sock").stat().st_mode & 0o777 == 0o600
+    assert calls.socket.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_model_replaced_mid_loop_scores_as_the_new_one(calls: Calls, tmp_path: Path) -> None:
@@ -117,9 +120,8 @@ def test_a_model_replaced_mid_loop_scores_as_the_new_one(calls: Calls, tmp_path:
 
 
 def test_a_stale_socket_is_replaced(calls: Calls) -> None:
-    calls.folder.mkdir(mode=0o700)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(str(calls.folder / "scorer.sock"))
+    stale.bind(str(calls.socket))
     stale.close()  # the file stays, and nothing listens: as after a scorer was killed
     result = calls.run("--model", GOLDEN / "padim.safetensors", *calls.names)
     assert result == (0, expected("padim"), b"")
@@ -128,7 +130,7 @@ def test_a_stale_socket_is_replaced(calls: Calls) -> None:
 
 def _request(calls: Calls, argv: list[str]) -> socket.socket:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    connection.connect(str(calls.folder / "scorer.sock"))
+    connection.connect(str(calls.socket))
     request = {"argv": argv, "cwd": str(calls.cwd), "prog": "anomaly_detector.py"}
     connection.sendall(json.dumps(request).encode() + b"\n")
     return connection
@@ -170,7 +172,7 @@ def test_without_a_working_scorer_the_call_scores_itself(calls: Calls, tmp_path:
     plain = calls.run(*args, resident=False)
     assert calls.run(*args, XDG_RUNTIME_DIR=str(shared)) == plain
     assert plain[0] == 1
-    assert not (shared / "ind_knn_ad" / "scorer.sock").exists()
+    assert list((shared / "ind_knn_ad").iterdir()) == []
 
 
 def alive(pid: int) -> bool:
@@ -192,4 +194,8 @@ def test_the_scorer_exits_when_idle(calls: Calls) -> None:
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(pid)
-    assert not (calls.folder / "scorer.sock").exists()
+    assert not calls.socket.exists()
+
+
+def test_the_calls_exit_codes_are_the_tables() -> None:
+    assert (resident.USAGE, resident.WRITE_ERROR) == (exit_codes.USAGE, exit_codes.WRITE_ERROR)

@@ -17,7 +17,6 @@ from ind_knn_ad.cli import resident
 
 # What `pip install 'ind_knn_ad[fit]'` adds (requirements-fit.txt), as import names.
 FIT_MODULES = ("torch", "torchvision", "timm", "sklearn", "rich", "onnx")
-USAGE = 2  # exit_codes.USAGE, without importing it (it imports the library's errors)
 
 
 def _quiet_runtime() -> None:
@@ -55,7 +54,7 @@ def make_model(argv: list[str] | None = None) -> int:
             "`pip install 'ind_knn_ad[fit]'` (from a source tree: `pip install '.[fit]'`)",
             file=sys.stderr,
         )
-        return USAGE
+        return resident.USAGE
     _quiet_runtime()
     from ind_knn_ad.cli.fit import main
 

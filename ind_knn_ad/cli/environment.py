@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +32,8 @@ def use_project_environment(script: str, required: tuple[str, ...] = REQUIRED) -
         os.environ[_RESTARTED] = "1"
         command = [str(VENV_PYTHON), script, *sys.argv[1:]]
         if WINDOWS:  # execv starts a new process there: the shell would not wait for it
+            import subprocess
+
             sys.exit(subprocess.call(command))
         os.execv(VENV_PYTHON, command)
     name = Path(script).name

@@ -21,14 +21,25 @@ import io
 import json
 import os
 import socket
+import stat
 import struct
-import subprocess
 import sys
-import tempfile
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ind_knn_ad.cli.resident_models import Resident
+
+# What the scorer runs for each request: (argv, cwd, prog, models) to (code, stdout, stderr).
+Answer = Callable[[list[str], str, str, "Resident | None"], tuple[int, bytes, bytes]]
 
 ENVIRONMENT = "ANOMALY_DETECTOR_RESIDENT"  # "1": every call is resident
+# exit_codes' values, not imported: its logging import alone would double a call's time
+# (tests/test_resident.py checks that they agree).
+USAGE, WRITE_ERROR = 2, 6
 IDLE_SECONDS = float(os.environ.get("ANOMALY_DETECTOR_IDLE_SECONDS", 600))
 _REPLY = struct.Struct("!iQQ")  # exit code, stdout bytes, stderr bytes
 _START_SECONDS = 10.0  # how long a call waits for a scorer it started to listen
@@ -39,24 +50,42 @@ def folder() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "ind_knn_ad"
+    import tempfile  # here: a call with XDG_RUNTIME_DIR set does without it
+
     return Path(tempfile.gettempdir()) / f"ind_knn_ad-{os.getuid()}"
 
 
-def _private_folder() -> Path:
-    """The socket's folder, made 0700; OSError if it is someone else's or open to others."""
+def scorer_files() -> tuple[Path, Path]:
+    """The scorer's socket and lock file (holding its pid), in the private folder.
+
+    Named after the Python and the code that run it (this package's folder and its newest
+    source file), so that a call from another venv or checkout, or after an upgrade, never
+    gets an answer from other code: it starts a scorer of its own. OSError if the folder
+    is someone else's or open to others.
+    """
     path = folder()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.lstat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not path.is_dir():
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not stat.S_ISDIR(info.st_mode):
         raise PermissionError(f"{path} is not a private folder of this user")
-    return path
+    package = Path(__file__).resolve().parent.parent
+    newest = max(
+        os.stat(os.path.join(root, name)).st_mtime_ns
+        for root, _, names in os.walk(package)
+        for name in names
+        if name.endswith(".py")
+    )
+    code = "\0".join((sys.executable, str(package), str(newest)))
+    key = f"{zlib.crc32(code.encode()):08x}"
+    return path / f"scorer-{key}.sock", path / f"scorer-{key}.lock"
 
 
 def wanted(argv: list[str]) -> bool:
-    """Whether this call asks for the resident scorer and can use it (names from stdin
-    stay with the call: its stdin is not the scorer's)."""
+    """Whether this call asks for the resident scorer and can use it: Unix sockets with
+    peer credentials (Linux), and no names from stdin (its stdin is not the scorer's)."""
     asked = "--resident" in argv or os.environ.get(ENVIRONMENT) == "1"
-    return asked and hasattr(socket, "AF_UNIX") and "-" not in argv
+    unix = hasattr(socket, "AF_UNIX") and hasattr(socket, "SO_PEERCRED")
+    return asked and unix and "-" not in argv
 
 
 def call(argv: list[str]) -> int | None:
@@ -77,12 +106,12 @@ def call(argv: list[str]) -> int | None:
     except OSError as error:  # as a plain call says it (cli/score.py _stdout_failed)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print(f"ERROR: cannot write results to stdout: {error.strerror}", file=sys.stderr)
-        return 6  # exit_codes.WRITE_ERROR
+        return WRITE_ERROR
     return code
 
 
 def _ask(argv: list[str]) -> tuple[int, bytes, bytes] | None:
-    path = _private_folder() / "scorer.sock"
+    path, _ = scorer_files()
     try:
         connection = _connect(path)
     except (FileNotFoundError, ConnectionRefusedError):
@@ -107,6 +136,8 @@ def _connect(path: Path) -> socket.socket:
 
 def _start() -> None:
     """Start a scorer, detached from this call (its own session, no terminal)."""
+    import subprocess  # here: most calls find a scorer running
+
     command = [sys.executable, "-m", "ind_knn_ad.cli.resident"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.Popen(
@@ -156,8 +187,8 @@ def main() -> None:
 
     from ind_knn_ad.cli.resident_models import Resident, answer
 
-    private = _private_folder()
-    with open(private / "scorer.lock", "a+") as lock:  # "w" would empty another's
+    path, lock_path = scorer_files()
+    with open(lock_path, "a+") as lock:  # "w" would empty another's
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -165,7 +196,6 @@ def main() -> None:
         lock.truncate(0)
         lock.write(f"{os.getpid()}\n")  # which process it is, for people and tests
         lock.flush()
-        path = private / "scorer.sock"
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a socket left by a scorer that died
         old_mask = os.umask(0o177)
@@ -187,7 +217,7 @@ def main() -> None:
             path.unlink(missing_ok=True)
 
 
-def _serve(connection: socket.socket, models: object, answer) -> None:
+def _serve(connection: socket.socket, models: Resident | None, answer: Answer) -> None:
     """One request; a peer of another uid, or one that goes away, costs only itself."""
     if peer_uid(connection) != os.getuid():
         return
