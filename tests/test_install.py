@@ -103,3 +103,10 @@ def test_memory_limits_without_the_resource_module(monkeypatch: pytest.MonkeyPat
     assert limits.fit_address_space_problem(4096, 4096) is None
     assert limits.room()[0] is None
     assert limits.input_too_large(1 << 20, 1 << 20, limits.SCORE_BYTES_PER_PIXEL)
+
+
+def test_the_relaunch_finds_a_windows_venv() -> None:
+    from ind_knn_ad.cli import environment
+
+    assert environment.venv_python(ROOT, windows=True) == ROOT / ".venv/Scripts/python.exe"
+    assert environment.VENV_PYTHON == ROOT / ".venv" / "bin" / "python"  # here

@@ -17,7 +17,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOWS = os.name == "nt"
-VENV_PYTHON = ROOT / ".venv" / ("Scripts/python.exe" if WINDOWS else "bin/python")
+
+
+def venv_python(root: Path, windows: bool = WINDOWS) -> Path:
+    """The Python of the venv `make venv` creates in `root`, where Windows puts it too."""
+    return root / ".venv" / ("Scripts/python.exe" if windows else "bin/python")
+
+
+VENV_PYTHON = venv_python(ROOT)
 _RESTARTED = "IND_KNN_AD_RESTARTED"  # set for the second run, so it never loops
 REQUIRED = ("numpy", "PIL", "onnxruntime", "safetensors")
 
