@@ -17,7 +17,6 @@ Standard library only until the scorer itself starts: a call must not load NumPy
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import socket
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import subprocess
+
     from ind_knn_ad.cli.resident_models import Resident
 
 # What the scorer runs for each request: (argv, cwd, prog, models) to (code, stdout, stderr).
@@ -115,8 +116,7 @@ def _ask(argv: list[str]) -> tuple[int, bytes, bytes] | None:
     try:
         connection = _connect(path)
     except (FileNotFoundError, ConnectionRefusedError):
-        _start()
-        connection = _wait_for(path)
+        connection = _wait_for(path, _start())
     with connection:
         prog = os.path.basename(sys.argv[0])
         request = {"argv": argv, "cwd": os.getcwd(), "prog": prog}
@@ -134,13 +134,13 @@ def _connect(path: Path) -> socket.socket:
     return connection
 
 
-def _start() -> None:
+def _start() -> subprocess.Popen:
     """Start a scorer, detached from this call (its own session, no terminal)."""
     import subprocess  # here: most calls find a scorer running
 
     command = [sys.executable, "-m", "ind_knn_ad.cli.resident"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.Popen(
+    return subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -150,13 +150,16 @@ def _start() -> None:
     )
 
 
-def _wait_for(path: Path) -> socket.socket:
+def _wait_for(path: Path, scorer: subprocess.Popen) -> socket.socket:
+    """A connection to the scorer once it listens; OSError if it does not in time, or if
+    the one started exited (it found another running: that one answers) and none does."""
     deadline = time.monotonic() + _START_SECONDS
     while True:
+        exited = scorer.poll() is not None
         try:
             return _connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            if time.monotonic() > deadline:
+            if exited or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
 
@@ -232,5 +235,4 @@ def _serve(connection: socket.socket, models: Resident | None, answer: Answer) -
 
 
 if __name__ == "__main__":
-    with contextlib.redirect_stdout(io.StringIO()):
-        main()
+    main()
