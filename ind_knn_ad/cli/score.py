@@ -62,7 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image file(s) to score; a directory means every image under it, sorted; "
         "- alone: names read from stdin, one per line, each printed as soon as scored",
     )
-    _more_options(parser)
     parser.add_argument("-l", "--loglevel", choices=("warning", "debug", "info"), default="warning")
     parser.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL_PATH, help=f"default: {DEFAULT_MODEL_PATH}"
@@ -81,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="also write each image with its anomaly map as a PNG into DIR",
     )
+    _more_options(parser)
     args = parser.parse_args(argv)
     problem = _problem(args)
     if problem:
