@@ -92,7 +92,7 @@ def test_each_line_comes_before_the_next_name_is_read(images: tuple[Path, list[s
     ("args", "problem"),
     [
         (["-", "a.png"], "- (names from stdin) goes alone; a file named - is ./-"),
-        (["-0", "a.png"], "-0 is for names read from stdin (-)"),
+        (["-0", "a.png"], "-0 (--null) is for names read from stdin (-)"),
         ([], "the following arguments are required: imagefile"),
         (["--info", "a.png"], "--info takes no image files"),
     ],

@@ -81,16 +81,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write each image with its anomaly map as a PNG into DIR",
     )
     _more_options(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_spell_null(sys.argv[1:] if argv is None else argv))
     problem = _problem(args)
     if problem:
         parser.error(problem)
     return args
 
 
+def _spell_null(argv: list[str]) -> list[str]:
+    """`-0` (as `xargs -0`) as `--null`, before any `--`. Not an option of the parser: one
+    that looks like a negative number makes argparse take `--threshold -1` for options."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    return ["--null" if arg == "-0" else arg for arg in argv[:end]] + argv[end:]
+
+
 def _more_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-0", "--null", action="store_true", help="with -: names on stdin end in NUL, not LF"
+        "--null", action="store_true", help="(or -0) with -: names on stdin end in NUL, not LF"
     )
     parser.add_argument(
         "--info",
@@ -114,7 +121,7 @@ def _problem(args: argparse.Namespace) -> str | None:
     if STDIN in args.imagefile and len(args.imagefile) > 1:
         return "- (names from stdin) goes alone; a file named - is ./-"
     if args.null and args.imagefile != [STDIN]:
-        return "-0 is for names read from stdin (-)"
+        return "-0 (--null) is for names read from stdin (-)"
     return None
 
 
