@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 from test_golden import GOLDEN, expected, write_images
 
-from ind_knn_ad.cli import exit_codes, resident
+from ind_knn_ad.cli import commands, exit_codes, resident
 
 SCRIPT = ROOT / "anomaly_detector.py"
 
@@ -198,4 +198,4 @@ def test_the_scorer_exits_when_idle(calls: Calls) -> None:
 
 
 def test_the_calls_exit_codes_are_the_tables() -> None:
-    assert (resident.USAGE, resident.WRITE_ERROR) == (exit_codes.USAGE, exit_codes.WRITE_ERROR)
+    assert (commands.USAGE, resident.WRITE_ERROR) == (exit_codes.USAGE, exit_codes.WRITE_ERROR)

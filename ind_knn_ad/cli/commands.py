@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from ind_knn_ad.cli import resident
-
+RESIDENT = "ANOMALY_DETECTOR_RESIDENT"  # "1": every call as with --resident (cli/resident.py)
+USAGE = 2  # exit_codes.USAGE, not imported (its logging would slow a resident call)
 # What `pip install 'ind_knn_ad[fit]'` adds (requirements-fit.txt), as import names.
 FIT_MODULES = ("torch", "torchvision", "timm", "sklearn", "rich", "onnx")
 
@@ -29,8 +29,10 @@ def anomaly_detector(argv: list[str] | None = None) -> int:
     """Score images (ind_knn_ad.cli.score), through the resident scorer when asked."""
     _quiet_runtime()
     arguments = sys.argv[1:] if argv is None else argv
-    if resident.wanted(arguments):
-        code = resident.call(arguments)
+    if "--resident" in arguments or os.environ.get(RESIDENT) == "1":
+        from ind_knn_ad.cli import resident  # only then: a plain call needs no sockets
+
+        code = resident.call(arguments) if resident.usable(arguments) else None
         if code is not None:
             return code
     from ind_knn_ad.cli.score import main
@@ -54,7 +56,7 @@ def make_model(argv: list[str] | None = None) -> int:
             "`pip install 'ind_knn_ad[fit]'` (from a source tree: `pip install '.[fit]'`)",
             file=sys.stderr,
         )
-        return resident.USAGE
+        return USAGE
     _quiet_runtime()
     from ind_knn_ad.cli.fit import main
 

@@ -37,10 +37,9 @@ if TYPE_CHECKING:
 # What the scorer runs for each request: (argv, cwd, prog, models) to (code, stdout, stderr).
 Answer = Callable[[list[str], str, str, "Resident | None"], tuple[int, bytes, bytes]]
 
-ENVIRONMENT = "ANOMALY_DETECTOR_RESIDENT"  # "1": every call is resident
-# exit_codes' values, not imported: its logging import alone would double a call's time
-# (tests/test_resident.py checks that they agree).
-USAGE, WRITE_ERROR = 2, 6
+# exit_codes.WRITE_ERROR, not imported: its logging import alone would double a call's
+# time (tests/test_resident.py checks that they agree).
+WRITE_ERROR = 6
 IDLE_SECONDS = float(os.environ.get("ANOMALY_DETECTOR_IDLE_SECONDS", 600))
 _REPLY = struct.Struct("!iQQ")  # exit code, stdout bytes, stderr bytes
 _START_SECONDS = 10.0  # how long a call waits for a scorer it started to listen
@@ -81,12 +80,11 @@ def scorer_files() -> tuple[Path, Path]:
     return path / f"scorer-{key}.sock", path / f"scorer-{key}.lock"
 
 
-def wanted(argv: list[str]) -> bool:
-    """Whether this call asks for the resident scorer and can use it: Unix sockets with
-    peer credentials (Linux), and no names from stdin (its stdin is not the scorer's)."""
-    asked = "--resident" in argv or os.environ.get(ENVIRONMENT) == "1"
+def usable(argv: list[str]) -> bool:
+    """Whether a call can go to the resident scorer: Unix sockets with peer credentials
+    (Linux), and no names from stdin (its stdin is not the scorer's)."""
     unix = hasattr(socket, "AF_UNIX") and hasattr(socket, "SO_PEERCRED")
-    return asked and unix and "-" not in argv
+    return unix and "-" not in argv
 
 
 def call(argv: list[str]) -> int | None:
