@@ -164,9 +164,10 @@ def _wait_for(path: Path, scorer: subprocess.Popen) -> socket.socket:
 
 def _read_reply(connection: socket.socket) -> tuple[int, bytes, bytes] | None:
     """The scorer's answer, or None where it closed without one (refused, or it died)."""
-    data = b""
+    chunks = []
     while chunk := connection.recv(1 << 20):
-        data += chunk
+        chunks.append(chunk)
+    data = b"".join(chunks)
     if len(data) < _REPLY.size:
         return None
     code, out, err = _REPLY.unpack_from(data)
