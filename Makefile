@@ -7,7 +7,7 @@ DEMO := out/demo
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-fit.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 demo: venv
 	$(PY) -m ind_knn_ad.io.sample_data $(DEMO)/data
 	$(PY) make_model.py --data-dir $(DEMO)/data/metal_nut_sample --dataset metal_nut_sample \
-		--backbone efficientnet_lite2 --model $(DEMO)/model.safetensors
+		--backbone efficientnet_lite2 --model $(DEMO)/model.safetensors --force
 	find $(DEMO)/data/metal_nut_sample/test -name '*.png' | sort | \
 		xargs $(PY) anomaly_detector.py --model $(DEMO)/model.safetensors > $(DEMO)/scores.csv
 	$(PY) -m ind_knn_ad.report.confusion $(DEMO)/scores.csv

@@ -101,6 +101,7 @@ def fit(code: Path, folder: Path, name: str, label: str) -> None:
     command = ["env", f"PYTHONPATH={code}", PYTHON, ROOT / "bench" / "fit_stages.py"]
     command += ["--data-dir"]
     command += [folder, "--model", model, "--device", "cpu", *FITS[name]]
+    command += ["--force"] if code == ROOT else []  # earlier code replaces it unasked
     result = run(command)
     output = (result.stdout + result.stderr).splitlines()
     bank = [line.split(";")[0] for line in output if line.startswith("Memory bank")]

@@ -106,7 +106,7 @@ def model_path(backbone: str = OFFLINE) -> Path:
 
 def fit_command(data_dir: Path, model: Path, backbone: str = OFFLINE) -> list[str | Path]:
     """A fit with the fixed settings, so figures compare across revisions
-    (bench/auto_settings.py measures the automatic choice)."""
+    (bench/auto_settings.py measures the automatic choice), replacing `model` if there."""
     return [
         PYTHON,
         ROOT / "make_model.py",
@@ -120,6 +120,7 @@ def fit_command(data_dir: Path, model: Path, backbone: str = OFFLINE) -> list[st
         "cpu",
         "--model",
         model,
+        "--force",
     ]
 
 

@@ -63,7 +63,9 @@ def main() -> None:
 def compare(before: Path, model: Path, runs: int, revision: str) -> None:
     fit = fit_command(BOTTLE, model)
     fit[1] = before / "make_model.py"
-    # Earlier revisions know no --settings: their defaults are what it fixes.
+    # Earlier revisions know no --settings (their defaults are what it fixes) and no
+    # --force (they replace the model unasked).
+    fit.remove("--force")
     index = fit.index("--settings")
     run(fit[:index] + fit[index + 2 :])
     images = sorted((BOTTLE / "test").rglob("*.png"))

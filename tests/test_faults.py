@@ -52,6 +52,7 @@ def _interrupt_fit(sample_dataset: Path, folder: Path, signum: int, delay: float
         [
             *(sys.executable, "make_model.py", "--data-dir", sample_dataset, "--device", "cpu"),
             *("--backbone", "efficientnet_lite0", "--model", folder / "model.safetensors"),
+            "--force",
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -16,7 +16,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+WINDOWS = os.name == "nt"
+
+
+def venv_python(root: Path, windows: bool = WINDOWS) -> Path:
+    """The Python of the venv `make venv` creates in `root`, where Windows puts it too."""
+    return root / ".venv" / ("Scripts/python.exe" if windows else "bin/python")
+
+
+VENV_PYTHON = venv_python(ROOT)
 _RESTARTED = "IND_KNN_AD_RESTARTED"  # set for the second run, so it never loops
 REQUIRED = ("numpy", "PIL", "onnxruntime", "safetensors")
 
@@ -29,11 +37,16 @@ def use_project_environment(script: str, required: tuple[str, ...] = REQUIRED) -
         return
     if VENV_PYTHON.is_file() and not os.environ.get(_RESTARTED):
         os.environ[_RESTARTED] = "1"
-        os.execv(VENV_PYTHON, [str(VENV_PYTHON), script, *sys.argv[1:]])
+        command = [str(VENV_PYTHON), script, *sys.argv[1:]]
+        if WINDOWS:  # execv starts a new process there: the shell would not wait for it
+            import subprocess
+
+            sys.exit(subprocess.call(command))
+        os.execv(VENV_PYTHON, command)
     name = Path(script).name
     print(
         f"{name}: this Python ({sys.executable}) lacks {', '.join(missing)}; run `make demo` "
-        f"(or `make venv`) first, or run it as .venv/bin/python {name}",
+        f"(or `make venv`) first, or run it as {VENV_PYTHON.relative_to(ROOT)} {name}",
         file=sys.stderr,
     )
     sys.exit(2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +21,7 @@ from ind_knn_ad.config import BATCH_IMAGES, FitConfig
 from ind_knn_ad.devices import DEVICES
 from ind_knn_ad.features.augment import NONE, VIEW_SETS
 from ind_knn_ad.features.borders import BORDERS
+from ind_knn_ad.io.datasets import DEFAULT_DATASET
 from ind_knn_ad.io.limits import (
     FIT_BYTES_PER_PIXEL,
     fit_address_space_problem,
@@ -46,7 +48,11 @@ class FitRequest:
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="metal_nut", help="MVTec AD category name")
+    parser.add_argument(
+        "--dataset",
+        help=f"MVTec AD category (default: {DEFAULT_DATASET}); with --data-dir, the name the "
+        "data goes by in the output and the model (default: the folder's name)",
+    )
     parser.add_argument(
         "--data-dir", type=Path, help="dataset folder (MVTec layout, or a folder of good images)"
     )
@@ -137,6 +143,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         "fewer for larger inputs)",
     )
     parser.add_argument(
+        "--force", action="store_true", help="replace --model if it exists (else refused)"
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="evaluate the existing --model on the dataset's test/ instead of fitting",
@@ -178,6 +187,8 @@ def _problem(args: argparse.Namespace) -> str | None:
     method = methods.find(args.method)
     resize, crop = _geometry(args)
     augment = args.augment or NONE
+    if args.model.is_file() and not (args.force or args.evaluate_only):
+        return f"{args.model} exists: --force replaces it, or give another --model"
     if args.align and args.crop is not None:
         return "--crop does not apply with --align: the cut follows the part"
     if args.align and augment != NONE:
@@ -269,6 +280,8 @@ def offline_unless_reachable(request: FitRequest) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     request = parse_args(argv)
+    if request.options.model.is_file() and not request.options.evaluate_only:
+        print(f"note: replacing {request.options.model} (--force)", file=sys.stderr)
     offline_unless_reachable(request)
     # The fit's modules (torch among them) load once the options are good, so that --help
     # and usage errors are quick.

@@ -24,6 +24,7 @@ from ind_knn_ad.report import console as reporting
 from ind_knn_ad.report import results
 from ind_knn_ad.report.evaluate import Evaluation
 from ind_knn_ad.report.results import SheetCollector
+from ind_knn_ad.report.summary import fit_summary
 from ind_knn_ad.train import train
 from ind_knn_ad.tuning import autosettings
 
@@ -62,7 +63,7 @@ def _evaluate_only(
     point = args.operating_point
     model, evaluation = results.recalibrate_saved(args.model, saved, point, dataset)
     out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
-    console.print(reporting.fit_summary(model))
+    console.print(fit_summary(model))
     out.print(f"Model recalibrated in {args.model}.")
     return exit_codes.OK
 
@@ -144,7 +145,7 @@ def _report_fit(
     """Recalibrate at --operating-point, print the summary and tables, write the files."""
     if args.operating_point is not None and evaluation is not None:
         model, evaluation = recalibrate(model, evaluation, args.operating_point, dataset)
-    console.print(reporting.fit_summary(model))
+    console.print(fit_summary(model))
     if evaluation is not None:
         out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
     if "detectability" in model.settings:

@@ -20,7 +20,7 @@ from ind_knn_ad.features.backbones import backbone_spec
 from ind_knn_ad.features.device import select_device
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.atomic import check_writable
-from ind_knn_ad.io.datasets import DATASETS_DIR, Dataset, load_dataset
+from ind_knn_ad.io.datasets import DATASETS_DIR, DEFAULT_DATASET, Dataset, load_dataset
 from ind_knn_ad.io.download import download_category
 from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.io.preprocess import Preprocess
@@ -39,11 +39,12 @@ def check_outputs(model_path: Path) -> None:
             raise WriteError(f"cannot write {path}: {error}") from error
 
 
-def find_dataset(data_dir: Path | None, category: str, download_url: str | None) -> Dataset:
-    """`data_dir`, or the MVTec AD category under ind_knn_ad/datasets/, downloaded when
-    missing."""
+def find_dataset(data_dir: Path | None, name: str | None, download_url: str | None) -> Dataset:
+    """`data_dir`, called `name` (default: the folder's), or the MVTec AD category `name`
+    under ind_knn_ad/datasets/, downloaded when missing."""
     if data_dir is not None:
-        return load_dataset(data_dir, data_dir.name)
+        return load_dataset(data_dir, name or data_dir.name)
+    category = name or DEFAULT_DATASET
     root = DATASETS_DIR / category
     if not root.is_dir():
         download_category(category, DATASETS_DIR, base_url=download_url)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import logging
 import os
@@ -26,14 +27,15 @@ import warnings
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.cli.arguments import score_threshold
+from ind_knn_ad.cli.inputs import STDIN, scored
 from ind_knn_ad.errors import ImageError, WriteError
-from ind_knn_ad.io.batches import expand_inputs
 from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH, load_model, named
+from ind_knn_ad.report.summary import describe
 from ind_knn_ad.runtime.detector import Detector
 
 if TYPE_CHECKING:
@@ -56,8 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "imagefile",
-        nargs="+",
-        help="image file(s) to score; a directory means every image under it, sorted",
+        nargs="*",
+        help="image file(s) to score; a directory means every image under it, sorted; "
+        "- alone: names read from stdin, one per line, each printed as soon as scored",
     )
     parser.add_argument("-l", "--loglevel", choices=("warning", "debug", "info"), default="warning")
     parser.add_argument(
@@ -77,7 +80,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="also write each image with its anomaly map as a PNG into DIR",
     )
-    return parser.parse_args(argv)
+    _more_options(parser)
+    args = parser.parse_args(_spell_null(sys.argv[1:] if argv is None else argv))
+    problem = _problem(args)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def _spell_null(argv: list[str]) -> list[str]:
+    """`-0` (as `xargs -0`) as `--null`, before any `--`. Not an option of the parser: one
+    that looks like a negative number makes argparse take `--threshold -1` for options."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    return ["--null" if arg == "-0" else arg for arg in argv[:end]] + argv[end:]
+
+
+def _more_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--null", action="store_true", help="(or -0) with -: names on stdin end in NUL, not LF"
+    )
+    parser.add_argument(
+        "--info",
+        action="store_true",
+        help="print what the model is (threshold included), score nothing",
+    )
+    parser.add_argument(
+        "--resident",
+        action="store_true",
+        help="score in a process that keeps the model loaded, started if needed (also "
+        "ANOMALY_DETECTOR_RESIDENT=1); the same output as without",
+    )
+
+
+def _problem(args: argparse.Namespace) -> str | None:
+    """The first of the inputs that cannot go together, for the parser to report."""
+    if args.info:
+        return "--info takes no image files" if args.imagefile else None
+    if not args.imagefile:
+        return "the following arguments are required: imagefile"
+    if STDIN in args.imagefile and len(args.imagefile) > 1:
+        return "- (names from stdin) goes alone; a file named - is ./-"
+    if args.null and args.imagefile != [STDIN]:
+        return "-0 (--null) is for names read from stdin (-)"
+    return None
 
 
 def csv_record(fields: Iterable[object]) -> str:
@@ -129,28 +174,48 @@ def _quiet_libraries(loglevel: str) -> None:
         warnings.simplefilter("ignore")
 
 
-def score(args: argparse.Namespace, stdout: TextIO) -> int:
-    """Score every file, writing records as they come; the exit code says which images
-    failed, and an error that stops the run is raised (see exit_codes)."""
-    model = load_model(args.model)
+class Models:
+    """Where a call gets its model and detector: loaded afresh, as a one-off call does; the
+    resident scorer (cli/resident.py) keeps them between calls."""
+
+    def model(self, path: Path) -> Model:
+        return load_model(path)
+
+    def detector(self, model: Model, device: str, maps: bool) -> Detector:
+        return Detector(model, device, maps=maps)
+
+
+def _check_heatmaps(folder: Path) -> None:
+    """WriteError now, not after the first image, if heatmaps cannot go to `folder`."""
+    from ind_knn_ad.io.atomic import check_writable
+
+    try:
+        check_writable(folder / "heatmap.png")
+    except OSError as error:
+        raise WriteError(f"cannot write heatmaps to {shown_name(folder)}: {error}") from error
+
+
+def score(args: argparse.Namespace, stdout: TextIO, stdin: BinaryIO, models: Models) -> int:
+    """Score every file, writing records as they come (flushed, for names from stdin); the
+    exit code says which images failed, and an error that stops the run is raised (see
+    exit_codes). With --info, print the model's description instead."""
+    model = models.model(args.model)
+    if args.info:
+        _write(stdout, describe(model, args.model), flush=False)
+        return exit_codes.OK
     with named(args.model):
         # Patch maps only for heatmaps: without them some methods search less.
-        detector = Detector(model, args.device, maps=args.heatmap is not None)
+        detector = models.detector(model, args.device, args.heatmap is not None)
     threshold = model.threshold if args.threshold is None else args.threshold
     log.info("model %s: %s, threshold %.4g", args.model, model.settings["backbone"], threshold)
     if args.heatmap is not None:
-        from ind_knn_ad.io.atomic import check_writable
         from ind_knn_ad.report.heatmap import write_heatmap
 
-        try:  # now, not after the first image
-            check_writable(args.heatmap / "heatmap.png")
-        except OSError as error:
-            folder = shown_name(args.heatmap)
-            raise WriteError(f"cannot write heatmaps to {folder}: {error}") from error
+        _check_heatmaps(args.heatmap)
     status = exit_codes.OK
     failed_write = False
     with named(args.model):
-        for path, result, seconds, cut in detector.score_files_timed(expand_inputs(args.imagefile)):
+        for path, result, seconds, cut in scored(detector, args.imagefile, stdin, args.null):
             if isinstance(result, ImageError):
                 log.error("%s", result)
                 status = exit_codes.SOME_INPUTS_FAILED
@@ -177,12 +242,18 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
                 record = json_record(
                     path, printed, flag, threshold, model, args.model, seconds, heatmap
                 )
-            try:
-                stdout.write(record)
-            except OSError as error:
-                raise _stdout_failed(error) from error
+            _write(stdout, record, flush=args.imagefile == [STDIN])
             log.debug("%s: score %s, flag %d", shown_name(path), printed, flag)
     return exit_codes.WRITE_ERROR if failed_write else status
+
+
+def _write(stdout: TextIO, text: str, flush: bool) -> None:
+    try:
+        stdout.write(text)
+        if flush:
+            stdout.flush()
+    except OSError as error:
+        raise _stdout_failed(error) from error
 
 
 def _stdout_failed(error: OSError) -> WriteError:
@@ -194,14 +265,15 @@ def _stdout_failed(error: OSError) -> WriteError:
     return WriteError(f"cannot write results to stdout: {error.strerror or error}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, models: Models) -> int:
     """Score to stdout, which must be there to take the records."""
     if sys.stdout is None:
         raise WriteError("cannot write results: stdout is closed")
     # File names from argv may hold bytes that are not UTF-8 (decoded as surrogates):
     # write them back as the same bytes instead of failing.
     sys.stdout.reconfigure(errors="surrogateescape")
-    status = score(args, sys.stdout)
+    stdin = sys.stdin.buffer if sys.stdin is not None else io.BytesIO()
+    status = score(args, sys.stdout, stdin, models)
     try:
         sys.stdout.flush()
     except OSError as error:
@@ -209,10 +281,16 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, models: Models | None = None) -> int:
+    """The command; the resident scorer calls it once per request, with its own `models`
+    and sys.stdout and sys.stderr (hence `force`: this call's stderr, this call's level)."""
     args = parse_args(argv)
     logging.basicConfig(
-        level=args.loglevel.upper(), format="%(levelname)s: %(message)s", stream=sys.stderr
+        level=args.loglevel.upper(),
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
     )
     _quiet_libraries(args.loglevel)
-    return exit_codes.run_cli(partial(run, args), partial(log.error, "%s"), "interrupted")
+    run_args = partial(run, args, models or Models())
+    return exit_codes.run_cli(run_args, partial(log.error, "%s"), "interrupted")

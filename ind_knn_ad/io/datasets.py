@@ -12,6 +12,7 @@ from ind_knn_ad.io.images import is_image_file
 GOOD = "good"
 # Where make_model.py keeps (and downloads) MVTec AD categories by default.
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
+DEFAULT_DATASET = "metal_nut"  # the MVTec AD category a fit takes when given none
 # Real MVTec AD images for the tests and benchmarks, beside the checkout and never inside it
 # (their licence is CC BY-NC-SA); IND_KNN_AD_REAL_DATA points elsewhere.
 REAL_DATA_DIR = Path(

@@ -13,7 +13,6 @@ input measured on the CPU (README, Performance), rounded up:
 from __future__ import annotations
 
 import os
-import resource
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,9 +20,23 @@ from pathlib import Path
 
 from ind_knn_ad.errors import ImageError
 
+try:
+    import resource
+except ImportError:  # Windows: no address-space limits to read
+    resource = None
+
 SCORE_BYTES_PER_PIXEL = 800
 FIT_BYTES_PER_PIXEL = 900
 _CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
+
+
+def address_space_limit() -> int | None:
+    """The soft address-space limit (ulimit -v, prlimit --as) in bytes; None where there is
+    none, or no such limit on this system (Windows)."""
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def available_memory() -> int:
@@ -31,10 +44,10 @@ def available_memory() -> int:
     (ulimit -v, prlimit --as) or a cgroup limit (containers) says less."""
     try:
         limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: no sysconf (Windows)
         limit = 1 << 62
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
+    soft = address_space_limit()
+    if soft is not None:
         limit = min(limit, soft)
     try:
         text = _CGROUP_LIMIT.read_text().strip()
@@ -59,9 +72,9 @@ FIT_ADDRESS_PER_PIXEL = 5_500
 def fit_address_space_problem(width: int, height: int) -> str | None:
     """None unless an address-space limit is below what a fit at this input size maps
     (FIT_ADDRESS_SPACE), else why: refused up front, where the fit would crash mid-way."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    soft = address_space_limit()
     need = FIT_ADDRESS_SPACE + FIT_ADDRESS_PER_PIXEL * width * height
-    if soft == resource.RLIM_INFINITY or need <= soft:
+    if soft is None or need <= soft:
         return None
     return (
         f"a fit at {width}x{height} px maps about {need / 1e9:.3g} GB of address space "
@@ -126,9 +139,9 @@ def room() -> tuple[int | None, int | None]:
     unbounded or unknown: what an address-space limit leaves beyond what is mapped, and
     the least of the kernel's available memory and a cgroup limit's room."""
     space = None
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    soft = address_space_limit()
     mapped = _status_bytes("VmSize")
-    if soft != resource.RLIM_INFINITY and mapped is not None:
+    if soft is not None and mapped is not None:
         space = max(0, soft - mapped)
     memory = _memory_available()
     try:

@@ -16,7 +16,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ind_knn_ad import methods
 from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.report.evaluate import Evaluation
 
@@ -35,27 +34,6 @@ def progress_bar(console: Console, description: str, total: int) -> Iterator[Cal
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda done: progress.update(task, completed=done)
-
-
-def fit_summary(model: Model) -> str:
-    """What a fit kept, in the method's words, and the threshold with its rule."""
-    summary = methods.find(model.method).summary(model)
-    record = model.settings["threshold"]
-    line = f"{summary}; threshold {model.threshold:.4g} ({record['rule']})."
-    expected = record.get("expected_false_alarms")
-    if expected is not None:
-        line += (
-            f" Expected false alarms on good images: at most {expected['upper_95']:.1%} "
-            f"({expected['held_out_flagged']} of {expected['held_out']} held-out good images "
-            "flagged; 95% bound)."
-        )
-    labelled = record.get("labelled")
-    if labelled is not None:
-        line += (
-            f" At it, {labelled['source']}: {labelled['false_alarms']} of {labelled['good']} "
-            f"good flagged, {labelled['misses']} of {labelled['defective']} defective missed."
-        )
-    return line
 
 
 def _metric(value: float | None) -> str:
