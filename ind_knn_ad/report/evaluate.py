@@ -87,6 +87,18 @@ class Evaluation:
         labels, scores = self._labelled()
         return scores[labels == 0], scores[labels == 1]
 
+    def better_cut(self) -> dict[str, float] | None:
+        """The best-F1 threshold with its false alarms and misses, when it makes fewer
+        errors on these labelled images than the threshold judged at (so an operating
+        point is worth suggesting); else None."""
+        if not np.isfinite(self.best_f1_threshold):
+            return None
+        (_, fp), (fn, _) = self.confusion_matrix
+        (_, best_fp), (best_fn, _) = self.at(self.best_f1_threshold).confusion_matrix
+        if best_fp + best_fn >= fp + fn:
+            return None
+        return {"threshold": self.best_f1_threshold, "false_alarms": best_fp, "misses": best_fn}
+
     def at(self, threshold: float) -> Evaluation:
         """The same scores judged at another threshold (after a recalibration)."""
         matrix, f1 = _judged(*self._labelled(), threshold)
