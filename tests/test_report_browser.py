@@ -100,3 +100,35 @@ def test_a_threshold_from_few_labels_is_flagged_in_the_page_and_console(
     assert_self_contained(loaded, page)
     assert_matches_results(loaded.values, json.loads(results_path.read_text()))
     assert "recall may be as low as" in loaded.values["few_labels"]
+
+
+def test_scoring_report_leaves_stdout_alone_and_shows_the_flagged_first(
+    sample_model: Path, sample_dataset: Path, tmp_path: Path
+) -> None:
+    """anomaly_detector.py --report: the same stdout as without it; the page's counts and
+    threshold are those of the printed flags and the model, flagged images drawn first."""
+    folder = sample_dataset / "test"
+    plain = run_script("anomaly_detector.py", "--model", sample_model, folder)
+    page = tmp_path / "ci" / "run.html"
+    reported = run_script("anomaly_detector.py", "--model", sample_model, "--report", page, folder)
+    assert reported.stdout == plain.stdout
+    flags = [int(line.rsplit(",", 1)[1]) for line in plain.stdout.splitlines()]
+    with Browser() as browser:
+        loaded = browser.load(
+            page,
+            """({threshold: document.getElementById('threshold').innerText,
+                 flagged: document.getElementById('flagged').innerText,
+                 passed: document.getElementById('passed').innerText,
+                 drawn: document.querySelectorAll('.pair').length,
+                 first: document.querySelector('td')?.innerText,
+                 broken: [...document.images].filter(i => !i.naturalWidth).length,
+                 scripts: document.scripts.length})""",
+        )
+    assert_self_contained(loaded, page)
+    values = loaded.values
+    threshold = json.loads(beside(sample_model)[0].read_text())["threshold"]
+    assert float(values["threshold"]) == pytest.approx(threshold, rel=1e-5)
+    assert [int(values["flagged"]), int(values["passed"])] == [sum(flags), flags.count(0)]
+    assert values["drawn"] == sum(flags)
+    top = max(plain.stdout.splitlines(), key=lambda line: float(line.split(",")[1]))
+    assert values["first"] == top.split(",")[0]

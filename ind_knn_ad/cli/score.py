@@ -3,8 +3,9 @@
 Only results go to stdout; logs and errors go to stderr, one line per problem, naming the
 file. A directory stands for the image files under it (PNG, JPEG, BMP, TIFF; recursive,
 sorted). Runs on ONNX Runtime and NumPy, without importing torch, so a one-off call is quick.
-`--format jsonl` prints one JSON object per image instead, and `--heatmap DIR` also writes
-a PNG of each image with its anomaly map (see README.md).
+`--format jsonl` prints one JSON object per image instead, `--heatmap DIR` also writes
+a PNG of each image with its anomaly map, and `--report FILE.html` one page of the whole run
+(see README.md).
 
 Output is CSV (RFC 4180) with `\\n` line ends: a file name holding a comma, a double quote,
 CR or LF is enclosed in double quotes, with any double quote doubled. Every record is one
@@ -38,6 +39,7 @@ from ind_knn_ad.runtime.detector import Detector
 
 if TYPE_CHECKING:
     from ind_knn_ad.model_file.schema import Model
+    from ind_knn_ad.report.score_page import ScoreReport
 
 log = logging.getLogger("anomaly_detector")
 # ONNX Runtime's telemetry writes a device ID under HOME, and prints a coloured warning of
@@ -76,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="also write each image with its anomaly map as a PNG into DIR",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.html",
+        help="also write one self-contained HTML page of the run: counts, a score histogram, "
+        "the flagged images first with their maps",
     )
     return parser.parse_args(argv)
 
@@ -134,19 +143,21 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
     failed, and an error that stops the run is raised (see exit_codes)."""
     model = load_model(args.model)
     with named(args.model):
-        # Patch maps only for heatmaps: without them some methods search less.
-        detector = Detector(model, args.device, maps=args.heatmap is not None)
+        # Patch maps only for pictures: without them some methods search less.
+        maps = args.heatmap is not None or args.report is not None
+        detector = Detector(model, args.device, maps=maps)
     threshold = model.threshold if args.threshold is None else args.threshold
     log.info("model %s: %s, threshold %.4g", args.model, model.settings["backbone"], threshold)
     if args.heatmap is not None:
-        from ind_knn_ad.io.atomic import check_writable
         from ind_knn_ad.report.heatmap import write_heatmap
 
-        try:  # now, not after the first image
-            check_writable(args.heatmap / "heatmap.png")
-        except OSError as error:
-            folder = shown_name(args.heatmap)
-            raise WriteError(f"cannot write heatmaps to {folder}: {error}") from error
+        _check_writable(args.heatmap / "heatmap.png", f"heatmaps to {shown_name(args.heatmap)}")
+    report = None
+    if args.report is not None:
+        from ind_knn_ad.report.score_page import ScoreReport
+
+        _check_writable(args.report, f"the report {shown_name(args.report)}")
+        report = ScoreReport(model, args.model, detector.preprocess, threshold)
     status = exit_codes.OK
     failed_write = False
     with named(args.model):
@@ -154,6 +165,8 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
             if isinstance(result, ImageError):
                 log.error("%s", result)
                 status = exit_codes.SOME_INPUTS_FAILED
+                if report is not None:
+                    report.fail(path)
                 continue
             printed = f"{result.score:.6f}"
             flag = int(float(printed) >= threshold)  # the flag agrees with the printed score
@@ -182,7 +195,28 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
             except OSError as error:
                 raise _stdout_failed(error) from error
             log.debug("%s: score %s, flag %d", shown_name(path), printed, flag)
+            if report is not None:
+                report.add(path, result, cut, float(printed), flag)
+    if report is not None:
+        _write_report(report, args.report)
     return exit_codes.WRITE_ERROR if failed_write else status
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """WriteError now, not after the last image, when `path` cannot be written."""
+    from ind_knn_ad.io.atomic import check_writable
+
+    try:
+        check_writable(path)
+    except OSError as error:
+        raise WriteError(f"cannot write {what}: {error}") from error
+
+
+def _write_report(report: ScoreReport, path: Path) -> None:
+    try:
+        report.write(path)
+    except OSError as error:
+        raise WriteError(f"cannot write the report {shown_name(path)}: {error}") from error
 
 
 def _stdout_failed(error: OSError) -> WriteError:

@@ -8,14 +8,13 @@ font files. Imported only when a report is written.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import matplotlib as mpl
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from sklearn.metrics import precision_recall_curve, roc_curve
 
-from ind_knn_ad.report.metrics import PRO_MAX_FPR
 from ind_knn_ad.report.pictures import ramp
 
 GOOD_COLOUR = "#6b7280"
@@ -68,34 +67,29 @@ def histogram(
         return svg(figure)
 
 
-def _curve_axes(figure: Figure, count: int, index: int, title: str, xlabel: str, ylabel: str):
-    axes = figure.add_subplot(1, count, index)
-    axes.set_title(title, fontsize=10)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.set_ylim(0, 1.02)
-    axes.grid(alpha=0.3)
-    return axes
+@dataclass
+class Curve:
+    """One panel of `curves`: its title, axis labels and points."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    x: np.ndarray
+    y: np.ndarray
 
 
-def curves(labels: np.ndarray, scores: np.ndarray, extra: dict[str, list[list[float]]]) -> str:
-    """Image ROC and precision-recall curves, then the pixel ROC and PRO curves (sampled
-    in the evaluation) where masks gave them, side by side."""
-    count = 2 + len(extra)
+def curves(panels: list[Curve]) -> str:
+    """Curves side by side, on axes from 0 to 1 in y (ROC, precision-recall, PRO)."""
     with mpl.rc_context(_STYLE):
-        figure = Figure(figsize=(3.0 * count, 3.0), layout="constrained")
-        fpr, tpr, _ = roc_curve(labels, scores)
-        _curve_axes(figure, count, 1, "Image ROC", "false-alarm rate", "recall").plot(fpr, tpr)
-        precision, recall, _ = precision_recall_curve(labels, scores)
-        axes = _curve_axes(figure, count, 2, "Image precision-recall", "recall", "precision")
-        axes.plot(recall, precision)
-        panels = {
-            "pixel_roc": ("Pixel ROC", "false-positive rate", "true-positive rate"),
-            "pro": (f"PRO (FPR to {PRO_MAX_FPR})", "false-positive rate", "per-region overlap"),
-        }
-        for index, (name, points) in enumerate(extra.items(), start=3):
-            x, y = np.asarray(points).T
-            _curve_axes(figure, count, index, *panels[name]).plot(x, y)
+        figure = Figure(figsize=(3.0 * len(panels), 3.0), layout="constrained")
+        for index, panel in enumerate(panels, start=1):
+            axes = figure.add_subplot(1, len(panels), index)
+            axes.plot(panel.x, panel.y)
+            axes.set_title(panel.title, fontsize=10)
+            axes.set_xlabel(panel.xlabel)
+            axes.set_ylabel(panel.ylabel)
+            axes.set_ylim(0, 1.02)
+            axes.grid(alpha=0.3)
         return svg(figure)
 
 

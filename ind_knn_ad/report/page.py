@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from ind_knn_ad import methods
 from ind_knn_ad.calibration.operating_point import few_labels_warning
@@ -24,6 +24,8 @@ from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.report import figures, pictures
 from ind_knn_ad.report.evaluate import Evaluation, mask_labels
 from ind_knn_ad.report.heatmap import SheetEntry, anomaly_map
+from ind_knn_ad.report.metrics import PRO_MAX_FPR
+from ind_knn_ad.report.render import render
 
 if TYPE_CHECKING:
     from ind_knn_ad.report.results import SheetCollector
@@ -56,16 +58,6 @@ class Shown:
         if self.wrong:
             return "false alarm" if self.flagged else "miss"
         return "defective" if self.flagged else "good"
-
-
-def environment() -> Environment:
-    """The templates, HTML-escaped unless marked safe (the plots' SVG)."""
-    return Environment(
-        loader=PackageLoader("ind_knn_ad.report", "templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-    )
 
 
 def tiles(
@@ -161,10 +153,29 @@ def _plots(evaluation: Evaluation, units: str) -> dict[str, Markup]:
     best = evaluation.best_f1_threshold if evaluation.image_rocauc is not None else None
     plots = {"histogram": figures.histogram(arrays, evaluation.threshold, best, units)}
     if evaluation.image_rocauc is not None:
-        labels = np.array([i["defect_type"] != GOOD for i in evaluation.images], int)
-        scores = np.array([i["score"] for i in evaluation.images])
-        plots["curves"] = figures.curves(labels, scores, evaluation.curves)
+        plots["curves"] = figures.curves(_curves(evaluation))
     return {name: Markup(svg) for name, svg in plots.items()}
+
+
+def _curves(evaluation: Evaluation) -> list[figures.Curve]:
+    """Image ROC and precision-recall, then the pixel ROC and PRO curves where masks gave
+    them (sampled in the evaluation)."""
+    labels = np.array([i["defect_type"] != GOOD for i in evaluation.images], int)
+    scores = np.array([i["score"] for i in evaluation.images])
+    fpr, tpr, _ = roc_curve(labels, scores)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    panels = [
+        figures.Curve("Image ROC", "false-alarm rate", "recall", fpr, tpr),
+        figures.Curve("Image precision-recall", "recall", "precision", recall, precision),
+    ]
+    titles = {
+        "pixel_roc": ("Pixel ROC", "false-positive rate", "true-positive rate"),
+        "pro": (f"PRO (FPR to {PRO_MAX_FPR})", "false-positive rate", "per-region overlap"),
+    }
+    for name, points in evaluation.curves.items():
+        x, y = np.asarray(points).T
+        panels.append(figures.Curve(*titles[name], x, y))
+    return panels
 
 
 def fit_report(
@@ -198,4 +209,4 @@ def fit_report(
         "flagged": [item for item in shown if item.flagged],
         "passed": [item for item in shown if not item.flagged],
     }
-    return environment().get_template("fit.html").render(context).encode()
+    return render("fit.html", context)
