@@ -1,7 +1,8 @@
 """The scoring path cannot import the fit: a one-off `anomaly_detector.py --model M IMAGE`
 loads no torch, timm, scikit-learn, SciPy, matplotlib or Jinja2 and none of the fit's own
-modules, and the scorer's modules import (statically, transitively) only modules on the scoring list below,
-so that a new import of fit code fails here rather than slowing every call.
+modules, and the scorer's modules import (statically, transitively) only modules on the
+scoring list below, so that a new import of fit code fails here rather than slowing every
+call.
 """
 
 from __future__ import annotations
