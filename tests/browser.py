@@ -132,8 +132,8 @@ class Browser:
 
     def load(self, page: Path, read: str, scroll_to: tuple[str, ...] = ()) -> PageLoad:
         """Open `page` from file:// offline; evaluate the JS expression `read` (returning a
-        JSON-able value) once it has loaded; screenshot the top, then each element of
-        `scroll_to` (CSS selectors) scrolled into view."""
+        JSON-able value, or a promise of one) once it has loaded; screenshot the top, then
+        each element of `scroll_to` (CSS selectors) scrolled into view."""
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})
         sid = session["sessionId"]
@@ -159,9 +159,8 @@ class Browser:
         return result
 
     def _evaluate(self, expression: str, session: str) -> Any:
-        reply = self.send(
-            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session
-        )
+        options = {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        reply = self.send("Runtime.evaluate", options, session)
         if "exceptionDetails" in reply:
             raise RuntimeError(f"{expression}: {reply['exceptionDetails']}")
         return reply["result"].get("value")

@@ -21,7 +21,11 @@ from ind_knn_ad.report.results import beside
 
 pytestmark = pytest.mark.skipif(chromium() is None, reason="no chromium to open the report in")
 
-READ = """({
+# Every image decoded, the lazy ones below the fold too: a broken one counts.
+BROKEN = """(await Promise.all([...document.images].map(
+  i => { i.loading = 'eager'; return i.decode().then(() => 0, () => 1); }))
+).reduce((a, b) => a + b, 0)"""
+READ = f"""(async () => ({{
   threshold: document.getElementById('threshold').innerText,
   false_alarms: document.getElementById('false-alarms').innerText,
   misses: document.getElementById('misses').innerText,
@@ -30,9 +34,9 @@ READ = """({
   few_labels: document.getElementById('few-labels')?.innerText ?? null,
   enlarged: document.querySelectorAll('.pair img').length,
   tiles: document.querySelectorAll('.tile img').length,
-  broken: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length,
+  broken: {BROKEN},
   scripts: document.scripts.length,
-})"""
+}}))()"""
 
 
 def open_report(page: Path, screenshot: Path) -> PageLoad:
@@ -76,6 +80,24 @@ def test_fit_report_opens_offline_and_agrees_with_results(
         assert np.asarray(shot.convert("L")).std() > 10  # not a blank page
 
 
+def test_misses_are_shown_full_size_with_photo_and_map(
+    sample_model: Path, sample_dataset: Path, tmp_path: Path
+) -> None:
+    """--evaluate-only at a threshold no image reaches: every defective image is a miss,
+    drawn at full size (photo and map) first, and the page says the threshold was given."""
+    model = tmp_path / "model.safetensors"
+    shutil.copy(sample_model, model)
+    options = ("--model", model, "--evaluate-only", "--threshold", "1e6")
+    run_script("make_model.py", "--data-dir", sample_dataset, *options)
+    results_path, _, page = beside(model)
+    results = json.loads(results_path.read_text())
+    loaded = open_report(page, tmp_path / "report.png")
+    assert_self_contained(loaded, page)
+    assert_matches_results(loaded.values, results)
+    (_, _), (misses, caught) = results["confusion_matrix"]
+    assert caught == 0 and loaded.values["enlarged"] == 2 * misses > 0
+
+
 def test_a_threshold_from_few_labels_is_flagged_in_the_page_and_console(
     sample_model: Path, sample_dataset: Path, tmp_path: Path
 ) -> None:
@@ -116,13 +138,13 @@ def test_scoring_report_leaves_stdout_alone_and_shows_the_flagged_first(
     with Browser() as browser:
         loaded = browser.load(
             page,
-            """({threshold: document.getElementById('threshold').innerText,
+            f"""(async () => ({{threshold: document.getElementById('threshold').innerText,
                  flagged: document.getElementById('flagged').innerText,
                  passed: document.getElementById('passed').innerText,
                  drawn: document.querySelectorAll('.pair').length,
                  first: document.querySelector('td')?.innerText,
-                 broken: [...document.images].filter(i => !i.naturalWidth).length,
-                 scripts: document.scripts.length})""",
+                 broken: {BROKEN},
+                 scripts: document.scripts.length}}))()""",
         )
     assert_self_contained(loaded, page)
     values = loaded.values

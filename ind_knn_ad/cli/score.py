@@ -77,7 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--heatmap",
         type=Path,
         metavar="DIR",
-        help="also write each image with its anomaly map as a PNG into DIR",
+        help="also write each image with its anomaly map as a PNG into DIR, in folders "
+        "that mirror the inputs' paths",
+    )
+    parser.add_argument(
+        "--heatmap-flagged-only",
+        action="store_true",
+        help="with --heatmap: write the maps of flagged images only",
     )
     parser.add_argument(
         "--report",
@@ -86,7 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write one self-contained HTML page of the run: counts, a score histogram, "
         "the flagged images first with their maps",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.heatmap_flagged_only and args.heatmap is None:
+        parser.error("--heatmap-flagged-only needs --heatmap DIR")
+    return args
 
 
 def csv_record(fields: Iterable[object]) -> str:
@@ -171,7 +180,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
             printed = f"{result.score:.6f}"
             flag = int(float(printed) >= threshold)  # the flag agrees with the printed score
             heatmap = None
-            if args.heatmap is not None:
+            if args.heatmap is not None and (flag or not args.heatmap_flagged_only):
                 # Before the record, so that a printed record means its PNG is there.
                 try:
                     heatmap = write_heatmap(

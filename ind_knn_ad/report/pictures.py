@@ -1,8 +1,8 @@
 """Heatmap pictures a person can judge: one colour scale anchored to the threshold, the
 flagged region and the ground truth outlined, the photo as the camera took it beside the map.
 
-NumPy, Pillow and SciPy only, so the scorer's `--heatmap` and `--report` use them without a
-plotting library.
+NumPy and Pillow (SciPy once an outline is drawn), so the scorer's `--heatmap` and
+`--report` use them without a plotting library.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from ind_knn_ad.io.images import load_image
-from ind_knn_ad.report.heatmap import colormap, overlay
 
+ALPHA = 0.5  # weight of the colour over the image
 # The scale spans 0.4 to 1.3 times the threshold, so the threshold sits two thirds up the
 # bar: what reaches it is orange to dark red on every image, what stays below is blue to
 # yellow, whatever the model's own score units.
@@ -25,6 +24,20 @@ ANCHOR = (0.4, 1.3)
 FLAGGED_EDGE = (255, 255, 255)  # the outline of the region at or above the threshold
 TRUTH_EDGE = (0, 230, 0)  # the outline of the ground-truth mask
 PANEL = 384  # height in pixels of the photo and the map shown for a wrong verdict
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] to RGB uint8 on the jet scale: dark blue, cyan, yellow, dark red."""
+    scaled = 4.0 * np.clip(values, 0.0, 1.0)[..., None]
+    rgb = np.clip(1.5 - np.abs(scaled - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(image: Image.Image, amap: np.ndarray, low: float, high: float) -> Image.Image:
+    """The RGB image with the map's colours blended over it (both the same size)."""
+    colours = colormap((amap - low) / (high - low)).astype(np.float32)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return Image.fromarray(((1.0 - ALPHA) * pixels + ALPHA * colours + 0.5).astype(np.uint8))
 
 
 def anchored_range(threshold: float) -> tuple[float, float]:
@@ -45,6 +58,8 @@ def scale_of(maps: list[np.ndarray], threshold: float, in_score_units: bool) -> 
 
 def edges(region: np.ndarray, width: int = 2) -> np.ndarray:
     """The pixels of a boolean region within `width` of its border, inside it."""
+    from scipy import ndimage  # here: a one-off call without maps needs no SciPy
+
     return region & ~ndimage.binary_erosion(region, iterations=width, border_value=0)
 
 
