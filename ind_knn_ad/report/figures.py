@@ -34,10 +34,15 @@ def svg(figure: Figure) -> str:
 
 
 def histogram(
-    groups: dict[str, np.ndarray], threshold: float, best: float | None, label: str
+    groups: dict[str, np.ndarray],
+    threshold: float,
+    best: float | None,
+    label: str,
+    neutral: str = "good",
 ) -> str:
-    """Good and each other group's scores, on shared bins of the model's own scale, with the
-    threshold and (when given) the best-F1 cut as vertical lines."""
+    """The `neutral` group's scores (grey, filled) and each other group's, on shared bins
+    of the model's own scale, with the threshold and (when given) the best-F1 cut as
+    vertical lines."""
     values = np.concatenate([v for v in groups.values() if v.size] + [[threshold]])
     edges = np.histogram_bin_edges(values, bins=min(40, max(10, values.size // 3)))
     with mpl.rc_context(_STYLE):
@@ -45,7 +50,7 @@ def histogram(
         axes = figure.add_subplot()
         colours = iter(DEFECT_COLOURS * 4)
         for name, scores in groups.items():
-            good = name == "good"
+            good = name == neutral
             axes.hist(
                 scores,
                 bins=edges,

@@ -74,7 +74,8 @@ class ScoreReport:
         scores = np.array([item.score for item in self.scored])
         flags = np.array([item.flag for item in self.scored], bool)
         groups = {"passed": scores[~flags], "flagged": scores[flags]}
-        histogram = figures.histogram(groups, self.threshold, None, f"{self.model.method} score")
+        label = f"{self.model.method} score"
+        histogram = figures.histogram(groups, self.threshold, None, label, neutral="passed")
         ranked = sorted(self.scored, key=lambda item: -item.score)
         span = pictures.anchored_range(self.threshold) if self.units else None
         context = {
