@@ -161,12 +161,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
         from ind_knn_ad.report.heatmap import write_heatmap
 
         _check_writable(args.heatmap / "heatmap.png", f"heatmaps to {shown_name(args.heatmap)}")
-    report = None
-    if args.report is not None:
-        from ind_knn_ad.report.score_page import ScoreReport
-
-        _check_writable(args.report, f"the report {shown_name(args.report)}")
-        report = ScoreReport(model, args.model, detector.preprocess, threshold)
+    report = _report(args, model, detector, threshold)
     status = exit_codes.OK
     failed_write = False
     with named(args.model):
@@ -209,6 +204,18 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
     if report is not None:
         _write_report(report, args.report)
     return exit_codes.WRITE_ERROR if failed_write else status
+
+
+def _report(
+    args: argparse.Namespace, model: Model, detector: Detector, threshold: float
+) -> ScoreReport | None:
+    """With --report: the page's collector, once its file is known to be writable."""
+    if args.report is None:
+        return None
+    from ind_knn_ad.report.score_page import ScoreReport
+
+    _check_writable(args.report, f"the report {shown_name(args.report)}")
+    return ScoreReport(model, args.model, detector.preprocess, threshold)
 
 
 def _check_writable(path: Path, what: str) -> None:
