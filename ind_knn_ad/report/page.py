@@ -10,6 +10,7 @@ Jinja2 renders `templates/fit.html`; matplotlib draws the plots (`figures.py`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from ind_knn_ad import methods
 from ind_knn_ad.calibration.operating_point import few_labels_warning
+from ind_knn_ad.errors import ImageError
 from ind_knn_ad.io.datasets import GOOD
 from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.report import figures, pictures
@@ -30,6 +32,7 @@ from ind_knn_ad.report.render import render
 if TYPE_CHECKING:
     from ind_knn_ad.report.results import SheetCollector
 
+log = logging.getLogger(__name__)
 MAX_WRONG = 60  # misses and false alarms shown full size; the rest only in the grid
 TILE_QUALITY = 70  # WebP quality of grid tiles: 1,000 of them stay under 20 MB (bench/report.py)
 
@@ -79,10 +82,16 @@ def _enlarge(
     shown: Shown, sheet: SheetCollector, span: tuple[float, float], outline: float | None
 ) -> None:
     """Add the photo and the full-size map to a wrong verdict: the file is decoded again
-    (a few images, not the test set), its map comes from the evaluation."""
+    (a few images, not the test set), its map comes from the evaluation. A file gone
+    unreadable since then keeps its tile alone, with a warning: the fit is still saved."""
     item, patch_map = sheet.images[shown.index]
     preprocess = sheet.preprocess
-    prepared = preprocess.prepare_file(item.path)
+    try:
+        prepared = preprocess.prepare_file(item.path)
+        taken = pictures.photo(item.path)
+    except ImageError as error:
+        log.warning("warning: %s; shown in the report's grid only", error)
+        return
     truth = None
     if item.mask is not None:
         labels = mask_labels(item.mask, prepared, preprocess)
@@ -91,7 +100,7 @@ def _enlarge(
     amap = anomaly_map(patch_map, preprocess.size)
     picture = pictures.map_picture(prepared.cut, amap, span, outline, truth, pictures.PANEL)
     shown.map = pictures.data_uri(picture)
-    shown.photo = pictures.data_uri(pictures.photo(item.path))
+    shown.photo = pictures.data_uri(taken)
     shown.outlined_truth = truth is not None
 
 
