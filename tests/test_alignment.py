@@ -200,10 +200,8 @@ def test_aligned_model_end_to_end(
     heatmaps = tmp_path / "maps"
     run_script("anomaly_detector.py", "--model", aligned_model, "--heatmap", heatmaps, images[0])
     width, height = preprocess.size
-    with Image.open(images[0]) as photo:  # shown beside the map, at the map's height
-        shown = round(photo.width * height / photo.height)
-    with Image.open(next(heatmaps.rglob("*.png"))) as picture:
-        assert picture.size == (shown + GAP + width + BAR_PANEL, height + HEADER)
+    with Image.open(next(heatmaps.rglob("*.png"))) as picture:  # the cut, plain and mapped
+        assert picture.size == (2 * width + GAP + BAR_PANEL, height + HEADER)
 
 
 def test_crop_does_not_apply_with_align(sample_dataset: Path) -> None:

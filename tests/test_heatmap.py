@@ -94,11 +94,11 @@ def test_one_png_per_input_in_a_tree_that_mirrors_the_inputs(
     assert names == sorted(f"{path}.png" for path in inputs)
 
 
-def test_pngs_are_the_photo_and_the_model_input_with_a_colour_bar(
+def test_pngs_are_the_model_input_plain_and_with_its_map_and_a_colour_bar(
     heatmaps: tuple[Path, list[str]], sample_model: Path, sample_dataset: Path
 ) -> None:
-    """The photo as taken (square here), scaled to the map's height, then the map, then
-    the bar: its top the highest colour, its bottom the lowest."""
+    """The model's input without colours, then with its map, then the bar: its top the
+    highest colour, its bottom the lowest."""
     folder, inputs = heatmaps
     crop = load_model(sample_model).settings["preprocess"]["crop"]
     for path in inputs:
@@ -110,9 +110,8 @@ def test_pngs_are_the_photo_and_the_model_input_with_a_colour_bar(
         np.testing.assert_array_equal(bar[0], colormap(np.array(1.0)))  # top: the highest
         np.testing.assert_array_equal(bar[-1], colormap(np.array(0.0)))
         with Image.open(sample_dataset / path) as original:
-            taken = np.asarray(original.convert("RGB").resize((crop, crop)), dtype=float)
-        shown = pixels[HEADER:, :crop].astype(float)
-        assert np.abs(shown - taken).mean() < 8  # the photo itself, uncoloured
+            cut = Preprocess().geometry(original.convert("RGB"))
+        np.testing.assert_array_equal(pixels[HEADER:, :crop], np.asarray(cut))  # uncoloured
 
 
 @pytest.mark.parametrize("defect", ["scratch", "bent"])

@@ -5,7 +5,7 @@ dependency; SciPy is imported, by `anomaly_map`, only when a map is drawn.
 
 The map is drawn on the image as the model saw it: resized and cut to the model's input
 (the centre square, or with part alignment the turned box around the part), so every
-coloured pixel lies exactly where the model looked; the photo as the camera took it is
+coloured pixel lies exactly where the model looked; the same image without colours is
 shown beside it.
 """
 
@@ -27,12 +27,12 @@ from ind_knn_ad.io.datasets import GOOD
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.base import PatchScores
 from ind_knn_ad.model_file.schema import Model
-from ind_knn_ad.report.pictures import anchored_range, colormap, edges, overlay, photo
+from ind_knn_ad.report.pictures import anchored_range, colormap, edges, overlay
 
 BAR_PANEL = 150  # pixels right of the map: the colour bar, its ends and the threshold
 BAR_WIDTH = 14
 HEADER = 24  # pixels above the pictures: score, threshold and verdict
-GAP = 8  # between the photo and the map
+GAP = 8  # between the plain image and the map
 FONT_SIZE = 14  # of a heatmap PNG's labels (Pillow's own scalable font)
 TILE = 128  # longer side of each picture on the contact sheet
 COLUMNS = 4  # contact-sheet cells per row; each cell is the image and its map, side by side
@@ -91,24 +91,24 @@ def _colour_bar(
 
 
 def heatmap_picture(
-    taken: Image.Image,
+    plain: Image.Image,
     map_image: Image.Image,
     span: tuple[float, float],
     threshold: float | None,
     title: str,
 ) -> Image.Image:
-    """One image's PNG: a title line; the photo as taken, scaled to the map's height; the
-    map (`map_image`, the model's input with its colours and outline); the colour bar.
+    """One image's PNG: a title line; the image without colours; the map (`map_image`,
+    the same image with its colours and outline); the colour bar.
 
     The map is the `width x height` box ending BAR_PANEL pixels from the right, below
-    HEADER: the picture is (photo width + GAP + width + BAR_PANEL) x (height + HEADER).
+    HEADER: the picture is (plain width + GAP + width + BAR_PANEL) x (height + HEADER).
     """
     width, height = map_image.size
-    left = taken.width + GAP
+    left = plain.width + GAP
     picture = Image.new("RGB", (left + width + BAR_PANEL, height + HEADER), BACKGROUND)
     font = ImageFont.load_default(size=FONT_SIZE)
     ImageDraw.Draw(picture).text((2, 4), title, fill=TEXT, font=font)
-    picture.paste(taken, (0, HEADER))
+    picture.paste(plain, (0, HEADER))
     picture.paste(map_image, (left, HEADER))
     picture.paste(_colour_bar(height, *span, vertical=True, mark=threshold), (left + width, HEADER))
     return picture
@@ -146,7 +146,6 @@ def _part_name(part: str) -> str:
 
 
 def image_heatmap(
-    path: Path | str,
     cut: np.ndarray,
     patch_map: np.ndarray,
     preprocess: Preprocess,
@@ -154,8 +153,9 @@ def image_heatmap(
     threshold: float,
     title: str,
 ) -> Image.Image:
-    """The PNG for one image scored from `path`: its photo, and its (H, W, 3) uint8 cut,
-    as the model saw it, with its blurred, upsampled map over it.
+    """The PNG for one scored image: its (H, W, 3) uint8 cut, as the model saw it, plain
+    and with its blurred, upsampled map over it. (Not the photo as taken: scoring decodes
+    each file once, and keeps only the cut.)
 
     A map in score units (`Method.map_in_score_units`) is drawn on the scale anchored to
     the threshold, the same for every image, and the region at or above the threshold is
@@ -170,7 +170,7 @@ def image_heatmap(
     pixels = np.array(overlay(Image.fromarray(cut), amap, *span))
     if mark is not None:
         pixels[edges(amap >= mark)] = (255, 255, 255)
-    return heatmap_picture(photo(path, cut.shape[0]), Image.fromarray(pixels), span, mark, title)
+    return heatmap_picture(Image.fromarray(cut), Image.fromarray(pixels), span, mark, title)
 
 
 def write_heatmap(
@@ -189,7 +189,7 @@ def write_heatmap(
     verdict = "defective" if flag else "good"
     title = f"score {result.score:.6f}  threshold {threshold:.6g}  {verdict}"
     units = methods.find(model.method).map_in_score_units
-    picture = image_heatmap(path, cut, result.patch_map, preprocess, units, threshold, title)
+    picture = image_heatmap(cut, result.patch_map, preprocess, units, threshold, title)
     target = folder / heatmap_name(path)
     write_png(picture, target)
     return os.fsdecode(target)

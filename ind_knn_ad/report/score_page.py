@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from markupsafe import Markup
+from PIL import Image
 
 from ind_knn_ad import methods
 from ind_knn_ad.io.atomic import atomic_write
@@ -32,7 +33,7 @@ class Scored:
     name: str
     score: float
     flag: int
-    photo: str = ""
+    plain: str = ""
     map: str = ""
 
 
@@ -51,7 +52,8 @@ class ScoreReport:
         self.drawn = 0
 
     def add(self, path: Path | str, result: PatchScores, cut: np.ndarray, score: float, flag: int):
-        """Record one image; draw it (the photo as taken and its map) when it is flagged."""
+        """Record one image; draw it (as the model saw it, plain and with its map) when it
+        is flagged. Not the photo as taken: scoring decodes each file once."""
         item = Scored(os.fsdecode(path), score, flag)
         if flag and self.drawn < MAX_SHOWN:
             amap = anomaly_map(result.patch_map, self.preprocess.size)
@@ -59,7 +61,8 @@ class ScoreReport:
             outline = self.threshold if self.units else None
             picture = pictures.map_picture(cut, amap, span, outline, None, pictures.PANEL // 2)
             item.map = pictures.data_uri(picture)
-            item.photo = pictures.data_uri(pictures.photo(path, pictures.PANEL // 2))
+            plain = Image.fromarray(cut).resize(picture.size, Image.Resampling.BICUBIC)
+            item.plain = pictures.data_uri(plain)
             self.drawn += 1
         self.scored.append(item)
 
