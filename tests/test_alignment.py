@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from ind_knn_ad.io.alignment import MARGIN, Box, cut, find_pose, measure_box, part_regions
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.model_file.store import load_model
-from ind_knn_ad.report.heatmap import BAR_PANEL, HEADER
+from ind_knn_ad.report.heatmap import BAR_PANEL, GAP, HEADER
 
 BACKGROUND = (200, 200, 200)
 SHAFT = (100, 40)  # length, width in pixels
@@ -200,8 +200,8 @@ def test_aligned_model_end_to_end(
     heatmaps = tmp_path / "maps"
     run_script("anomaly_detector.py", "--model", aligned_model, "--heatmap", heatmaps, images[0])
     width, height = preprocess.size
-    with Image.open(next(heatmaps.iterdir())) as picture:
-        assert picture.size == (width + BAR_PANEL, height + HEADER)
+    with Image.open(next(heatmaps.rglob("*.png"))) as picture:  # the cut, plain and mapped
+        assert picture.size == (2 * width + GAP + BAR_PANEL, height + HEADER)
 
 
 def test_crop_does_not_apply_with_align(sample_dataset: Path) -> None:

@@ -34,7 +34,7 @@ def test_evaluation_opens_each_file_once(
 ) -> None:
     dataset = load_dataset(sample_dataset)
     saved = evaluate_saved(sample_model, dataset, "cpu", None, None, lambda _: None)
-    assert len(saved.entries) == len(dataset.test)  # the contact sheet's cells
+    assert len(saved.sheet.entries) == len(dataset.test)  # the contact sheet's cells
     files = [item.path for item in dataset.test] + [i.mask for i in dataset.test if i.mask]
     assert any(item.mask for item in dataset.test)
     assert {os.path.realpath(f) for f in files} == set(opened)
@@ -52,6 +52,6 @@ def test_scoring_with_heatmaps_opens_each_file_once(
     code = score.main(["--model", str(sample_model), "--heatmap", str(tmp_path), *map(str, images)])
     assert code == 0
     assert len(capsys.readouterr().out.splitlines()) == len(images)
-    assert len(list(tmp_path.glob("*.png"))) == len(images)
+    assert len(list(tmp_path.rglob("*.png"))) == len(images)
     assert {os.path.realpath(p) for p in images} == set(opened)
     assert set(opened.values()) == {1}

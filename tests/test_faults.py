@@ -295,7 +295,8 @@ def test_interrupt_before_the_renames_keeps_every_old_file(
 
 
 def test_results_name_their_model_by_sha256(sample_model: Path) -> None:
-    """The results file and contact sheet beside a model say which model they belong to."""
+    """The results file, contact sheet and report beside a model say which model they
+    belong to."""
     import json
 
     from PIL import Image
@@ -305,6 +306,7 @@ def test_results_name_their_model_by_sha256(sample_model: Path) -> None:
     assert results["model_sha256"] == digest
     with Image.open(sample_model.with_suffix(".contact_sheet.png")) as sheet:
         assert sheet.text["model_sha256"] == digest
+    assert f"Model SHA-256 {digest}" in sample_model.with_suffix(".report.html").read_text()
 
 
 FULL_DISK_SCRIPT = """

@@ -111,7 +111,7 @@ def test_the_map_marks_the_defect(
     run_script(
         "anomaly_detector.py", "--model", method_models[method], "--heatmap", tmp_path, image
     )
-    [png] = tmp_path.iterdir()
+    [png] = tmp_path.rglob("*.png")
     assert_hot_on_mask(png, sample_dataset / "ground_truth" / "bent" / "000_mask.png")
 
 

@@ -1,7 +1,8 @@
 """The scoring path cannot import the fit: a one-off `anomaly_detector.py --model M IMAGE`
-loads no torch, timm, scikit-learn or SciPy and none of the fit's own modules, and the
-scorer's modules import (statically, transitively) only modules on the scoring list below,
-so that a new import of fit code fails here rather than slowing every call.
+loads no torch, timm, scikit-learn, SciPy, matplotlib or Jinja2 and none of the fit's own
+modules, and the scorer's modules import (statically, transitively) only modules on the
+scoring list below, so that a new import of fit code fails here rather than slowing every
+call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ FORBIDDEN = (
     "timm",
     "sklearn",
     "scipy",
+    "matplotlib",
+    "jinja2",
     "ind_knn_ad.search.coreset",
     "ind_knn_ad.calibration",
     "ind_knn_ad.tuning",
@@ -33,8 +36,8 @@ FORBIDDEN = (
     "ind_knn_ad.train",
     "ind_knn_ad.config",
 )
-# Every ind_knn_ad module the scorer (`runtime`, `cli.score`) may import, the heatmap's
-# included. A module added here must be torch-free and hold no fit code.
+# Every ind_knn_ad module the scorer (`runtime`, `cli.score`) may import, those of
+# --heatmap and --report included. A module added here must be torch-free and hold no fit code.
 SCORING = frozenset(
     {
         "ind_knn_ad",
@@ -65,8 +68,12 @@ SCORING = frozenset(
         "ind_knn_ad.model_file.schema",
         "ind_knn_ad.model_file.store",
         "ind_knn_ad.report",
+        "ind_knn_ad.report.figures",
         "ind_knn_ad.report.heatmap",
         "ind_knn_ad.report.summary",
+        "ind_knn_ad.report.pictures",
+        "ind_knn_ad.report.render",
+        "ind_knn_ad.report.score_page",
         "ind_knn_ad.runtime",
         "ind_knn_ad.runtime.detector",
         "ind_knn_ad.search",

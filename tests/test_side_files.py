@@ -19,14 +19,17 @@ def test_names_come_from_the_whole_file_name() -> None:
     assert [p.name for p in beside(Path("m/model.safetensors"))] == [
         "model.results.json",
         "model.contact_sheet.png",
+        "model.report.html",
     ]
     assert [p.name for p in beside(Path("m/screw.v1"))] == [
         "screw.v1.results.json",
         "screw.v1.contact_sheet.png",
+        "screw.v1.report.html",
     ]
     assert [p.name for p in beside(Path("m/model.safetensors"), "bolts")] == [
         "model.results.bolts.json",
         "model.contact_sheet.bolts.png",
+        "model.report.bolts.html",
     ]
 
 
@@ -41,8 +44,10 @@ def test_models_that_differ_by_suffix_keep_their_own_side_files(
     assert [p.name for p in sides[0] + sides[1]] == [
         "x.v1.results.json",
         "x.v1.contact_sheet.png",
+        "x.v1.report.html",
         "x.v2.results.json",
         "x.v2.contact_sheet.png",
+        "x.v2.report.html",
     ]
     for one, other in zip(*sides, strict=True):
         assert one.read_bytes() != other.read_bytes()
@@ -75,13 +80,13 @@ def test_evaluating_on_another_dataset_warns_and_keeps_the_fits_results(
     assert len(warning) == 1 and f"'{sample_dataset.name}'" in warning[0], result.stderr
     assert warning[0].startswith("Warning: ") and warning[0].endswith("the fit's are kept.")
     assert [path.read_bytes() for path in own] == before
-    results, sheet = beside(model, "other_parts")
+    results, sheet, page = beside(model, "other_parts")
     assert json.loads(results.read_text())["model_sha256"] == fitted_on
-    assert sheet.is_file()
+    assert sheet.is_file() and fitted_on in page.read_text()
 
     again = _evaluate(sample_dataset, model)  # the fit's own dataset: no warning
     assert "Warning" not in again.stderr
     assert json.loads(own[0].read_text())["model_sha256"] == fitted_on
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["model.safetensors", "other_parts", *(p.name for p in [*own, results, sheet])]
+        ["model.safetensors", "other_parts", *(p.name for p in [*own, results, sheet, page])]
     )

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ind_knn_ad.calibration.threshold import cut_counts
+from ind_knn_ad.calibration.threshold import cut_counts, false_alarm_bound
 from ind_knn_ad.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
@@ -114,3 +114,40 @@ def recalibrate(
     record = {"value": value, **details, "replaced": previous.get("replaced", previous)}
     settings = {**model.settings, "threshold": record}
     return replace(model, settings=settings), evaluation.at(value)
+
+
+def _recall_floor(caught: int, count: int, confidence: float = 0.95) -> float:
+    """Lower `confidence` bound on recall from `caught` of `count` defective images
+    (Clopper-Pearson, one-sided)."""
+    from scipy.stats import beta
+
+    return 0.0 if caught == 0 else float(beta.ppf(1 - confidence, caught, count - caught + 1))
+
+
+def few_labels_warning(record: dict) -> str | None:
+    """A warning when the threshold `record` (the model's `settings["threshold"]`) was set
+    from labelled images too few for its operating point: the 95% bounds on recall and on
+    the false-alarm rate from those counts, when one falls short of the target (or, for
+    `f1`, when either class has under 20 images). None for other thresholds."""
+    labelled = record.get("labelled")
+    if labelled is None:
+        return None
+    good, defective = labelled["good"], labelled["defective"]
+    alarms, caught = labelled["false_alarms"], defective - labelled["misses"]
+    recall_floor = _recall_floor(caught, defective)
+    alarm_ceiling = false_alarm_bound(alarms, good)
+    point = parse_operating_point(record["operating_point"])
+    if point.rule == "recall":
+        short = recall_floor < (point.target or 0)
+    elif point.rule == "fpr":
+        short = alarm_ceiling > (point.target or 0)
+    else:
+        short = min(good, defective) < 20
+    if not short:
+        return None
+    return (
+        f"threshold set for {point} from only {good} good and {defective} defective labelled "
+        f"images: with {caught} of {defective} defective caught, recall may be as low as "
+        f"{recall_floor:.0%}, and with {alarms} of {good} good flagged, the false-alarm rate "
+        f"as high as {alarm_ceiling:.0%} (95% bounds). Label more images before relying on it."
+    )

@@ -1,5 +1,5 @@
 """Fit a PatchCore, PaDiM or SPADE model on good images, evaluate it on test/ when present
-(results and a contact sheet beside the model), save one file."""
+(results, a contact sheet and the sign-off report beside the model), save one file."""
 
 from __future__ import annotations
 

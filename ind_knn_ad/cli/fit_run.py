@@ -59,13 +59,32 @@ def _evaluate_only(
     if args.operating_point is None:
         out.print(*reporting.results_tables(dataset.name, saved.evaluation, saved.model.method))
         results.write_saved(args.model, saved, dataset.name)
+        _point_to_report(args.model, dataset, saved.model, saved.evaluation, console, out)
         return exit_codes.OK
     point = args.operating_point
     model, evaluation = results.recalibrate_saved(args.model, saved, point, dataset)
     out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
     console.print(fit_summary(model))
     out.print(f"Model recalibrated in {args.model}.")
+    _point_to_report(args.model, dataset, model, evaluation, console, out)
     return exit_codes.OK
+
+
+def _point_to_report(
+    path: Path,
+    dataset: Dataset,
+    model: Model,
+    evaluation: Evaluation,
+    console: Console,
+    out: Console,
+) -> None:
+    """Say where the sign-off page went (and a better cut, if any); warn on stderr when the
+    threshold rests on few labelled images."""
+    page = results.beside(path, results.other_dataset(model, dataset.name))[2]
+    out.print(reporting.report_pointer(str(page), evaluation), markup=False)
+    warning = reporting.threshold_warning(model)
+    if warning is not None:
+        console.print(warning, markup=False)
 
 
 def _loaded(path: Path, dataset: str, console: Console, out: Console, model: Model) -> None:
@@ -150,6 +169,8 @@ def _report_fit(
         out.print(*reporting.results_tables(dataset.name, evaluation, model.method))
     if "detectability" in model.settings:
         out.print(reporting.detectability_table(model))
-    results.write_fit(args.model, model, evaluation, sheet.entries, dataset.name)
+    results.write_fit(args.model, model, evaluation, sheet, dataset.name)
     out.print(f"Model written to {args.model}.")
+    if evaluation is not None:
+        _point_to_report(args.model, dataset, model, evaluation, console, out)
     out.print("Model file creation is complete.")

@@ -3,8 +3,9 @@
 Only results go to stdout; logs and errors go to stderr, one line per problem, naming the
 file. A directory stands for the image files under it (PNG, JPEG, BMP, TIFF; recursive,
 sorted). Runs on ONNX Runtime and NumPy, without importing torch, so a one-off call is quick.
-`--format jsonl` prints one JSON object per image instead, and `--heatmap DIR` also writes
-a PNG of each image with its anomaly map (see README.md).
+`--format jsonl` prints one JSON object per image instead, `--heatmap DIR` also writes
+a PNG of each image with its anomaly map, and `--report FILE.html` one page of the whole run
+(see README.md).
 
 Output is CSV (RFC 4180) with `\\n` line ends: a file name holding a comma, a double quote,
 CR or LF is enclosed in double quotes, with any double quote doubled. Every record is one
@@ -40,6 +41,7 @@ from ind_knn_ad.runtime.detector import Detector
 
 if TYPE_CHECKING:
     from ind_knn_ad.model_file.schema import Model
+    from ind_knn_ad.report.score_page import ScoreReport
 
 log = logging.getLogger("anomaly_detector")
 # ONNX Runtime's telemetry writes a device ID under HOME, and prints a coloured warning of
@@ -78,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--heatmap",
         type=Path,
         metavar="DIR",
-        help="also write each image with its anomaly map as a PNG into DIR",
+        help="also write each image with its anomaly map as a PNG into DIR, in folders "
+        "that mirror the inputs' paths",
     )
     _more_options(parser)
     args = parser.parse_args(_spell_null(sys.argv[1:] if argv is None else argv))
@@ -97,6 +100,18 @@ def _spell_null(argv: list[str]) -> list[str]:
 
 def _more_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--heatmap-flagged-only",
+        action="store_true",
+        help="with --heatmap: write the maps of flagged images only",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.html",
+        help="also write one self-contained HTML page of the run: counts, a score histogram, "
+        "the flagged images first with their maps",
+    )
+    parser.add_argument(
         "--null", action="store_true", help="(or -0) with -: names on stdin end in NUL, not LF"
     )
     parser.add_argument(
@@ -114,6 +129,8 @@ def _more_options(parser: argparse.ArgumentParser) -> None:
 
 def _problem(args: argparse.Namespace) -> str | None:
     """The first of the inputs that cannot go together, for the parser to report."""
+    if args.heatmap_flagged_only and args.heatmap is None:
+        return "--heatmap-flagged-only needs --heatmap DIR"
     if args.info:
         return "--info takes no image files" if args.imagefile else None
     if not args.imagefile:
@@ -185,16 +202,6 @@ class Models:
         return Detector(model, device, maps=maps)
 
 
-def _check_heatmaps(folder: Path) -> None:
-    """WriteError now, not after the first image, if heatmaps cannot go to `folder`."""
-    from ind_knn_ad.io.atomic import check_writable
-
-    try:
-        check_writable(folder / "heatmap.png")
-    except OSError as error:
-        raise WriteError(f"cannot write heatmaps to {shown_name(folder)}: {error}") from error
-
-
 def score(args: argparse.Namespace, stdout: TextIO, stdin: BinaryIO, models: Models) -> int:
     """Score every file, writing records as they come (flushed, for names from stdin); the
     exit code says which images failed, and an error that stops the run is raised (see
@@ -204,14 +211,16 @@ def score(args: argparse.Namespace, stdout: TextIO, stdin: BinaryIO, models: Mod
         _write(stdout, describe(model, args.model), flush=False)
         return exit_codes.OK
     with named(args.model):
-        # Patch maps only for heatmaps: without them some methods search less.
-        detector = models.detector(model, args.device, args.heatmap is not None)
+        # Patch maps only for pictures: without them some methods search less.
+        maps = args.heatmap is not None or args.report is not None
+        detector = models.detector(model, args.device, maps)
     threshold = model.threshold if args.threshold is None else args.threshold
     log.info("model %s: %s, threshold %.4g", args.model, model.settings["backbone"], threshold)
     if args.heatmap is not None:
         from ind_knn_ad.report.heatmap import write_heatmap
 
-        _check_heatmaps(args.heatmap)
+        _check_writable(args.heatmap / "heatmap.png", f"heatmaps to {shown_name(args.heatmap)}")
+    report = _report(args, model, detector, threshold)
     status = exit_codes.OK
     failed_write = False
     with named(args.model):
@@ -219,11 +228,13 @@ def score(args: argparse.Namespace, stdout: TextIO, stdin: BinaryIO, models: Mod
             if isinstance(result, ImageError):
                 log.error("%s", result)
                 status = exit_codes.SOME_INPUTS_FAILED
+                if report is not None:
+                    report.fail(path)
                 continue
             printed = f"{result.score:.6f}"
             flag = int(float(printed) >= threshold)  # the flag agrees with the printed score
             heatmap = None
-            if args.heatmap is not None:
+            if args.heatmap is not None and (flag or not args.heatmap_flagged_only):
                 # Before the record, so that a printed record means its PNG is there.
                 try:
                     heatmap = write_heatmap(
@@ -244,6 +255,10 @@ def score(args: argparse.Namespace, stdout: TextIO, stdin: BinaryIO, models: Mod
                 )
             _write(stdout, record, flush=args.imagefile == [STDIN])
             log.debug("%s: score %s, flag %d", shown_name(path), printed, flag)
+            if report is not None:
+                report.add(path, result, cut, float(printed), flag)
+    if report is not None:
+        _write_report(report, args.report)
     return exit_codes.WRITE_ERROR if failed_write else status
 
 
@@ -254,6 +269,35 @@ def _write(stdout: TextIO, text: str, flush: bool) -> None:
             stdout.flush()
     except OSError as error:
         raise _stdout_failed(error) from error
+
+
+def _report(
+    args: argparse.Namespace, model: Model, detector: Detector, threshold: float
+) -> ScoreReport | None:
+    """With --report: the page's collector, once its file is known to be writable."""
+    if args.report is None:
+        return None
+    from ind_knn_ad.report.score_page import ScoreReport
+
+    _check_writable(args.report, f"the report {shown_name(args.report)}")
+    return ScoreReport(model, args.model, detector.preprocess, threshold)
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """WriteError now, not after the last image, when `path` cannot be written."""
+    from ind_knn_ad.io.atomic import check_writable
+
+    try:
+        check_writable(path)
+    except OSError as error:
+        raise WriteError(f"cannot write {what}: {error}") from error
+
+
+def _write_report(report: ScoreReport, path: Path) -> None:
+    try:
+        report.write(path)
+    except OSError as error:
+        raise WriteError(f"cannot write the report {shown_name(path)}: {error}") from error
 
 
 def _stdout_failed(error: OSError) -> WriteError:

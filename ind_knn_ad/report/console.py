@@ -16,6 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ind_knn_ad.calibration.operating_point import few_labels_warning
 from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.report.evaluate import Evaluation
 
@@ -74,3 +75,24 @@ def detectability_table(model: Model) -> Table:
     for kind in dict.fromkeys(row["defect"] for row in rows):
         table.add_row(kind, *(cells.get((kind, size), "") for size in sizes))
     return table
+
+
+def report_pointer(page: str, evaluation: Evaluation) -> str:
+    """Where the sign-off page is, and the operating point when a better cut exists."""
+    line = f"Report: {page} (misses and false alarms first; open it in a browser)."
+    better = evaluation.better_cut()
+    if better is not None:
+        (_, fp), (fn, _) = evaluation.confusion_matrix
+        line += (
+            f"\nAt {better['threshold']:.4g} (best F1 on these labelled images): "
+            f"{better['false_alarms']} false alarms and {better['misses']} misses instead of "
+            f"{fp} and {fn}; make_model.py --evaluate-only --operating-point f1 (or recall=R, "
+            "fpr=F) sets the threshold from them without refitting."
+        )
+    return line
+
+
+def threshold_warning(model: Model) -> str | None:
+    """The warning line when the model's threshold rests on few labelled images."""
+    warning = few_labels_warning(model.settings["threshold"])
+    return None if warning is None else f"Warning: {warning}"

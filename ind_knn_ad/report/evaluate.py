@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from ind_knn_ad.errors import ImageError
 from ind_knn_ad.io.batches import preprocessed_batches, stack
@@ -17,6 +24,7 @@ from ind_knn_ad.io.images import load_image, shown_name
 from ind_knn_ad.io.preprocess import Prepared, Preprocess
 from ind_knn_ad.methods.base import PatchScores
 from ind_knn_ad.report.heatmap import anomaly_map
+from ind_knn_ad.report.metrics import PRO_MAX_FPR, aupro, pro_curve, sampled
 
 # (B, 3, H, W) network inputs and the (B, H, W, 3) uint8 cuts they were made from to
 # their results, whichever method made the model.
@@ -48,7 +56,10 @@ def mask_labels(mask: Path, photo: Prepared, preprocess: Preprocess) -> np.ndarr
 
 @dataclass
 class Evaluation:
-    """Scores and metrics; the confusion matrix is [[TN, FP], [FN, TP]] (rows: actual)."""
+    """Scores and metrics; the confusion matrix is [[TN, FP], [FN, TP]] (rows: actual).
+    `image_aupr` is the area under the image-level precision-recall curve (average
+    precision), `pixel_aupro` that under the PRO curve to an FPR of 0.3 (`metrics.py`);
+    `curves` holds the pixel ROC and PRO curves, sampled, for the report."""
 
     image_rocauc: float | None
     pixel_rocauc: float | None
@@ -59,6 +70,9 @@ class Evaluation:
     best_f1: float
     best_f1_threshold: float
     images: list[dict]
+    image_aupr: float | None = None
+    pixel_aupro: float | None = None
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +86,18 @@ class Evaluation:
         """Scores of the good and of the defective test images."""
         labels, scores = self._labelled()
         return scores[labels == 0], scores[labels == 1]
+
+    def better_cut(self) -> dict[str, float] | None:
+        """The best-F1 threshold with its false alarms and misses, when it makes fewer
+        errors on these labelled images than the threshold judged at (so an operating
+        point is worth suggesting); else None."""
+        if not np.isfinite(self.best_f1_threshold):
+            return None
+        (_, fp), (fn, _) = self.confusion_matrix
+        (_, best_fp), (best_fn, _) = self.at(self.best_f1_threshold).confusion_matrix
+        if best_fp + best_fn >= fp + fn:
+            return None
+        return {"threshold": self.best_f1_threshold, "false_alarms": best_fp, "misses": best_fn}
 
     def at(self, threshold: float) -> Evaluation:
         """The same scores judged at another threshold (after a recalibration)."""
@@ -160,11 +186,11 @@ def evaluate(
         for defect in sorted({item.defect_type for item in dataset.test} - {GOOD}):
             keep = [i for i, item in enumerate(dataset.test) if item.defect_type in (GOOD, defect)]
             per_defect[defect] = float(roc_auc_score(labels[keep], score_array[keep]))
-    pixel_auc = None
-    if pixel_scores:
-        truth = np.concatenate(pixel_labels)
-        if 0 < truth.sum() < truth.size:
-            pixel_auc = float(roc_auc_score(truth, np.concatenate(pixel_scores)))
+    width, height = preprocess.size
+    pixel_auc, pixel_aupro, curves = _pixel_metrics(
+        [s.reshape(height, width) for s in pixel_scores],
+        [m.reshape(height, width) for m in pixel_labels],
+    )
     matrix, f1 = _judged(labels, score_array, threshold)
     best_f1, best_threshold = _best_f1(labels, score_array) if both else (float("nan"),) * 2
     return Evaluation(
@@ -180,4 +206,26 @@ def evaluate(
             {"file": str(item.path), "defect_type": item.defect_type, "score": score}
             for item, score in zip(dataset.test, scores, strict=True)
         ],
+        image_aupr=float(average_precision_score(labels, score_array)) if both else None,
+        pixel_aupro=pixel_aupro,
+        curves=curves,
     )
+
+
+def _pixel_metrics(
+    maps: list[np.ndarray], masks: list[np.ndarray]
+) -> tuple[float | None, float | None, dict[str, list[list[float]]]]:
+    """Pixel ROC AUC, AUPRO and their curves (sampled) over the images with pixel labels;
+    None where no mask has both defective and good pixels."""
+    if not maps:
+        return None, None, {}
+    truth = np.concatenate([mask.ravel() for mask in masks])
+    if not 0 < truth.sum() < truth.size:
+        return None, None, {}
+    values = np.concatenate([amap.ravel() for amap in maps])
+    fpr, tpr, _ = roc_curve(truth, values)
+    curves = {"pixel_roc": sampled(fpr, tpr, 1.0)}
+    pro = pro_curve(maps, masks)
+    assert pro is not None  # some pixels are defective, some good
+    curves["pro"] = sampled(*pro, PRO_MAX_FPR)
+    return float(roc_auc_score(truth, values)), aupro(*pro), curves

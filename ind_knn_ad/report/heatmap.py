@@ -1,11 +1,12 @@
 """Pictures of the anomaly map: one PNG per scored image, and a contact sheet of a test set.
 
-NumPy and Pillow only (PIL's default font for the labels), so `--heatmap` adds no
+NumPy and Pillow only (Pillow's own scalable font for the labels), so `--heatmap` adds no
 dependency; SciPy is imported, by `anomaly_map`, only when a map is drawn.
 
 The map is drawn on the image as the model saw it: resized and cut to the model's input
 (the centre square, or with part alignment the turned box around the part), so every
-coloured pixel lies exactly where the model looked.
+coloured pixel lies exactly where the model looked; the same image without colours is
+shown beside it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import sha256
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -26,11 +27,13 @@ from ind_knn_ad.io.datasets import GOOD
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.base import PatchScores
 from ind_knn_ad.model_file.schema import Model
+from ind_knn_ad.report.pictures import anchored_range, colormap, edges, overlay
 
-ALPHA = 0.5  # weight of the colour over the image
-BAR_PANEL = 64  # pixels to the right of the image: the colour bar and its labels
-BAR_WIDTH = 12
-HEADER = 16  # pixels above the image: score, threshold and verdict
+BAR_PANEL = 150  # pixels right of the map: the colour bar, its ends and the threshold
+BAR_WIDTH = 14
+HEADER = 24  # pixels above the pictures: score, threshold and verdict
+GAP = 8  # between the plain image and the map
+FONT_SIZE = 14  # of a heatmap PNG's labels (Pillow's own scalable font)
 TILE = 128  # longer side of each picture on the contact sheet
 COLUMNS = 4  # contact-sheet cells per row; each cell is the image and its map, side by side
 CAPTION = 30  # two text lines under each contact-sheet cell
@@ -52,50 +55,32 @@ def anomaly_map(
     return gaussian_filter(np.asarray(upsampled, dtype=np.float32), sigma=sigma, truncate=4.0)
 
 
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] to RGB uint8 on the jet scale: dark blue, cyan, yellow, dark red."""
-    scaled = 4.0 * np.clip(values, 0.0, 1.0)[..., None]
-    rgb = np.clip(1.5 - np.abs(scaled - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def colour_range(amap: np.ndarray, in_score_units: bool, threshold: float) -> tuple[float, float]:
-    """The values the colour bar spans for one image's map.
-
-    From the map's lowest value to its highest, or up to the threshold when that is higher
-    and the map is in score units (`Method.map_in_score_units`): then the top colour (dark
-    red) only appears where a patch alone reaches the threshold, and a good image does not
-    glow red at its least-normal spot. Other maps span their own range.
-    """
-    low, high = float(amap.min()), float(amap.max())
-    if in_score_units:
-        high = max(high, threshold)
-    return low, max(high, low + 1e-6)
-
-
-def overlay(image: Image.Image, amap: np.ndarray, low: float, high: float) -> Image.Image:
-    """The RGB image with the map's colours blended over it (both the same size)."""
-    colours = colormap((amap - low) / (high - low)).astype(np.float32)
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return Image.fromarray(((1.0 - ALPHA) * pixels + ALPHA * colours + 0.5).astype(np.uint8))
-
-
 def _label(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _colour_bar(length: int, low: float, high: float, vertical: bool) -> Image.Image:
-    """A bar from low to high (high at the top or on the right) with its end values."""
+def _colour_bar(
+    length: int, low: float, high: float, vertical: bool, mark: float | None = None
+) -> Image.Image:
+    """A bar from low to high (high at the top or on the right) with its end values; a
+    vertical one marks `mark` (the threshold) with a line across and its value."""
     ramp = colormap(np.linspace(0.0, 1.0, length))
-    font = ImageFont.load_default()
     if vertical:
+        font = ImageFont.load_default(size=FONT_SIZE)
         bar = Image.fromarray(np.repeat(ramp[::-1, None, :], BAR_WIDTH, axis=1))
         panel = Image.new("RGB", (BAR_PANEL, length), BACKGROUND)
         panel.paste(bar, (4, 0))
         draw = ImageDraw.Draw(panel)
-        draw.text((BAR_WIDTH + 7, 0), _label(high), fill=TEXT, font=font)
-        draw.text((BAR_WIDTH + 7, length - 12), _label(low), fill=TEXT, font=font)
+        draw.text((BAR_WIDTH + 8, 0), _label(high), fill=TEXT, font=font)
+        draw.text((BAR_WIDTH + 8, length), _label(low), fill=TEXT, font=font, anchor="ld")
+        if mark is not None and low <= mark <= high:
+            y = round((high - mark) / (high - low) * (length - 1))
+            draw.line((0, y, BAR_WIDTH + 6, y), fill=TEXT, width=2)
+            draw.text(
+                (BAR_WIDTH + 8, y), f"{_label(mark)} threshold", fill=TEXT, font=font, anchor="lm"
+            )
         return panel
+    font = ImageFont.load_default()
     bar = Image.fromarray(np.repeat(ramp[None, :, :], BAR_WIDTH, axis=0))
     panel = Image.new("RGB", (length, BAR_WIDTH + 14), BACKGROUND)
     panel.paste(bar, (0, 0))
@@ -106,44 +91,58 @@ def _colour_bar(length: int, low: float, high: float, vertical: bool) -> Image.I
 
 
 def heatmap_picture(
-    image: Image.Image, amap: np.ndarray, low: float, high: float, title: str
+    plain: Image.Image,
+    map_image: Image.Image,
+    span: tuple[float, float],
+    threshold: float | None,
+    title: str,
 ) -> Image.Image:
-    """One image's PNG: a title line, the blended image, a colour bar on the right.
+    """One image's PNG: a title line; the image without colours; the map (`map_image`,
+    the same image with its colours and outline); the colour bar.
 
-    The size is (width + BAR_PANEL) x (height + HEADER) for a model input of width x height.
+    The map is the `width x height` box ending BAR_PANEL pixels from the right, below
+    HEADER: the picture is (plain width + GAP + width + BAR_PANEL) x (height + HEADER).
     """
-    height, width = amap.shape
-    picture = Image.new("RGB", (width + BAR_PANEL, height + HEADER), BACKGROUND)
-    ImageDraw.Draw(picture).text((2, 2), title, fill=TEXT, font=ImageFont.load_default())
-    picture.paste(overlay(image, amap, low, high), (0, HEADER))
-    picture.paste(_colour_bar(height, low, high, vertical=True), (width, HEADER))
+    width, height = map_image.size
+    left = plain.width + GAP
+    picture = Image.new("RGB", (left + width + BAR_PANEL, height + HEADER), BACKGROUND)
+    font = ImageFont.load_default(size=FONT_SIZE)
+    ImageDraw.Draw(picture).text((2, 4), title, fill=TEXT, font=font)
+    picture.paste(plain, (0, HEADER))
+    picture.paste(map_image, (left, HEADER))
+    picture.paste(_colour_bar(height, *span, vertical=True, mark=threshold), (left + width, HEADER))
     return picture
 
 
 def heatmap_name(path: str | os.PathLike[str]) -> str:
-    """The PNG name for an input: its path as given, made one file name, plus `.png`.
-
-    `%` becomes `%25`, `/` becomes `%2F`, and a leading `.`, control characters and bytes
-    that are not UTF-8 are percent-encoded too, so distinct paths always give distinct
-    names (`test/good/000.png` -> `test%2Fgood%2F000.png.png`) and no name is hidden or
-    `..`. A name longer than a file system allows keeps its first part and gains a hash
-    of the whole path.
+    """The PNG's path in the heatmap folder for an input: the input's path as given, its
+    folders kept, plus `.png`, so the maps mirror the input tree (`test/good/000.png` ->
+    `test/good/000.png.png`). `.` parts are dropped and the root of an absolute path is
+    the folder `%2F`; within each part `%` becomes `%25`, and a leading `.`, control
+    characters and bytes that are not UTF-8 are percent-encoded too, so distinct paths
+    give distinct names and no part is hidden or `..`. A part longer than a file system
+    allows keeps its start and gains a hash of the whole part.
     """
-    text = os.fsdecode(path)
-    parts = []
-    for index, char in enumerate(text):
-        if char in "%/" or not char.isprintable() or (char == "." and index == 0):
+    parts = [part for part in PurePosixPath(os.fsdecode(path)).parts if part != "."]
+    parts[-1] += ".png"
+    return "/".join("%2F" if part == "/" else _part_name(part) for part in parts)
+
+
+def _part_name(part: str) -> str:
+    """One path part made a visible, safe file name (see heatmap_name)."""
+    encoded = []
+    for index, char in enumerate(part):
+        if char == "%" or not char.isprintable() or (char == "." and index == 0):
             raw = char.encode("utf-8", "surrogateescape")
-            parts.append("".join(f"%{byte:02X}" for byte in raw))
+            encoded.append("".join(f"%{byte:02X}" for byte in raw))
         else:
-            parts.append(char)
-    name = "".join(parts) + ".png"
-    encoded = name.encode()
-    if len(encoded) <= MAX_NAME_BYTES:
+            encoded.append(char)
+    name = "".join(encoded)
+    if len(name.encode()) <= MAX_NAME_BYTES:
         return name
-    digest = sha256(os.fsencode(text)).hexdigest()[:16]
-    head = encoded[: MAX_NAME_BYTES - len(digest) - 6].decode("utf-8", "ignore")
-    return f"{head}~{digest}.png"
+    digest = sha256(os.fsencode(part)).hexdigest()[:16]
+    head = name.encode()[: MAX_NAME_BYTES - len(digest) - 6].decode("utf-8", "ignore")
+    return f"{head}~{digest}" + (".png" if part.endswith(".png") else "")
 
 
 def image_heatmap(
@@ -154,12 +153,24 @@ def image_heatmap(
     threshold: float,
     title: str,
 ) -> Image.Image:
-    """The PNG for one scored image: its (H, W, 3) uint8 cut, as the model saw it, with
-    its blurred, upsampled map over it."""
-    image = Image.fromarray(cut)
+    """The PNG for one scored image: its (H, W, 3) uint8 cut, as the model saw it, plain
+    and with its blurred, upsampled map over it. (Not the photo as taken: scoring decodes
+    each file once, and keeps only the cut.)
+
+    A map in score units (`Method.map_in_score_units`) is drawn on the scale anchored to
+    the threshold, the same for every image, and the region at or above the threshold is
+    outlined in white; any other map spans its own lowest to highest value.
+    """
     amap = anomaly_map(patch_map, preprocess.size)
-    low, high = colour_range(amap, in_score_units, threshold)
-    return heatmap_picture(image, amap, low, high, title)
+    if in_score_units:
+        span, mark = anchored_range(threshold), threshold
+    else:
+        low = float(amap.min())
+        span, mark = (low, max(float(amap.max()), low + 1e-6)), None
+    pixels = np.array(overlay(Image.fromarray(cut), amap, *span))
+    if mark is not None:
+        pixels[edges(amap >= mark)] = (255, 255, 255)
+    return heatmap_picture(Image.fromarray(cut), Image.fromarray(pixels), span, mark, title)
 
 
 def write_heatmap(

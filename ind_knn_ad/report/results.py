@@ -1,11 +1,11 @@
-"""What an evaluation leaves beside its model: `<model>.results.json` and
-`<model>.contact_sheet.png` (`<model>`: the file's whole name, less a `.safetensors`
-suffix), made while the test set is scored, and the evaluation of a saved model
-(make_model.py --evaluate-only), named `<model>.results.<dataset>.json` and
-`<model>.contact_sheet.<dataset>.png` when on a dataset other than the fit's.
+"""What an evaluation leaves beside its model: `<model>.results.json`,
+`<model>.contact_sheet.png` and the sign-off page `<model>.report.html` (`<model>`: the
+file's whole name, less a `.safetensors` suffix), made while the test set is scored, and
+the evaluation of a saved model (make_model.py --evaluate-only), named
+`<model>.results.<dataset>.json` and so on when on a dataset other than the fit's.
 
-Both files name their model by its SHA-256 (`model_sha256`: a JSON field, a PNG text
-chunk), so files that do not match their model can be told.
+All name their model by its SHA-256 (`model_sha256`: a JSON field, a PNG text chunk, the
+page's header), so files that do not match their model can be told.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from ind_knn_ad.report.evaluate import Evaluation, evaluate
 from ind_knn_ad.report.heatmap import SheetEntry, contact_sheet, png_bytes, sheet_entry
 
 MODEL_SUFFIX = ".safetensors"
-SIDE_FILES = (("results", "json"), ("contact_sheet", "png"))
+SIDE_FILES = (("results", "json"), ("contact_sheet", "png"), ("report", "html"))
 
 
 def beside(model_path: Path, dataset: str | None = None) -> list[Path]:
-    """The results file and contact sheet of a model file (none for a nameless path), for
+    """The results file, contact sheet and report of a model file (none for a nameless path), for
     another `dataset` than the fit's when given. Named from the whole file name, so
     `screw.v1` and `screw.v2` keep theirs apart; only `.safetensors` is dropped, which
     keeps the names that `model.safetensors` always had."""
@@ -54,14 +54,16 @@ def other_dataset(model: Model, dataset: str) -> str | None:
 
 
 class SheetCollector:
-    """Gathers the contact sheet's cells while the test set is evaluated (an `each`
-    callback), so no test image is scored twice."""
+    """Gathers the contact sheet's cells, and each image's patch map for the report, while
+    the test set is evaluated (an `each` callback), so no test image is scored twice."""
 
     def __init__(self, preprocess: Preprocess) -> None:
         self.preprocess = preprocess
         self.entries: list[SheetEntry] = []
+        self.images: list[tuple[TestImage, np.ndarray]] = []  # with each entry, its map
 
     def __call__(self, item: TestImage, result: PatchScores, cut: np.ndarray) -> None:
+        self.images.append((item, result.patch_map))
         self.entries.append(
             sheet_entry(
                 item.path, cut, result.patch_map, self.preprocess, result.score, item.defect_type
@@ -73,12 +75,15 @@ def evaluation_files(
     model_path: Path,
     model_bytes: bytes,
     evaluation: Evaluation,
-    entries: list[SheetEntry],
+    sheet: SheetCollector,
     model: Model,
     threshold: float,
     dataset: str,
 ) -> list[tuple[Path, bytes]]:
-    """The results file and the contact sheet, as (path, bytes)."""
+    """The results file, the contact sheet and the report, as (path, bytes)."""
+    from ind_knn_ad.report.page import fit_report  # matplotlib and Jinja2: only here
+
+    entries = sheet.entries
     digest = hashlib.sha256(model_bytes).hexdigest()
     results = {
         "model_sha256": digest,
@@ -91,10 +96,11 @@ def evaluation_files(
         f"{model.method} on {dataset}: {len(entries)} test images by score, "
         f"threshold {threshold:.4g}; red captions: wrong verdicts"
     )
-    results_path, sheet_path = beside(model_path, other_dataset(model, dataset))
+    results_path, sheet_path, report_path = beside(model_path, other_dataset(model, dataset))
     return [
         (results_path, (json.dumps(results, indent=2) + "\n").encode()),
         (sheet_path, png_bytes(contact_sheet(entries, threshold, title), {"model_sha256": digest})),
+        (report_path, fit_report(model, evaluation, sheet, dataset, digest)),
     ]
 
 
@@ -102,16 +108,16 @@ def write_fit(
     model_path: Path,
     model: Model,
     evaluation: Evaluation | None,
-    entries: list[SheetEntry],
+    sheet: SheetCollector,
     dataset: str,
 ) -> None:
-    """Write a fitted model, and its results file and contact sheet when it was evaluated,
+    """Write a fitted model, and its results file, contact sheet and report when evaluated,
     as one unit: an interrupt leaves all the old files or all the new ones."""
     payload = serialise(model)
     files = [(model_path, payload)]
     if evaluation is not None:
         files += evaluation_files(
-            model_path, payload, evaluation, entries, model, model.threshold, dataset
+            model_path, payload, evaluation, sheet, model, model.threshold, dataset
         )
     try:
         write_together(files)
@@ -126,7 +132,7 @@ class SavedEvaluation:
     model: Model
     evaluation: Evaluation
     threshold: float
-    entries: list[SheetEntry]
+    sheet: SheetCollector
 
 
 def evaluate_saved(
@@ -157,17 +163,17 @@ def evaluate_saved(
         batch_size or detector.batch_size,
         each=sheet,
     )
-    return SavedEvaluation(model, evaluation, threshold, sheet.entries)
+    return SavedEvaluation(model, evaluation, threshold, sheet)
 
 
 def write_saved(model_path: Path, saved: SavedEvaluation, dataset: str) -> None:
-    """The results file and contact sheet of an evaluated model file, beside it."""
+    """The results file, contact sheet and report of an evaluated model file, beside it."""
     try:
         files = evaluation_files(
             model_path,
             model_path.read_bytes(),
             saved.evaluation,
-            saved.entries,
+            saved.sheet,
             saved.model,
             saved.threshold,
             dataset,
@@ -183,5 +189,5 @@ def recalibrate_saved(
     """The saved model with its threshold set at `point` from its evaluation's labelled
     images, written back with its results and sheet: no refit, nothing else changed."""
     model, evaluation = recalibrate(saved.model, saved.evaluation, point, dataset)
-    write_fit(model_path, model, evaluation, saved.entries, dataset.name)
+    write_fit(model_path, model, evaluation, saved.sheet, dataset.name)
     return model, evaluation
