@@ -129,7 +129,7 @@ def check_fit(
         bank_rows=coreset_size(count * rows, config.coreset, rows),
         batch_pixels=width * height * images_per_batch((width, height), BATCH_IMAGES),
     )
-    plan = memory.plan(shape, memory.memory_here(width, height))
+    plan = memory.plan(shape, memory.memory_here(shape, width, height))
     if plan.problem:
         raise UsageError(f"{dataset.root}: {plan.problem}")
     return plan

@@ -23,7 +23,6 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -35,6 +34,7 @@ from ind_knn_ad.io.batches import expand_inputs
 from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH, load_model, named
 from ind_knn_ad.runtime.detector import Detector
+from ind_knn_ad.runtime.records import csv_record, printed_score
 
 if TYPE_CHECKING:
     from ind_knn_ad.model_file.schema import Model
@@ -43,7 +43,6 @@ log = logging.getLogger("anomaly_detector")
 # ONNX Runtime's telemetry writes a device ID under HOME, and prints a coloured warning of
 # its own to stderr where it cannot; scoring sends nothing anywhere, so it is off.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-_NEEDS_QUOTES = frozenset(',"\r\n')
 # Write errors of the whole folder or disk: the run stops at the first. Any other (a name
 # the file system refuses, a FIFO where the PNG goes) costs that image's heatmap alone.
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES})
@@ -78,20 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write each image with its anomaly map as a PNG into DIR",
     )
     return parser.parse_args(argv)
-
-
-def csv_record(fields: Iterable[object]) -> str:
-    """One RFC 4180 record ending in `\\n`.
-
-    Not csv.writer: with `\\n` line ends it leaves a bare CR unquoted, so a name holding CR
-    would read back as two records.
-    """
-    cells = []
-    for field in map(str, fields):
-        if _NEEDS_QUOTES.intersection(field):
-            field = '"' + field.replace('"', '""') + '"'
-        cells.append(field)
-    return ",".join(cells) + "\n"
 
 
 def json_record(
@@ -155,8 +140,7 @@ def score(args: argparse.Namespace, stdout: TextIO) -> int:
                 log.error("%s", result)
                 status = exit_codes.SOME_INPUTS_FAILED
                 continue
-            printed = f"{result.score:.6f}"
-            flag = int(float(printed) >= threshold)  # the flag agrees with the printed score
+            printed, flag = printed_score(result.score, threshold)
             heatmap = None
             if args.heatmap is not None:
                 # Before the record, so that a printed record means its PNG is there.

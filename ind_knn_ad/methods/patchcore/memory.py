@@ -36,7 +36,7 @@ K_CENTER_ROW_BYTES = 2 * FLOAT * PROJECTION_DIM + 2 * FLOAT
 # whatever the image count (issue 27: 10,000 photos within 4 GB).
 IN_MEMORY_BYTES = 3_000_000_000
 # Training features held per chunk of a streamed fit.
-CHUNK_BYTES = 256_000_000
+CHUNK_BYTES = 128_000_000
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,16 @@ class FitShape:
         """The held-out scoring's bank, fillers and the two search banks built from them."""
         return 4 * self.bank_rows * self.channels * FLOAT
 
-    def _base(self) -> int:
+    @property
+    def base(self) -> int:
+        """Bytes besides the data: the process and one batch's activations."""
         return FIT_PROCESS_BYTES + FIT_BYTES_PER_PIXEL * self.batch_pixels
 
     def in_memory(self) -> int:
         """Peak bytes with every training feature held at once."""
         rows = self.images * self.image_rows
         work = max(rows * K_CENTER_ROW_BYTES, self._held_out())
-        return self._base() + self.images * self.image_bytes + work
+        return self.base + self.images * self.image_bytes + work
 
     def streamed(self) -> int:
         """Peak bytes streaming: one chunk and its greedy k-center, the union of the chunks'
@@ -81,7 +83,7 @@ class FitShape:
         kept = min(self.images, FILL_IMAGES) * self.image_bytes
         kept += min(self.images, HOLDOUT_IMAGES) * self.own_rows * self.channels * FLOAT
         work = max(chunk * (self.channels * FLOAT + K_CENTER_ROW_BYTES) + union, self._held_out())
-        return self._base() + kept + work
+        return self.base + kept + work
 
 
 @dataclass(frozen=True)
@@ -111,17 +113,18 @@ class Plan:
         return f"Fit {way}; {self.have / 1e9:.3g} GB available."
 
 
-def memory_here(width: int, height: int) -> int:
-    """Bytes a fit may take now: the memory the kernel and any cgroup leave free, plus what
-    this process already holds (where the kernel does not say: all of it), and under an
-    address-space limit what it leaves beyond the mappings a fit at this input size makes
-    anyway (`limits.FIT_ADDRESS_SPACE`)."""
+def memory_here(shape: FitShape, width: int, height: int) -> int:
+    """Bytes a fit of `shape` at (width, height) px may take now: the memory the kernel and
+    any cgroup leave free, plus what this process already holds (where the kernel does not
+    say: all of it); under an address-space limit, no more than its base and what the limit
+    leaves beyond the mappings such a fit makes anyway (`limits.FIT_ADDRESS_SPACE`, which
+    counts the base's)."""
     _space, free = room()
     have = available_memory() if free is None else free + _resident()
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         mapped = FIT_ADDRESS_SPACE + FIT_ADDRESS_PER_PIXEL * width * height
-        have = min(have, FIT_PROCESS_BYTES + max(0, soft - mapped))
+        have = min(have, shape.base + max(0, soft - mapped))
     return have
 
 
