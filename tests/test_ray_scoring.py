@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import run_script
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ind_knn_ad[ray]')")

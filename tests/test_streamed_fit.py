@@ -3,14 +3,21 @@ held-out scoring reads kept; and the memory plan that picks it before any work."
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 
+from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.config import FitConfig
 from ind_knn_ad.features.extractor import extract_features
+from ind_knn_ad.io.limits import FIT_ADDRESS_PER_PIXEL, FIT_ADDRESS_SPACE
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.fitting import no_progress
 from ind_knn_ad.methods.patchcore import memory
@@ -124,3 +131,31 @@ def test_a_fit_that_cannot_fit_is_refused_with_what_it_needs() -> None:
     assert plan.problem.endswith("more than the 1 GB of memory here")
     # A method that cannot stream is refused on its in-memory peak alone.
     assert memory.plan(_shape(10_000), 12 * 10**9, can_stream=False).problem is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is missing")
+def test_the_command_refuses_a_fit_that_cannot_fit_before_extracting(
+    sample_dataset: Path, tmp_path: Path
+) -> None:
+    """2,000 photos under an address-space limit 300 MB above what any fit maps: neither
+    way fits, and the fit stops with one line, exit 2, before any feature is extracted."""
+    good = tmp_path / "many" / "train" / "good"
+    good.mkdir(parents=True)
+    sources = sorted((sample_dataset / "train" / "good").glob("*.png"))
+    for index in range(2000):
+        (good / f"{index:04d}.png").symlink_to(sources[index % len(sources)])
+    limit = FIT_ADDRESS_SPACE + FIT_ADDRESS_PER_PIXEL * 224 * 224 + 300_000_000
+    command = ["prlimit", f"--as={limit}", sys.executable, ROOT / "make_model.py"]
+    options = ["--settings", "fixed", "--backbone", "efficientnet_lite0", "--device", "cpu"]
+    model = tmp_path / "m.safetensors"
+    result = subprocess.run(
+        [*command, "--data-dir", tmp_path / "many", *options, "--model", model],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == exit_codes.USAGE, result.stderr[-2000:]
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path / 'many'}: a fit on 2000 images needs about")
+    assert "Feature extraction" not in result.stderr and not model.exists()

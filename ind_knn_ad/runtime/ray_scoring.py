@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +19,6 @@ from ind_knn_ad.errors import ImageError
 from ind_knn_ad.model_file.store import load_model, named
 from ind_knn_ad.runtime.detector import Detector
 from ind_knn_ad.runtime.records import csv_record, printed_score
-
-if TYPE_CHECKING:
-    import ray.data
 
 # Images per batch handed to a scorer: the feature graph runs 8 at a time at 224 px
 # (`Detector.batch_size`), and larger batches spread Ray's per-batch cost.
@@ -71,8 +68,13 @@ class RecordScorer:
         return {"record": records, "error": errors}
 
 
+# Ray's Dataset, not imported here: Ray is an extra, and the library's imports must all be
+# requirements (tests/test_requirements.py).
+RayDataset = Any
+
+
 def score_dataset(
-    dataset: ray.data.Dataset,
+    dataset: RayDataset,
     model: Path | str,
     *,
     workers: int = 1,
@@ -80,7 +82,7 @@ def score_dataset(
     threshold: float | None = None,
     batch_size: int = BATCH_IMAGES,
     **ray_options: Any,
-) -> ray.data.Dataset:
+) -> RayDataset:
     """`dataset`'s images (a "path" column, and a "bytes" column where the files' contents
     travel with them, as `ray.data.read_binary_files(..., include_paths=True)` gives) scored
     with the model file `model` by `workers` scorers of one CPU each (`ray_options` go to
