@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    """A local Ray cluster of 2 CPUs, so that two scorers run side by side."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """A local Ray cluster: a CPU for each of two scorers side by side, and one for reading
+    files (Ray Data's read tasks wait for a CPU no scorer holds)."""
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     yield
     ray.shutdown()

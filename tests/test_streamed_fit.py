@@ -98,6 +98,16 @@ def test_the_stream_must_bring_the_rows_it_announced() -> None:
         coreset.add(np.zeros((5, 3), np.float32))
 
 
+def test_a_stream_of_one_chunk_picks_plain_greedys_bank() -> None:
+    rows = np.random.default_rng(1).random((400, 3), dtype=np.float32)
+    coreset = StreamedCoreset(400, 30, 128, 2)
+    coreset.add(rows)
+    bank, indices = coreset.finish()
+    plain = np.sort(greedy_coreset(rows, 30, seed=2))
+    np.testing.assert_array_equal(indices, plain)
+    np.testing.assert_array_equal(bank, rows[plain])
+
+
 def test_the_same_stream_picks_the_same_bank() -> None:
     rows = np.random.default_rng(0).random((300, 3), dtype=np.float32)
     one, two = StreamedCoreset(300, 20, 128, 5), StreamedCoreset(300, 20, 128, 5)

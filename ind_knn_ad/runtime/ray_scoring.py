@@ -86,8 +86,10 @@ def score_dataset(
     """`dataset`'s images (a "path" column, and a "bytes" column where the files' contents
     travel with them, as `ray.data.read_binary_files(..., include_paths=True)` gives) scored
     with the model file `model` by `workers` scorers of one CPU each (`ray_options` go to
-    `map_batches`, `num_gpus` for instance). The records keep the input's order where
-    Ray's `preserve_order` execution option is set."""
+    `map_batches`, `num_gpus` for instance). Each scorer holds its CPU for the whole run:
+    leave the cluster a CPU more for Ray Data's read tasks, which otherwise wait forever.
+    The records keep the input's order where Ray's `preserve_order` execution option is
+    set."""
     return dataset.map_batches(
         RecordScorer,
         fn_constructor_kwargs={"model": str(model), "device": device, "threshold": threshold},

@@ -26,7 +26,8 @@ class StreamedCoreset:
     """Picks `size` of `total` rows of D channels handed over in order by `add`.
 
     Projection and seeds are those of `coreset.greedy_coreset`, each chunk seeded by its
-    first row, so a stream cut the same way picks the same bank.
+    first row, so a stream cut the same way picks the same bank; a stream of one chunk
+    picks plain greedy's.
     """
 
     def __init__(self, total: int, size: int, projection_dim: int, seed: int) -> None:
@@ -45,10 +46,12 @@ class StreamedCoreset:
         if self.seen + count > self.total:
             raise ValueError(f"more than the {self.total} rows announced")
         share = min(count, math.ceil(OVERSAMPLE * self.size * count / self.total))
+        seed = self.seed + 1 + self.seen
+        if count == self.total:  # one chunk: plain greedy's bank, no union to pick from
+            share, seed = self.size, self.seed
         points = project(rows, self.projection_dim, self.seed)
         if share < count:
-            start = start_index(count, self.seed + 1 + self.seen)
-            found = k_center_radius(points, share, start)[0]
+            found = np.sort(k_center_radius(points, share, start_index(count, seed))[0])
         else:
             found = np.arange(count)
         self._rows.append(np.array(rows[found], dtype=np.float32))
