@@ -4,16 +4,17 @@ with 1 and 2 scorers on a local Ray cluster, and the command scoring the same im
 one call, each from its start (loading the model included). Checks on the way that Ray's
 records are the command's, byte for byte.
 
-    python bench/ray_scoring.py [--repeat 4]
+    python bench/ray_scoring.py [--repeat 4] [--model FILE]
 
-The images are bottle_256's test set, `--repeat` times over; the model is the scoring
-benchmarks' (common.ensure_model).
+The images are bottle_256's test set, `--repeat` times over; the model by default is the
+scoring benchmarks' (common.ensure_model).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import ray
 from common import BOTTLE, PYTHON, ROOT, ensure_model, machine, report, run
@@ -24,8 +25,9 @@ from ind_knn_ad.runtime.ray_scoring import score_dataset
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--model", type=Path, help="default: the scoring benchmarks' model")
     args = parser.parse_args(argv)
-    model = ensure_model()
+    model = args.model or ensure_model()
     images = sorted(str(path) for path in (BOTTLE / "test").rglob("*.png")) * args.repeat
     command = [PYTHON, ROOT / "anomaly_detector.py", "--model", model, "--device", "cpu"]
     cli = run([*command, *images])

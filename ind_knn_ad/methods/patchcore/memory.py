@@ -5,7 +5,7 @@ cannot run here at all.
 The estimate counts what grows with the data, on top of FIT_PROCESS_BYTES (the interpreter,
 torch, the backbone, the exported graph) and a feature batch's activations
 (`limits.FIT_BYTES_PER_PIXEL`). bench/stream_fit.py checks it against measured peaks.
-Torch-free: the commands plan before the fit's modules load.
+Torch-free: it needs the backbone's channels and strides alone (`cli.preflight`).
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from ind_knn_ad.search.coreset import PROJECTION_DIM
 from ind_knn_ad.search.two_stage import OVERSAMPLE
 
 FLOAT = 4
-# The fit's resident memory besides its data: Python, torch, the backbone, the ONNX export
-# and the test images' scoring (an efficientnet_lite0 fit on 20 images peaked at about
-# this much beyond its batch's activations: bench/stream_fit.py --estimate).
+# The fit's resident memory besides its data and a batch's activations: Python, torch, the
+# backbone, the ONNX export, the test images' scoring. Rounded up: with it the estimates
+# sat 10-20% above the measured peaks (bench/stream_fit.py).
 FIT_PROCESS_BYTES = 700_000_000
 # Greedy k-center holds, per row, its projection twice (the projection and the regrouped
 # copy, `k_center._Greedy`) and two float32 distances.
 K_CENTER_ROW_BYTES = 2 * FLOAT * PROJECTION_DIM + 2 * FLOAT
-# A fit whose data would take more than this at once streams: the peak stays bounded
-# whatever the image count (issue 27: 10,000 photos within 4 GB).
+# A fit whose peak with every feature held would pass this streams, so the peak stays
+# bounded whatever the image count (10,000 photos within 4 GB: bench/stream_fit.py).
 IN_MEMORY_BYTES = 3_000_000_000
 # Training features held per chunk of a streamed fit.
 CHUNK_BYTES = 128_000_000
@@ -109,12 +109,11 @@ class Plan:
 
     def line(self) -> str:
         """One line for the log: the choice and the figures behind it."""
-        way = (
-            f"streamed in chunks (about {self.streaming / 1e9:.2g} GB)"
-            if self.streamed
-            else (f"in memory (about {self.in_memory / 1e9:.2g} GB)")
-        )
-        return f"Fit {way}; {self.have / 1e9:.3g} GB available."
+        if self.streamed:
+            way = f"streamed, {self.chunk_images} images a chunk: about {self.streaming / 1e9:.2g}"
+        else:
+            way = f"in memory: about {self.in_memory / 1e9:.2g}"
+        return f"Fit {way} GB of the {self.have / 1e9:.3g} GB available."
 
 
 def memory_here(shape: FitShape, width: int, height: int) -> int:
