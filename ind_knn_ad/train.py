@@ -27,6 +27,7 @@ from ind_knn_ad.io.batches import images_per_batch
 from ind_knn_ad.io.datasets import Dataset, TestImage
 from ind_knn_ad.methods.base import PatchScores
 from ind_knn_ad.methods.fitting import ProgressFactory, no_progress
+from ind_knn_ad.methods.patchcore.streamed import streamed_features
 from ind_knn_ad.model_file.provenance import package_versions
 from ind_knn_ad.model_file.schema import FORMAT, Model, required_version
 from ind_knn_ad.report.evaluate import Evaluation, evaluate
@@ -66,21 +67,31 @@ def train(
     batch_size: int | None = None,
     progress: ProgressFactory = no_progress,
     each: Callable[[TestImage, PatchScores, np.ndarray], None] | None = None,
+    stream: int | None = None,
 ) -> TrainResult:
     """Fit `config.method` on `dataset.train`; evaluate on `dataset.test` when it has any
     images (`each` sees every test result, as in `evaluate`).
 
     The backbone, layers, preprocessing and seed of `config` apply to every method; the
-    rest to the methods that use them (`methods`).
+    rest to the methods that use them (`methods`). With `stream` (images per chunk:
+    `patchcore.memory.Plan`), the training features are never all held at once
+    (PatchCore only).
     """
     find_method(config)
+    if stream is not None and not methods.fitter(config.method).streams:
+        raise ConfigError(f"method {config.method!r} cannot fit streamed features", "method")
     extractor = FeatureExtractor(config, select_device(device), weights)
     preprocess = config.preprocess
     batch_size = batch_size or images_per_batch(preprocess.size, BATCH_IMAGES, extractor.workers)
-    with progress("Feature extraction", len(dataset.train)) as callback:
-        features = extract_features(
-            extractor, dataset.train, preprocess, batch_size, callback, config.augment
+    if stream is not None:
+        features = streamed_features(
+            extractor, list(dataset.train), config, stream, batch_size, progress
         )
+    else:
+        with progress("Feature extraction", len(dataset.train)) as callback:
+            features = extract_features(
+                extractor, dataset.train, preprocess, batch_size, callback, config.augment
+            )
     model = fit_method(
         config, extractor, features, threshold=threshold, dataset=dataset.name, progress=progress
     )

@@ -7,7 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from ind_knn_ad.search.coreset import FULL_BANK_PATCHES, coreset_size, greedy_coreset, project
+from ind_knn_ad.search.coreset import (
+    BANK_IMAGES,
+    FULL_BANK_PATCHES,
+    coreset_size,
+    greedy_coreset,
+    project,
+)
 from ind_knn_ad.search.k_center import greedy_k_center, start_index
 
 
@@ -115,3 +121,15 @@ def test_without_a_fraction_small_banks_stay_whole_and_large_ones_keep_a_tenth()
     assert coreset_size(209 * 784, None) == coreset_size(209 * 784, 0.1) == 16_386
     # An explicit fraction always wins, also on a small bank.
     assert coreset_size(5 * 784, 0.1) == 392
+
+
+def test_without_a_fraction_the_bank_stops_growing_past_bank_images() -> None:
+    """Every scoring call searches the bank: a fit on thousands of photos keeps a bank of
+    BANK_IMAGES images' tenth, while an explicit fraction still keeps its share."""
+    at_cap = coreset_size(BANK_IMAGES * 784, None, 784)
+    assert at_cap == coreset_size(BANK_IMAGES * 784, 0.1)
+    assert coreset_size(10_000 * 784, None, 784) == at_cap
+    assert coreset_size(209 * 784, None, 784) == 16_386  # the shared sets keep their banks
+    assert coreset_size(10_000 * 784, 0.1, 784) == 784_000
+    # Small images: never below the whole-bank rule.
+    assert coreset_size(100_000 * 10, None, 10) == FULL_BANK_PATCHES

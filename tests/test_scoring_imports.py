@@ -76,6 +76,8 @@ SCORING = frozenset(
         "ind_knn_ad.report.score_page",
         "ind_knn_ad.runtime",
         "ind_knn_ad.runtime.detector",
+        "ind_knn_ad.runtime.ray_scoring",
+        "ind_knn_ad.runtime.records",
         "ind_knn_ad.search",
         "ind_knn_ad.search.nearest",
         "ind_knn_ad.threads",

@@ -131,8 +131,10 @@ def _fit(
         config = replace(
             config, preprocess=preflight.aligned(dataset, config.preprocess, console.print)
         )
-    check(config)
+    plan = check(config)
     console.print(f"Backbone {config.backbone}; {len(dataset.train)} training images.")
+    if plan is not None and plan.streamed:
+        console.print(plan.line())
     if not dataset.test:
         console.print("No test/ folder: training only, evaluation skipped.")
     sheet = results.SheetCollector(config.preprocess)
@@ -146,6 +148,7 @@ def _fit(
             batch_size=args.batch_size,
             progress=progress,
             each=sheet,
+            stream=None if plan is None else plan.stream,
         )
     if choice is not None:
         result.model.settings["auto_settings"] = choice.to_dict()

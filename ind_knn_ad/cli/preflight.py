@@ -14,18 +14,22 @@ import timm
 
 from ind_knn_ad import methods
 from ind_knn_ad.cli.exit_codes import UsageError
-from ind_knn_ad.config import FitConfig
+from ind_knn_ad.config import BATCH_IMAGES, FitConfig
 from ind_knn_ad.errors import DatasetError, WriteError
+from ind_knn_ad.features.augment import views_of
 from ind_knn_ad.features.backbones import backbone_spec
 from ind_knn_ad.features.device import select_device
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.atomic import check_writable
+from ind_knn_ad.io.batches import images_per_batch
 from ind_knn_ad.io.datasets import DATASETS_DIR, DEFAULT_DATASET, Dataset, load_dataset
 from ind_knn_ad.io.download import download_category
 from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.fitting import ProgressFactory
+from ind_knn_ad.methods.patchcore import memory
 from ind_knn_ad.report.results import beside
+from ind_knn_ad.search.coreset import coreset_size
 from ind_knn_ad.tuning.autosettings import Choice, choose
 
 
@@ -67,12 +71,18 @@ def aligned(dataset: Dataset, preprocess: Preprocess, say: Callable[[str], None]
 def backbone_strides(backbone: str, layers: tuple[int, ...] | None) -> list[int]:
     """The strides of the chosen backbone stages, from the architecture alone (no weights,
     nothing downloaded); UsageError for a stage the backbone does not have."""
+    return [stride for stride, _ in backbone_stages(backbone, layers)]
+
+
+def backbone_stages(backbone: str, layers: tuple[int, ...] | None) -> list[tuple[int, int]]:
+    """(stride, channels) of the chosen backbone stages, as `backbone_strides`."""
     spec = backbone_spec(backbone)
     try:
         network = timm.create_model(spec.timm_name, pretrained=False, features_only=True)
     except Exception:  # the fit itself reports what is wrong with the backbone
         return []
     strides = network.feature_info.reduction()
+    channels = network.feature_info.channels()
     layers = layers or spec.layers
     wrong = [layer for layer in layers if not 0 <= layer < len(strides)]
     if wrong:
@@ -81,13 +91,15 @@ def backbone_strides(backbone: str, layers: tuple[int, ...] | None) -> list[int]
             f"--layers {' '.join(map(str, wrong))}: backbone {backbone} has stages 0 to "
             f"{len(strides) - 1} (default: {default})"
         )
-    return [strides[layer] for layer in layers]
+    return [(strides[layer], channels[layer]) for layer in layers]
 
 
-def check_fit(dataset: Dataset, config: FitConfig, device: str, auto_threshold: bool) -> None:
+def check_fit(
+    dataset: Dataset, config: FitConfig, device: str, auto_threshold: bool
+) -> memory.Plan | None:
     """DatasetError for too few training images, UsageError (or the library's ConfigError)
     for options that cannot work with this backbone, dataset or machine (the method checks
-    its own)."""
+    its own); for a method that can stream, how the fit runs in the memory here."""
     count = len(dataset.train)
     if count < 2:
         raise DatasetError(
@@ -100,11 +112,28 @@ def check_fit(dataset: Dataset, config: FitConfig, device: str, auto_threshold: 
     problem = input_too_large(width, height, FIT_BYTES_PER_PIXEL)
     if problem:
         raise UsageError(f"--image-size {config.preprocess.resize} with --align: {problem}")
-    strides = backbone_strides(config.backbone, config.layers)
-    if strides:
-        step = min(strides)
-        patches = count * -(-width // step) * -(-height // step)
-        methods.fitter(config.method).check_fit(config, patches, auto_threshold)
+    stages = backbone_stages(config.backbone, config.layers)
+    if not stages:
+        return None
+    step = min(stride for stride, _ in stages)
+    own = -(-width // step) * -(-height // step)
+    fitter = methods.fitter(config.method)
+    fitter.check_fit(config, count * own, auto_threshold)
+    if not fitter.streams:
+        return None
+    rows = own * (1 + len(views_of(config.augment)))
+    shape = memory.FitShape(
+        images=count,
+        image_rows=rows,
+        own_rows=own,
+        channels=sum(channels for _, channels in stages),
+        bank_rows=coreset_size(count * rows, config.coreset, rows),
+        batch_pixels=width * height * images_per_batch((width, height), BATCH_IMAGES),
+    )
+    plan = memory.plan(shape, memory.memory_here(shape, width, height))
+    if plan.problem:
+        raise UsageError(f"{dataset.root}: {plan.problem}")
+    return plan
 
 
 def choose_settings(

@@ -25,7 +25,6 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
@@ -38,6 +37,7 @@ from ind_knn_ad.io.images import shown_name
 from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH, load_model, named
 from ind_knn_ad.report.summary import describe
 from ind_knn_ad.runtime.detector import Detector
+from ind_knn_ad.runtime.records import csv_record, printed_score
 
 if TYPE_CHECKING:
     from ind_knn_ad.model_file.schema import Model
@@ -47,7 +47,6 @@ log = logging.getLogger("anomaly_detector")
 # ONNX Runtime's telemetry writes a device ID under HOME, and prints a coloured warning of
 # its own to stderr where it cannot; scoring sends nothing anywhere, so it is off.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-_NEEDS_QUOTES = frozenset(',"\r\n')
 # Write errors of the whole folder or disk: the run stops at the first. Any other (a name
 # the file system refuses, a FIFO where the PNG goes) costs that image's heatmap alone.
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES})
@@ -142,20 +141,6 @@ def _problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def csv_record(fields: Iterable[object]) -> str:
-    """One RFC 4180 record ending in `\\n`.
-
-    Not csv.writer: with `\\n` line ends it leaves a bare CR unquoted, so a name holding CR
-    would read back as two records.
-    """
-    cells = []
-    for field in map(str, fields):
-        if _NEEDS_QUOTES.intersection(field):
-            field = '"' + field.replace('"', '""') + '"'
-        cells.append(field)
-    return ",".join(cells) + "\n"
-
-
 def json_record(
     path: Path | str,
     printed: str,
@@ -231,8 +216,7 @@ def score(args: argparse.Namespace, stdout: TextIO, stdin: BinaryIO, models: Mod
                 if report is not None:
                     report.fail(path)
                 continue
-            printed = f"{result.score:.6f}"
-            flag = int(float(printed) >= threshold)  # the flag agrees with the printed score
+            printed, flag = printed_score(result.score, threshold)
             heatmap = None
             if args.heatmap is not None and (flag or not args.heatmap_flagged_only):
                 # Before the record, so that a printed record means its PNG is there.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -116,6 +116,10 @@ class TrainFeatures:
     An image's first h*w rows are its own patches, then come those of each of its views
     (`augment`), so that a patch's image is its row's index over `views*h*w`; without
     augmentation `views` is 1.
+
+    A streamed fit (`methods.patchcore.streamed`) never holds every image's features:
+    there `features` answers for the images that held-out scoring reads alone, and `bank`
+    holds the rows chosen while streaming and the training image of each.
     """
 
     features: np.ndarray
@@ -123,6 +127,52 @@ class TrainFeatures:
     regions: np.ndarray | None = None
     paths: list[Path] = field(default_factory=list)
     views: int = 1
+    bank: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
+class FeatureChunk:
+    """Consecutive training images' patch features, (images, views*h*w, C), from image
+    `first` on, with their (images, h*w) part regions where aligned."""
+
+    first: int
+    features: np.ndarray
+    grid: tuple[int, int]
+    regions: np.ndarray | None
+
+
+def feature_chunks(
+    extractor: FeatureExtractor,
+    paths: list[Path],
+    preprocess: Preprocess,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+    augment: str = NONE,
+) -> Iterator[FeatureChunk]:
+    """Features of training images, one batch at a time, and of their views under the view
+    set `augment`; any unreadable image stops the fit with its error. A batch holds
+    `batch_size` network inputs, views included."""
+    if not paths:
+        raise DatasetError("no training images")
+    views = views_of(augment)
+    per_image = 1 + len(views)
+    done = 0
+    for items in preprocessed_batches(paths, preprocess, max(1, batch_size // per_image)):
+        for _, value in items:
+            if isinstance(value, ImageError):
+                raise value
+        _, arrays, cuts = stack(items)
+        batch = extractor(with_views(arrays, views))
+        _, channels, height, width = batch.shape
+        count = len(arrays)
+        rows = batch.transpose(0, 2, 3, 1).reshape(count, -1, channels)
+        regions = None
+        if preprocess.align is not None:
+            regions = part_regions(cuts, (height, width)).reshape(count, -1)
+        yield FeatureChunk(done, rows, (height, width), regions)
+        done += count
+        if progress is not None:
+            progress(done)
 
 
 def extract_features(
@@ -133,43 +183,26 @@ def extract_features(
     progress: Progress | None = None,
     augment: str = NONE,
 ) -> TrainFeatures:
-    """Features of training images, and of their views under the view set `augment`; any
-    unreadable image stops the fit with its error.
+    """Every training image's features at once (`feature_chunks`).
 
     Each batch is written into one array allocated at the first batch, so memory peaks at
     that array (which grows by the view count) plus one batch of backbone maps: not at a
     list of chunks plus their concatenation, and never at every image's full backbone
-    maps. A batch holds `batch_size` network inputs, views included.
+    maps.
     """
     paths = list(paths)
-    if not paths:
-        raise DatasetError("no training images")
-    views = views_of(augment)
-    per_image = 1 + len(views)
     features: np.ndarray | None = None
     regions: np.ndarray | None = None
     grid: tuple[int, int] = (0, 0)
-    done = 0
-    for items in preprocessed_batches(paths, preprocess, max(1, batch_size // per_image)):
-        for _, value in items:
-            if isinstance(value, ImageError):
-                raise value
-        _, arrays, cuts = stack(items)
-        batch = extractor(with_views(arrays, views))
-        _, channels, height, width = batch.shape
-        count = len(arrays)
+    for chunk in feature_chunks(extractor, paths, preprocess, batch_size, progress, augment):
+        end = chunk.first + len(chunk.features)
         if features is None:
-            grid = (height, width)
-            shape = (len(paths), per_image * height * width, channels)
-            features = np.empty(shape, dtype=np.float32)
-            if preprocess.align is not None:
-                regions = np.empty((len(paths), height * width), dtype=bool)
-        features[done : done + count] = batch.transpose(0, 2, 3, 1).reshape(count, -1, channels)
-        if regions is not None:
-            found = part_regions(cuts, grid)
-            regions[done : done + count] = found.reshape(count, -1)
-        done += count
-        if progress is not None:
-            progress(done)
-    assert features is not None  # paths is not empty
-    return TrainFeatures(features, grid, regions, paths, per_image)
+            grid = chunk.grid
+            features = np.empty((len(paths), *chunk.features.shape[1:]), dtype=np.float32)
+            if chunk.regions is not None:
+                regions = np.empty((len(paths), chunk.regions.shape[1]), dtype=bool)
+        features[chunk.first : end] = chunk.features
+        if regions is not None and chunk.regions is not None:
+            regions[chunk.first : end] = chunk.regions
+    assert features is not None  # feature_chunks raised for no paths
+    return TrainFeatures(features, grid, regions, paths, 1 + len(views_of(augment)))

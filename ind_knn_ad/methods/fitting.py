@@ -55,6 +55,9 @@ class Fitter(ABC):
     # patches from every position and image can. One with a model per position (PaDiM)
     # or an image vector and grid per training image (SPADE) has no place for them.
     takes_views: ClassVar[bool] = False
+    # Whether it can fit on a bank chosen while the features streamed (`TrainFeatures.bank`,
+    # `patchcore.streamed`): only a method that keeps a coreset of the patches can.
+    streams: ClassVar[bool] = False
 
     def check_fit(  # noqa: B027 - an optional check: most methods have none
         self, settings: FitConfig, patches: int, auto_threshold: bool

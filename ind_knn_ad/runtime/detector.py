@@ -44,9 +44,13 @@ class Detector:
     (whose message does not repeat the file name) for a model whose settings or graph cannot
     be used: load_model checks the file's structure, this checks that its contents run.
     With `maps=False` results may carry no patch maps, which some methods skip for speed.
+    `threads` caps the feature graph's threads (default: ONNX Runtime's, one per core), for
+    several scorers sharing a machine (`runtime.ray_scoring`).
     """
 
-    def __init__(self, model: Model, device: str = "auto", maps: bool = True) -> None:
+    def __init__(
+        self, model: Model, device: str = "auto", maps: bool = True, threads: int | None = None
+    ) -> None:
         import onnxruntime
 
         providers = onnx_providers(device)
@@ -60,6 +64,8 @@ class Detector:
         # Idle ONNX Runtime threads would otherwise spin for a while after each run,
         # taking the cores that the nearest-neighbour search needs next.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads is not None:
+            options.intra_op_num_threads = threads
         try:
             self.session = onnxruntime.InferenceSession(
                 model.feature_graph, options, providers=providers

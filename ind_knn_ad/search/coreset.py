@@ -51,13 +51,26 @@ def project(features: np.ndarray, dim: int, seed: int) -> np.ndarray:
 # the held-out threshold honest (bench/few_shot.py --coreset 1.0 against 0.1).
 FULL_BANK_PATCHES = 16_384
 DEFAULT_FRACTION = 0.1
+# Without a fraction asked for, the bank stops growing at DEFAULT_FRACTION of this many
+# training images' patches: every later scoring call searches it, so a fit on thousands of
+# photos scores about as fast as one on hundreds (bench/stream_fit.py). Above the largest
+# shared set (bottle_256, 209 images) and MVTec AD's largest category (hazelnut, 391).
+BANK_IMAGES = 400
 
 
-def coreset_size(count: int, fraction: float | None) -> int:
+def coreset_size(count: int, fraction: float | None, image_rows: int | None = None) -> int:
     """Bank size for `fraction` of `count` patches, at least one, rounded up. With no
-    fraction (the default): every patch up to FULL_BANK_PATCHES, else DEFAULT_FRACTION."""
+    fraction (the default): every patch up to FULL_BANK_PATCHES, else DEFAULT_FRACTION;
+    given the rows of one training image (`image_rows`, views included), no more than
+    DEFAULT_FRACTION of BANK_IMAGES images' rows (or FULL_BANK_PATCHES, if more)."""
     if fraction is None:
-        return count if count <= FULL_BANK_PATCHES else coreset_size(count, DEFAULT_FRACTION)
+        if count <= FULL_BANK_PATCHES:
+            return count
+        size = coreset_size(count, DEFAULT_FRACTION)
+        if image_rows is not None:
+            most = coreset_size(BANK_IMAGES * image_rows, DEFAULT_FRACTION)
+            size = min(size, max(FULL_BANK_PATCHES, most))
+        return size
     return max(1, math.ceil(fraction * count))
 
 

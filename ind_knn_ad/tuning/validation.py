@@ -129,7 +129,7 @@ class _Validation:
         bank is empty). Beyond half the patches, all: greedy ordering costs time quadratic
         in the rows and would change little."""
         rows = len(self.paths) * patches
-        size = min(rows, max(patches + 1, coreset_size(self.total * patches, fraction)))
+        size = min(rows, max(patches + 1, coreset_size(self.total * patches, fraction, patches)))
         return rows if size >= rows / 2 else size
 
     def run(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 class PatchCoreFitter(Fitter):
     takes_views = True  # the bank pools patches from every position and image
+    streams = True  # the bank's coreset composes over chunks (`patchcore.streamed`)
 
     def check_fit(self, settings: FitConfig, patches: int, auto_threshold: bool) -> None:
         """A bank of one patch measures every image by its distance to that patch: nothing a
@@ -50,17 +51,9 @@ class PatchCoreFitter(Fitter):
         coreset fraction, and the rule without one, count the views' patches too, so that
         `--coreset 1.0` keeps every one (issue 26, item 9; the bank once kept as many rows as
         without views, whatever the fraction)."""
-        images, patches, channels = train.features.shape
-        flat = train.features.reshape(-1, channels)
-        size = coreset_size(images * patches, settings.coreset)
-        with progress("Coreset selection", size) as callback:
-            chosen = greedy_coreset(
-                flat, size, settings.projection_dim, settings.seed, callback, image_rows=patches
-            )
-        bank = np.ascontiguousarray(flat[chosen])
-        # The training image each bank patch came from: a view's patches belong to its
-        # image, so a held-out image takes its views with it.
-        sources = chosen // patches
+        images, patches, _channels = train.features.shape
+        # A streamed fit chose its bank on the way (`patchcore.streamed`).
+        bank, sources = train.bank or self._coreset(train, settings, progress)
 
         @functools.cache
         def held() -> HeldOut:
@@ -76,12 +69,28 @@ class PatchCoreFitter(Fitter):
 
         coreset = {
             "fraction": settings.coreset,
-            "size": int(size),
-            "total_patches": int(flat.shape[0]),
+            "size": len(bank),
+            "total_patches": images * patches,
             "projection_dim": settings.projection_dim,
             "seed": settings.seed,
+            **({"streamed": True} if train.bank is not None else {}),
         }
         return Fitted({BANK: bank}, {"coreset": coreset}, held_out, synthetic)
+
+    def _coreset(
+        self, train: TrainFeatures, settings: FitConfig, progress: ProgressFactory
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The greedy coreset of every training patch, and the training image each of its
+        rows came from: a view's patches belong to its image, so a held-out image takes its
+        views with it."""
+        images, patches, channels = train.features.shape
+        flat = train.features.reshape(-1, channels)
+        size = coreset_size(images * patches, settings.coreset, patches)
+        with progress("Coreset selection", size) as callback:
+            chosen = greedy_coreset(
+                flat, size, settings.projection_dim, settings.seed, callback, image_rows=patches
+            )
+        return np.ascontiguousarray(flat[chosen]), chosen // patches
 
     def _synthetic(
         self,

@@ -49,7 +49,11 @@ class HeldOut:
     """
 
     def __init__(
-        self, train_features: np.ndarray, bank: np.ndarray, sources: np.ndarray, seed: int = 0
+        self,
+        train_features: np.ndarray | SampledFeatures,
+        bank: np.ndarray,
+        sources: np.ndarray,
+        seed: int = 0,
     ) -> None:
         self.train_features = train_features
         self.bank = bank
@@ -115,7 +119,7 @@ class HeldOut:
         """
         count, _patches, channels = self.train_features.shape
         positions = grid[0] * grid[1]
-        images = seeded_sample(count, limit, self.seed)
+        images = scored_images(count, self.seed, limit)
         scores = np.empty(len(images), dtype=np.float64)
         for slot, image in enumerate(images):
             patches = self.train_features[image, :positions]  # the image, not its views
@@ -128,13 +132,16 @@ class HeldOut:
 
 
 def fill_holes(
-    train_features: np.ndarray, bank: np.ndarray, bank_sources: np.ndarray, seed: int = 0
+    train_features: np.ndarray | SampledFeatures,
+    bank: np.ndarray,
+    bank_sources: np.ndarray,
+    seed: int = 0,
 ) -> np.ndarray:
     """For each bank row, the nearest patch of another training image than its own (or of
     its views), among at most FILL_IMAGES seeded ones: what covers its place when its image
     is held out."""
     count, _patches, channels = train_features.shape
-    searched = seeded_sample(count, FILL_IMAGES, seed)
+    searched = filler_images(count, seed)
     rows = np.asarray(bank, np.float32)
     best = np.full(len(rows), np.inf)
     fillers = rows.copy()  # a row whose image is the only one searched keeps itself
@@ -150,3 +157,31 @@ def fill_holes(
             best[block] = np.where(better, value, best[block])
             fillers[block][better] = patches[nearest[better]]
     return fillers.reshape(-1, channels)
+
+
+def scored_images(count: int, seed: int, limit: int = HOLDOUT_IMAGES) -> np.ndarray:
+    """The training images whose own patches `HeldOut.training_scores` scores."""
+    return seeded_sample(count, limit, seed)
+
+
+def filler_images(count: int, seed: int) -> np.ndarray:
+    """The training images whose every row (views included) `fill_holes` searches."""
+    return seeded_sample(count, FILL_IMAGES, seed)
+
+
+class SampledFeatures:
+    """Training features, (images, rows, C), of which some images alone are held, indexed as
+    the whole array would be (`features[image]`, `features[image, :positions]`): what
+    `HeldOut` reads of a streamed fit (`methods.patchcore.streamed`). Asking for an image
+    that is not held is an IndexError, never a silent stand-in."""
+
+    def __init__(self, shape: tuple[int, int, int], held: dict[int, np.ndarray]) -> None:
+        self.shape = shape
+        self.held = held
+
+    def __getitem__(self, key: int | tuple[int, slice]) -> np.ndarray:
+        image, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        rows = self.held.get(int(image))
+        if rows is None:
+            raise IndexError(f"training image {image} is not held")
+        return rows[rest] if rest else rows
