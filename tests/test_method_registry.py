@@ -159,7 +159,7 @@ def test_a_registered_method_fits_saves_loads_and_scores_through_the_cli(
         expected = float(np.linalg.norm(features.reshape(len(mean), -1).T - mean, axis=1).max())
         assert float(printed) == pytest.approx(expected, rel=1e-5)
         assert int(flag) == int(float(printed) >= loaded.threshold)
-    assert len(list(heatmaps.glob("*.png"))) == len(images)
+    assert len(list(heatmaps.rglob("*.png"))) == len(images)
 
     jsonl = run(plugin_env, "anomaly_detector.py", "--model", path, "--format", "jsonl", images[0])
     assert json.loads(jsonl.stdout)["method"] == NAME
