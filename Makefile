@@ -7,7 +7,7 @@ DEMO := out/demo
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-fit.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements*.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt

@@ -19,6 +19,7 @@ from conftest import ROOT
 from test_golden import GOLDEN, MODELS, expected, write_images
 
 from ind_knn_ad.cli.commands import FIT_MODULES
+from ind_knn_ad.cli.score import REPORT_MODULES
 from ind_knn_ad.io import limits
 
 UNIX_ONLY = ("resource", "fcntl", "termios", "pwd", "grp")
@@ -50,7 +51,8 @@ def test_the_base_install_scores_every_golden_model_byte_for_byte(
     folder, names = images
     model = GOLDEN / f"{stem}.safetensors"
     script = ROOT / "anomaly_detector.py"
-    result = run_without(FIT_MODULES + UNIX_ONLY, script, "--model", model, *names, cwd=folder)
+    blocked = FIT_MODULES + REPORT_MODULES + UNIX_ONLY
+    result = run_without(blocked, script, "--model", model, *names, cwd=folder)
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected(stem)
 
@@ -61,9 +63,19 @@ def test_the_base_install_draws_heatmaps(images: tuple[Path, list[str]], tmp_pat
     script = ROOT / "anomaly_detector.py"
     heatmaps = tmp_path / "maps"
     command = [script, "--model", model, "--heatmap", heatmaps, names[-1]]
-    result = run_without(FIT_MODULES, *command, cwd=folder)
+    result = run_without(FIT_MODULES + REPORT_MODULES, *command, cwd=folder)
     assert result.returncode == 0, result.stderr
-    assert len(list(heatmaps.glob("*.png"))) == 1
+    assert len(list(heatmaps.rglob("*.png"))) == 1
+
+
+def test_the_base_install_says_how_to_add_reports(images: tuple[Path, list[str]]) -> None:
+    folder, names = images
+    model = GOLDEN / "patchcore_max.safetensors"
+    command = [ROOT / "anomaly_detector.py", "--model", model, "--report", "run.html", names[0]]
+    result = run_without(FIT_MODULES + REPORT_MODULES, *command, cwd=folder)
+    assert result.returncode == 2 and result.stdout == b""
+    assert "pip install 'ind_knn_ad[report]'" in result.stderr.decode()
+    assert not (folder / "run.html").exists()
 
 
 def test_make_model_without_the_fit_extra_says_how_to_add_it(tmp_path: Path) -> None:

@@ -13,6 +13,11 @@ from pathlib import Path
 from conftest import ROOT
 from test_scoring_imports import SCORING, module_path
 
+# The scorer's modules that only --report imports: the `report` extra's.
+REPORT_ONLY = frozenset(
+    {"ind_knn_ad.report.figures", "ind_knn_ad.report.render", "ind_knn_ad.report.score_page"}
+)
+
 
 def imported_modules(files: list[Path]) -> set[str]:
     """Top-level names of every import in `files`, lazy ones included."""
@@ -47,15 +52,21 @@ def test_every_imported_package_is_a_requirement() -> None:
     files = [*sorted((ROOT / "ind_knn_ad").rglob("*.py")), ROOT / "make_model.py"]
     modules = imported_modules([*files, ROOT / "anomaly_detector.py"])
     assert {"numpy", "torch", "scipy", "threadpoolctl", "sklearn", "PIL"} <= modules
-    missing = undeclared(modules, declared("requirements.txt", "requirements-fit.txt"))
+    files = [p.name for p in ROOT.glob("requirements*.txt") if p.name != "requirements-dev.txt"]
+    missing = undeclared(modules, declared(*files))
     assert not missing, f"imported but not in requirements*.txt: {missing}"
 
 
 def test_the_scorer_needs_only_the_base_install() -> None:
     """What the scoring modules import is in requirements.txt, and the fit's heavy
     packages are not: the base install stays small (bench/install.py measures it)."""
-    modules = imported_modules([module_path(name) for name in sorted(SCORING)])
+    plain = sorted(SCORING - REPORT_ONLY)
+    modules = imported_modules([module_path(name) for name in plain])
     assert {"numpy", "onnxruntime", "PIL", "safetensors"} <= modules
     base = declared("requirements.txt")
     assert not undeclared(modules, base), "the scorer imports what the base install lacks"
+    report = imported_modules([module_path(name) for name in sorted(REPORT_ONLY)])
+    assert {"matplotlib", "jinja2"} <= report
+    assert not undeclared(report, base | declared("requirements-report.txt"))
+    assert not {"matplotlib", "jinja2"} & base
     assert not {"torch", "torchvision", "timm", "scikit-learn", "rich", "onnx"} & base

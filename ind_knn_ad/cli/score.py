@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import io
 import json
 import logging
@@ -38,6 +39,9 @@ from ind_knn_ad.model_file.store import DEFAULT_MODEL_PATH, load_model, named
 from ind_knn_ad.report.summary import describe
 from ind_knn_ad.runtime.detector import Detector
 from ind_knn_ad.runtime.records import csv_record, printed_score
+
+# What `pip install 'ind_knn_ad[report]'` adds (requirements-report.txt) for --report.
+REPORT_MODULES = ("matplotlib", "jinja2")
 
 if TYPE_CHECKING:
     from ind_knn_ad.model_file.schema import Model
@@ -138,6 +142,12 @@ def _problem(args: argparse.Namespace) -> str | None:
         return "- (names from stdin) goes alone; a file named - is ./-"
     if args.null and args.imagefile != [STDIN]:
         return "-0 (--null) is for names read from stdin (-)"
+    missing = [name for name in REPORT_MODULES if importlib.util.find_spec(name) is None]
+    if args.report is not None and missing:
+        return (
+            f"--report needs {', '.join(missing)}, not installed; add them with "
+            "`pip install 'ind_knn_ad[report]'` (from a source tree: `pip install '.[report]'`)"
+        )
     return None
 
 
