@@ -38,10 +38,25 @@ VARIANTS: list[Variant] = [
 ]
 
 
-def build(folder: Path, count: int) -> Path:
-    """`count` images made from the bottle_256 training images, each variant in turn."""
+def build(
+    folder: Path,
+    count: int,
+    change: Callable[[Image.Image, int], Image.Image] | None = None,
+) -> Path:
+    """`count` images made from the bottle_256 training images, each variant in turn, and
+    then passed with their index through `change` when given (stream_fit.py's jitter)."""
     if len(list(folder.glob("*.png"))) == count:
         return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted((BOTTLE / "train" / "good").glob("*.png"))
+    for index in range(count):
+        variant, source = divmod(index, len(sources))
+        with Image.open(sources[source]) as image:
+            made = VARIANTS[variant % len(VARIANTS)](image.convert("RGB"))
+        if change is not None:
+            made = change(made, index)
+        made.save(folder / f"{index:05d}.png", compress_level=1)
+    return folder
     folder.mkdir(parents=True, exist_ok=True)
     sources = sorted((BOTTLE / "train" / "good").glob("*.png"))
     for index in range(count):

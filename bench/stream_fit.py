@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from common import BOTTLE, OFFLINE, PYTHON, ROOT, WORK, machine, report, run
 from PIL import Image, ImageEnhance
-from scale_fit import VARIANTS
+from scale_fit import build as variants
 
 MODES = ("auto", "memory", "streamed")
 
@@ -41,17 +41,11 @@ def jittered(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 def build(count: int, seed: int = 0) -> Path:
     """A dataset of `count` jittered training photos and bottle_256's test set."""
     root = WORK / f"stream_{count}"
-    good = root / "train" / "good"
-    if len(list(good.glob("*.png"))) == count:
-        return root
-    good.mkdir(parents=True, exist_ok=True)
-    sources = sorted((BOTTLE / "train" / "good").glob("*.png"))
-    for index in range(count):
-        variant, source = divmod(index, len(sources))
-        with Image.open(sources[source]) as image:
-            made = VARIANTS[variant % len(VARIANTS)](image.convert("RGB"))
-        made = jittered(made, np.random.default_rng([seed, index]))
-        made.save(good / f"{index:05d}.png", compress_level=1)
+
+    def jitter(image: Image.Image, index: int) -> Image.Image:
+        return jittered(image, np.random.default_rng([seed, index]))
+
+    variants(root / "train" / "good", count, jitter)
     if not (root / "test").exists():
         (root / "test").symlink_to(BOTTLE / "test")
     return root
