@@ -57,14 +57,6 @@ def build(
             made = change(made, index)
         made.save(folder / f"{index:05d}.png", compress_level=1)
     return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    sources = sorted((BOTTLE / "train" / "good").glob("*.png"))
-    for index in range(count):
-        variant, source = divmod(index, len(sources))
-        with Image.open(sources[source]) as image:
-            made = VARIANTS[variant % len(VARIANTS)](image.convert("RGB"))
-        made.save(folder / f"{index:05d}.png", compress_level=1)
-    return folder
 
 
 def main(argv: list[str] | None = None) -> None:
