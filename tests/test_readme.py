@@ -70,5 +70,8 @@ def test_every_readme_example_runs_as_copied(after_demo: Path, environment: dict
     assert records and all(re.fullmatch(r".*\.png,\d+\.\d{6},[01]", line) for line in records)
     assert "threshold: " in scores  # --info
     assert (after_demo / "models" / "padim.safetensors").is_file()
-    colour = list((after_demo / "out" / "demo" / "data").glob("*/test/color/*.png"))
-    assert len(list((after_demo / "out" / "heatmaps").glob("*.png"))) == len(colour)
+    colour = (after_demo / "out" / "demo" / "data").glob("*/test/color/*.png")
+    maps = {f"{path.relative_to(after_demo)}.png" for path in colour}
+    heatmaps = after_demo / "out" / "heatmaps"
+    assert maps and {str(p.relative_to(heatmaps)) for p in heatmaps.rglob("*.png")} == maps
+    assert 'id="flagged"' in (after_demo / "out" / "run.html").read_text()  # --report
