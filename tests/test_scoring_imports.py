@@ -43,6 +43,7 @@ SCORING = frozenset(
         "ind_knn_ad",
         "ind_knn_ad.cli",
         "ind_knn_ad.cli.arguments",
+        "ind_knn_ad.cli.environment",
         "ind_knn_ad.cli.exit_codes",
         "ind_knn_ad.cli.inputs",
         "ind_knn_ad.cli.score",

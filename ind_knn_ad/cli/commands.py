@@ -8,10 +8,11 @@ to install rather than fail on its first import.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
+
+from ind_knn_ad.cli.environment import missing_modules
 
 RESIDENT = "ANOMALY_DETECTOR_RESIDENT"  # "1": every call as with --resident (cli/resident.py)
 USAGE = 2  # exit_codes.USAGE, not imported (its logging would slow a resident call)
@@ -40,15 +41,10 @@ def anomaly_detector(argv: list[str] | None = None) -> int:
     return main(argv)
 
 
-def missing_fit_modules() -> list[str]:
-    """The fit extra's modules that this Python cannot import."""
-    return [name for name in FIT_MODULES if importlib.util.find_spec(name) is None]
-
-
 def make_model(argv: list[str] | None = None) -> int:
     """Fit a model (ind_knn_ad.cli.fit); in a scoring-only install, one line saying how
     to add the fit (exit code 2)."""
-    missing = missing_fit_modules()
+    missing = missing_modules(FIT_MODULES)
     if missing:
         name = Path(sys.argv[0]).name
         print(

@@ -29,10 +29,15 @@ _RESTARTED = "IND_KNN_AD_RESTARTED"  # set for the second run, so it never loops
 REQUIRED = ("numpy", "PIL", "onnxruntime", "safetensors")
 
 
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    """Those of `names` this Python cannot import, found without importing them."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
 def use_project_environment(script: str, required: tuple[str, ...] = REQUIRED) -> None:
     """Return if `required` imports here; else re-execute `script` with the venv's Python,
     or exit with code 2 and one line naming what is missing."""
-    missing = [name for name in required if importlib.util.find_spec(name) is None]
+    missing = missing_modules(required)
     if not missing:
         return
     if VENV_PYTHON.is_file() and not os.environ.get(_RESTARTED):

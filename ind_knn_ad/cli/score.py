@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib.util
 import io
 import json
 import logging
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from ind_knn_ad.cli import exit_codes
 from ind_knn_ad.cli.arguments import score_threshold
+from ind_knn_ad.cli.environment import missing_modules
 from ind_knn_ad.cli.inputs import STDIN, scored
 from ind_knn_ad.errors import ImageError, WriteError
 from ind_knn_ad.io.images import shown_name
@@ -142,8 +142,8 @@ def _problem(args: argparse.Namespace) -> str | None:
         return "- (names from stdin) goes alone; a file named - is ./-"
     if args.null and args.imagefile != [STDIN]:
         return "-0 (--null) is for names read from stdin (-)"
-    missing = [name for name in REPORT_MODULES if importlib.util.find_spec(name) is None]
-    if args.report is not None and missing:
+    missing = [] if args.report is None else missing_modules(REPORT_MODULES)
+    if missing:
         return (
             f"--report needs {', '.join(missing)}, not installed; add them with "
             "`pip install 'ind_knn_ad[report]'` (from a source tree: `pip install '.[report]'`)"

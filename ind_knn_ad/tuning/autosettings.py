@@ -221,11 +221,14 @@ class _Search:
         progress: ProgressFactory,
     ) -> None:
         self.paths, self.seed = paths, seed
-        self.images = len(paths)
         self.device, self.weights, self.progress = device, weights, progress
         self.trials: list[Trial] = []
         self.feature_seconds: dict[str, float] = {}
         self.summaries: dict[str, Any] = {}
+
+    @property
+    def images(self) -> int:
+        return len(self.paths)
 
     def best(self, base: FitConfig, candidates: list[Candidate]) -> tuple[Trial, str]:
         """`_pick` among `candidates` on `base`'s geometry."""
