@@ -12,13 +12,27 @@ import functools
 import os
 from contextlib import AbstractContextManager
 
+_cap: int | None = None
+
+
+def cap_threads(threads: int | None) -> None:
+    """At most `threads` threads in the library's own pools from now on (None: no cap), for
+    several scorers sharing a machine, each given its share of the cores
+    (`runtime.ray_scoring`): the process-wide setting, as the pools are the process's."""
+    global _cap
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
+    _cap = threads
+
 
 def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask where there is one)."""
+    """Cores this process may run on (the affinity mask where there is one), at most the
+    cap of `cap_threads`."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return cores if _cap is None else min(cores, _cap)
 
 
 @functools.cache

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import ARITHMETIC, ROOT
 
+from ind_knn_ad import threads
 from ind_knn_ad.methods import padim, spade
 from ind_knn_ad.methods.padim import fit as padim_fit
 from ind_knn_ad.methods.patchcore.image_score import (
@@ -107,6 +108,26 @@ def test_scores_do_not_depend_on_the_batch() -> None:
                 for r in score_features(features[i : i + 2], bank, rule, maps=maps)
             ]
             assert together == alone == pairs
+
+
+def test_a_thread_cap_sizes_the_search_pool_and_keeps_the_scores() -> None:
+    """A scorer given one core (`Detector(threads=1)`, as Ray's scorers are) searches on one
+    thread, with the same scores as one searching on every core."""
+    rng = np.random.default_rng(11)
+    bank = (30.0 + rng.normal(size=(900, 40))).astype(np.float32)
+    features = (30.0 + rng.normal(size=(3, 40, 6, 7))).astype(np.float32)
+    uncapped = [r.score for r in score_features(features, bank, "max", maps=False)]
+    try:
+        threads.cap_threads(1)
+        assert threads.cpu_count() == 1
+        capped = [r.score for r in score_features(features, bank, "max", maps=False)]
+        assert scoring._pool()._max_workers == 1
+    finally:
+        threads.cap_threads(None)
+    assert capped == uncapped
+    assert threads.cpu_count() == len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match="at least 1"):
+        threads.cap_threads(0)
 
 
 def test_the_pruned_search_keeps_the_worst_patch_when_bounds_round_low(

@@ -22,6 +22,7 @@ from ind_knn_ad.methods import make_scorer
 from ind_knn_ad.methods.base import PatchScores
 from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.search.nearest import start_threads
+from ind_knn_ad.threads import cap_threads
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -44,8 +45,9 @@ class Detector:
     (whose message does not repeat the file name) for a model whose settings or graph cannot
     be used: load_model checks the file's structure, this checks that its contents run.
     With `maps=False` results may carry no patch maps, which some methods skip for speed.
-    `threads` caps the feature graph's threads (default: ONNX Runtime's, one per core), for
-    several scorers sharing a machine (`runtime.ray_scoring`).
+    `threads` caps the feature graph's threads (default: ONNX Runtime's, one per core) and
+    the search's (`threads.cap_threads`, for the whole process), for several scorers
+    sharing a machine, each in its own process (`runtime.ray_scoring`).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class Detector:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads
+            cap_threads(threads)
         try:
             self.session = onnxruntime.InferenceSession(
                 model.feature_graph, options, providers=providers

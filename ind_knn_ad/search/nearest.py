@@ -43,8 +43,13 @@ Result = TypeVar("Result")
 
 
 @functools.cache
+def _threads(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nearest")
+
+
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="nearest")
+    """One thread per core the library may use (`threads.cpu_count`, which a cap changes)."""
+    return _threads(cpu_count())
 
 
 def start_threads() -> None:
