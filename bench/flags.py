@@ -10,6 +10,7 @@ Fit seconds are the choice and the fit, without the evaluation.
 
     python bench/flags.py                                  # every shared set, all images
     python bench/flags.py --shots 5 7 10 20 --draws 3      # few-shot draws
+    python bench/flags.py --shots 5 --draws 2 --first-draw 1   # draws 1 and 2 only
     python bench/flags.py --datasets grid_512 --revision HEAD~3   # an earlier revision's code
 """
 
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--shots", nargs="+", type=int, default=[0], help="0: all images")
     parser.add_argument("--draws", type=int, default=1)
+    parser.add_argument("--first-draw", type=int, default=0, help="draws from this one on")
     parser.add_argument("--revision", help="fit with this revision's library instead")
     parser.add_argument("--json", type=Path, help="also write every fit's figures here")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
@@ -174,7 +176,7 @@ def main() -> None:
     with worktree(args.revision) if args.revision else _here() as code:
         for name in args.datasets:
             for shots in args.shots:
-                for draw in range(args.draws if shots else 1):
+                for draw in range(args.first_draw, args.first_draw + (args.draws if shots else 1)):
                     rows.append(run_child(code, name, shots, draw))
                     print(row(rows[-1]), flush=True)
                     if args.json:  # after every fit, so a long run's fits are kept
