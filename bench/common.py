@@ -46,8 +46,8 @@ class Run:
     cpu_seconds: float = 0.0
 
 
-def run(command: list[str | Path]) -> Run:
-    """Run `command` from the repository root; fail loudly if it fails.
+def run(command: list[str | Path], expect: int = 0) -> Run:
+    """Run `command` from the repository root; fail loudly if it exits other than `expect`.
 
     The child is reaped with wait4, which gives that child's own peak RSS (ru_maxrss); the
     RUSAGE_CHILDREN total would only give the largest of all children so far.
@@ -62,7 +62,7 @@ def run(command: list[str | Path]) -> Run:
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if process.returncode != 0:
+    if process.returncode != expect:
         raise SystemExit(f"{shown(command)} exited {process.returncode}:\n{stderr[-2000:]}")
     cpu = usage.ru_utime + usage.ru_stime
     return Run(seconds, usage.ru_maxrss / 1024, stdout, stderr, cpu)

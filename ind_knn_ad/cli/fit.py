@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from rich.console import Console
+
 from ind_knn_ad import methods
 from ind_knn_ad.calibration.operating_point import parse_operating_point
 from ind_knn_ad.calibration.threshold import AUTO
-from ind_knn_ad.cli import exit_codes
+from ind_knn_ad.cli import exit_codes, preflight
 from ind_knn_ad.cli.arguments import checked, fraction, parse_threshold, positive
 from ind_knn_ad.config import BATCH_IMAGES, FitConfig
 from ind_knn_ad.devices import DEVICES
@@ -283,9 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     if request.options.model.is_file() and not request.options.evaluate_only:
         print(f"note: replacing {request.options.model} (--force)", file=sys.stderr)
     offline_unless_reachable(request)
-    # The fit's modules (torch among them) load once the options are good, so that --help
-    # and usage errors are quick.
+    interrupted = "interrupted: no partial file was left behind"
+    return exit_codes.run_cli(partial(_run, request), exit_codes.print_error, interrupted)
+
+
+def _run(request: FitRequest) -> int:
+    """The torch-free checks (`preflight.prepare`), then the fit: its modules, torch among
+    them, load only once the outputs, the dataset and the memory plan are known to be good,
+    so that --help, usage errors and a fit that cannot run here are quick."""
+    console = Console(stderr=True, soft_wrap=True)
+    prepared = preflight.prepare(request, console.print)
     from ind_knn_ad.cli.fit_run import run
 
-    interrupted = "interrupted: no partial file was left behind"
-    return exit_codes.run_cli(partial(run, request), exit_codes.print_error, interrupted)
+    return run(request, prepared, console)

@@ -8,7 +8,6 @@ them, load only once the options are known to be good.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from ind_knn_ad.calibration.operating_point import recalibrate
 from ind_knn_ad.calibration.threshold import AUTO
 from ind_knn_ad.cli import exit_codes, preflight
 from ind_knn_ad.cli.fit import FitRequest
+from ind_knn_ad.features.device import select_device
 from ind_knn_ad.io.datasets import Dataset
 from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.report import console as reporting
@@ -29,17 +29,15 @@ from ind_knn_ad.train import train
 from ind_knn_ad.tuning import autosettings
 
 
-def run(request: FitRequest) -> int:
-    """Fit (or with --evaluate-only evaluate) and print; errors are raised for run_cli."""
-    args = request.options
-    preflight.check_outputs(args.model)
-    console = Console(stderr=True, soft_wrap=True)
+def run(request: FitRequest, prepared: preflight.Prepared, console: Console) -> int:
+    """Fit (or with --evaluate-only evaluate) what `preflight.prepare` checked, and print;
+    errors are raised for run_cli."""
+    args, dataset = request.options, prepared.dataset
     out = Console(highlight=False, soft_wrap=True)
-    dataset = preflight.find_dataset(args.data_dir, args.dataset, args.download_url)
     if args.evaluate_only:
         return _evaluate_only(args, dataset, console, out)
     out.print(f"█│ Running {request.config.method} on {dataset.name} dataset.")
-    model, evaluation, sheet = _fit(request, dataset, console, out)
+    model, evaluation, sheet = _fit(request, prepared, console, out)
     _report_fit(args, dataset, model, evaluation, sheet, console, out)
     return exit_codes.OK
 
@@ -102,36 +100,29 @@ def _loaded(path: Path, dataset: str, console: Console, out: Console, model: Mod
 
 
 def _fit(
-    request: FitRequest, dataset: Dataset, console: Console, out: Console
+    request: FitRequest, prepared: preflight.Prepared, console: Console, out: Console
 ) -> tuple[Model, Evaluation | None, SheetCollector]:
     """The checked configuration (chosen from the images, with automatic settings) fitted
     on the dataset, with the contact sheet's entries."""
-    args, config = request.options, request.config
-    if args.operating_point is not None and not dataset.test:
-        raise exit_codes.UsageError("--operating-point needs labelled images in test/")
+    args, dataset, config, plan = request.options, prepared.dataset, prepared.config, prepared.plan
+    if args.device == "cuda":
+        select_device(args.device)  # CUDA asked for and missing: said before any work
     progress = partial(reporting.progress_bar, console)
-    check = partial(
-        preflight.check_fit, dataset, device=args.device, auto_threshold=args.threshold == AUTO
-    )
     choice = None
-    if request.auto:  # checked now with what the choice starts from, and again after
-        check(replace(config, backbone=autosettings.first_backbone(config, request.given)))
-        choice = preflight.choose_settings(
-            dataset,
-            config,
-            request.given,
-            args.device,
-            progress,
-            args.weights,
-            larger=args.settings != "quick",
-        )
+    if request.auto:
+        with preflight.data_at_fault(dataset):
+            choice = autosettings.choose(
+                config,
+                dataset.train,
+                request.given,
+                device=args.device,
+                progress=progress,
+                weights=args.weights,
+                larger=args.settings != "quick",
+            )
         out.print(choice.table())
         config = choice.config
-    elif "align" in request.given:
-        config = replace(
-            config, preprocess=preflight.aligned(dataset, config.preprocess, console.print)
-        )
-    plan = check(config)
+        plan = preflight.check_fit(dataset, config, args.threshold == AUTO)
     console.print(f"Backbone {config.backbone}; {len(dataset.train)} training images.")
     if plan is not None and plan.streamed:
         console.print(plan.line())

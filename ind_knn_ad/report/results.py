@@ -1,7 +1,7 @@
 """What an evaluation leaves beside its model: `<model>.results.json`,
 `<model>.contact_sheet.png` and the sign-off page `<model>.report.html` (`<model>`: the
-file's whole name, less a `.safetensors` suffix), made while the test set is scored, and
-the evaluation of a saved model (make_model.py --evaluate-only), named
+file's whole name, less a `.safetensors` suffix), made while the test set is scored (named by
+`side_files.beside`), and the evaluation of a saved model (make_model.py --evaluate-only), named
 `<model>.results.<dataset>.json` and so on when on a dataset other than the fit's.
 
 All name their model by its SHA-256 (`model_sha256`: a JSON field, a PNG text chunk, the
@@ -28,23 +28,7 @@ from ind_knn_ad.model_file.schema import Model
 from ind_knn_ad.model_file.store import load_model, serialise
 from ind_knn_ad.report.evaluate import Evaluation, evaluate
 from ind_knn_ad.report.heatmap import SheetEntry, contact_sheet, png_bytes, sheet_entry
-
-MODEL_SUFFIX = ".safetensors"
-SIDE_FILES = (("results", "json"), ("contact_sheet", "png"), ("report", "html"))
-
-
-def beside(model_path: Path, dataset: str | None = None) -> list[Path]:
-    """The results file, contact sheet and report of a model file (none for a nameless path), for
-    another `dataset` than the fit's when given. Named from the whole file name, so
-    `screw.v1` and `screw.v2` keep theirs apart; only `.safetensors` is dropped, which
-    keeps the names that `model.safetensors` always had."""
-    name = model_path.name
-    if not name:
-        return []
-    if name.endswith(MODEL_SUFFIX) and name != MODEL_SUFFIX:
-        name = name.removesuffix(MODEL_SUFFIX)
-    middle = f".{dataset}" if dataset is not None else ""
-    return [model_path.with_name(f"{name}.{kind}{middle}.{ext}") for kind, ext in SIDE_FILES]
+from ind_knn_ad.report.side_files import beside
 
 
 def other_dataset(model: Model, dataset: str) -> str | None:

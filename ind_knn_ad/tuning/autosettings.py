@@ -44,10 +44,10 @@ from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.preprocess import Preprocess
 from ind_knn_ad.methods.fitting import ProgressFactory, no_progress
 from ind_knn_ad.search.coreset import FULL_BANK_PATCHES
+from ind_knn_ad.tuning.backbones import searched_backbones
 from ind_knn_ad.tuning.pose import PoseSpread, pose_spread
 from ind_knn_ad.tuning.validation import Candidate, Trial, _Validation
 
-OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")  # Lite1: see docs/benchmarks.md
 FIXED_POSE = Preprocess()  # today's 256/224 centre crop
 ALIGNED_RESIZE = 512  # the README's screw recipe
 # What a user can give, by name: FitConfig's fields, and `resize`, `crop` and `align` for
@@ -301,12 +301,6 @@ def _geometry(
     return replace(config.preprocess, resize=resize, crop=resize, align=box)
 
 
-def first_backbone(config: FitConfig, given: AbstractSet[str]) -> str:
-    """The backbone the search starts from (the given one, if any): what make_model.py
-    checks the other options against before choosing."""
-    return config.backbone if "backbone" in given else OFFLINE_BACKBONES[0]
-
-
 def _fractions(
     config: FitConfig,
     given: AbstractSet[str],
@@ -338,7 +332,7 @@ def _candidates(
     the smaller bank first), then the image score of today's default (fixed pose) or of the
     README's screw recipe (aligned). A 1% bank is tried only for inputs larger than the
     default's, whose banks grow with their patches."""
-    backbones = [config.backbone] if "backbone" in given else list(OFFLINE_BACKBONES)
+    backbones = searched_backbones(config, given)
     if "image_score" in given:
         scores = [config.image_score]
     else:
