@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Scoring on Ray against the command's batch mode on the same machine: images per second
 with 1 and 2 scorers on a local Ray cluster, and the command scoring the same images in
-one call, each from its start (loading the model included). Checks on the way that Ray's
+one call, each from its start (loading the model included), with the cores the machine
+kept busy meanwhile (run it on a quiet machine). Checks on the way that Ray's
 records are the command's, byte for byte.
 
     python bench/ray_scoring.py [--repeat 4] [--model FILE]
@@ -13,6 +14,7 @@ scoring benchmarks' (common.ensure_model).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +22,15 @@ import ray
 from common import BOTTLE, PYTHON, ROOT, ensure_model, machine, report, run
 
 from ind_knn_ad.runtime.ray_scoring import score_dataset
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat): Ray's own
+    processes and a scorer's decoding threads count, which a scorer's one CPU does not."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,16 +48,18 @@ def main(argv: list[str] | None = None) -> None:
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     paths = ray.data.from_items([{"path": image} for image in images])
     for workers in (1, 2):
-        start = time.perf_counter()
+        start, busy = time.perf_counter(), busy_seconds()
         rows = score_dataset(paths, model, workers=workers).take_all()
         seconds = time.perf_counter() - start
+        cores = (busy_seconds() - busy) / seconds
         same = "".join(row["record"] for row in rows) == cli.stdout
         figures[f"Ray, {workers} worker(s)"] = (
-            f"{len(images) / seconds:.1f} images/s (records {'identical' if same else 'DIFFER'})"
+            f"{len(images) / seconds:.1f} images/s, {cores:.2f} cores busy "
+            f"(records {'identical' if same else 'DIFFER'})"
         )
     ray.shutdown()
     figures["machine"] = machine()
-    report(f"Ray scoring of {len(images)} images", [*command[:5], "<images>"], figures)
+    report(f"Ray scoring of {len(images)} images", [*command, "<images>"], figures)
 
 
 if __name__ == "__main__":
