@@ -916,6 +916,13 @@ MAKE_MODEL_CASES = [
         exit_codes.USAGE,
         r"--layers 9: backbone efficientnet_lite0 has stages 0 to 4 \(default: 2 3\)",
     ),
+    (
+        # Not in the registry: its stages come from timm's architecture (no weights).
+        "layers-out-of-range-timm-backbone",
+        ["--settings", "fixed", "--backbone", "resnet18", "--layers", "2", "7"],
+        exit_codes.USAGE,
+        r"--layers 7: backbone resnet18 has stages 0 to 4 \(default: 2 3\)",
+    ),
     ("negative-seed", ["--seed", "-1"], exit_codes.USAGE, "--seed must be a whole number from 0"),
     (
         "input-too-large",

@@ -110,7 +110,10 @@ def backbone_stages(backbone: str, layers: tuple[int, ...] | None) -> list[tuple
     architecture alone (no weights, nothing downloaded); UsageError for a stage the
     backbone does not have; empty when timm cannot build it (the fit then says why)."""
     spec = BACKBONES.get(backbone)
-    stages = list(spec.stages) if spec is not None else _timm_stages(backbone)
+    if spec is not None and spec.stages:
+        stages = list(spec.stages)
+    else:  # a timm architecture, or an entry added without its stages
+        stages = _timm_stages(backbone if spec is None else spec.timm_name)
     if not stages:
         return []
     default_layers = spec.layers if spec is not None else DEFAULT_LAYERS

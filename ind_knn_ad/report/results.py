@@ -1,8 +1,9 @@
 """What an evaluation leaves beside its model: `<model>.results.json`,
 `<model>.contact_sheet.png` and the sign-off page `<model>.report.html` (`<model>`: the
-file's whole name, less a `.safetensors` suffix), made while the test set is scored (named by
-`side_files.beside`), and the evaluation of a saved model (make_model.py --evaluate-only), named
-`<model>.results.<dataset>.json` and so on when on a dataset other than the fit's.
+file's whole name, less a `.safetensors` suffix; `side_files.beside` names them), made
+while the test set is scored, and the evaluation of a saved model (make_model.py
+--evaluate-only), named `<model>.results.<dataset>.json` and so on when on a dataset other
+than the fit's.
 
 All name their model by its SHA-256 (`model_sha256`: a JSON field, a PNG text chunk, the
 page's header), so files that do not match their model can be told.
