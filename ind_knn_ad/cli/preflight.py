@@ -21,7 +21,7 @@ from ind_knn_ad.cli.exit_codes import UsageError
 from ind_knn_ad.config import BATCH_IMAGES, FitConfig
 from ind_knn_ad.errors import DatasetError, WriteError
 from ind_knn_ad.features.augment import views_of
-from ind_knn_ad.features.registry import BACKBONES, DEFAULT_LAYERS
+from ind_knn_ad.features.registry import BACKBONES, default_layers
 from ind_knn_ad.io.alignment import measure_box
 from ind_knn_ad.io.atomic import check_writable
 from ind_knn_ad.io.batches import images_per_batch
@@ -116,11 +116,11 @@ def backbone_stages(backbone: str, layers: tuple[int, ...] | None) -> list[tuple
         stages = _timm_stages(backbone if spec is None else spec.timm_name)
     if not stages:
         return []
-    default_layers = spec.layers if spec is not None else DEFAULT_LAYERS
-    layers = layers or default_layers
+    defaults = default_layers(backbone)
+    layers = layers or defaults
     wrong = [layer for layer in layers if not 0 <= layer < len(stages)]
     if wrong:
-        default = " ".join(map(str, default_layers))
+        default = " ".join(map(str, defaults))
         raise UsageError(
             f"--layers {' '.join(map(str, wrong))}: backbone {backbone} has stages 0 to "
             f"{len(stages) - 1} (default: {default})"
