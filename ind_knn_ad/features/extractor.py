@@ -6,8 +6,6 @@ Every method fits on these features; scoring runs the same network exported to O
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -21,6 +19,7 @@ from ind_knn_ad.config import FitConfig
 from ind_knn_ad.errors import DatasetError, ImageError
 from ind_knn_ad.features.augment import NONE, views_of, with_views
 from ind_knn_ad.features.backbones import build_backbone
+from ind_knn_ad.features.export import onnx_graph
 from ind_knn_ad.features.patches import PatchFeatures
 from ind_knn_ad.io.alignment import part_regions
 from ind_knn_ad.io.batches import preprocessed_batches, stack
@@ -87,25 +86,10 @@ class FeatureExtractor:
 
     def export_onnx(self, size: tuple[int, int]) -> bytes:
         """The network as an ONNX graph for inputs of (width, height), with a dynamic batch
-        axis, for torch-free scoring."""
-        network = self.network.to("cpu")
-        width, height = size
-        example = torch.zeros(1, 3, height, width)
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                network,
-                (example,),
-                buffer,
-                input_names=["images"],
-                output_names=["features"],
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
+        axis, for torch-free scoring (`features.export`)."""
+        graph = onnx_graph(self.network.to("cpu"), size)
         self.network.to(self.device)
-        return buffer.getvalue()
+        return graph
 
 
 @dataclass
