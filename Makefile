@@ -11,7 +11,9 @@ $(VENV)/.installed: requirements*.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	# strict: a tree of links, where the default editable mode installs an import hook that
+	# every start of every command pays for (bench/resident.py).
+	$(PY) -m pip install --quiet --no-deps --config-settings editable_mode=strict -e .
 	touch $@
 
 demo: venv

@@ -120,5 +120,6 @@ def test_memory_limits_without_the_resource_module(monkeypatch: pytest.MonkeyPat
 def test_the_relaunch_finds_a_windows_venv() -> None:
     from ind_knn_ad.cli import environment
 
-    assert environment.venv_python(ROOT, windows=True) == ROOT / ".venv/Scripts/python.exe"
-    assert environment.VENV_PYTHON == ROOT / ".venv" / "bin" / "python"  # here
+    windows = environment.venv_python(str(ROOT), windows=True)
+    assert Path(windows) == ROOT / ".venv" / "Scripts" / "python.exe"
+    assert Path(environment.VENV_PYTHON) == ROOT / ".venv" / "bin" / "python"  # here

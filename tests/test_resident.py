@@ -4,7 +4,6 @@ process that keeps the model loaded, and prints exactly what a plain call prints
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ class Calls:
     def __init__(self, runtime: Path, cwd: Path) -> None:
         self.folder = runtime / "ind_knn_ad"
         with mock.patch.dict(os.environ, {"XDG_RUNTIME_DIR": str(runtime)}):
-            self.socket, self.lock = resident.scorer_files()  # the scorer of this code
+            self.socket, self.lock = map(Path, resident.scorer_files())  # this code's scorer
         self.cwd = cwd
         self.env = {
             **os.environ,
@@ -131,8 +130,8 @@ def test_a_stale_socket_is_replaced(calls: Calls) -> None:
 def _request(calls: Calls, argv: list[str]) -> socket.socket:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.connect(str(calls.socket))
-    request = {"argv": argv, "cwd": str(calls.cwd), "prog": "anomaly_detector.py"}
-    connection.sendall(json.dumps(request).encode() + b"\n")
+    connection.sendall(resident.request(argv, str(calls.cwd), "anomaly_detector.py"))
+    connection.shutdown(socket.SHUT_WR)
     return connection
 
 
@@ -150,7 +149,8 @@ def test_a_peer_of_another_uid_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
     0600 in a 0700 folder.)"""
     scorer_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     assert resident.peer_uid(scorer_end) == os.getuid()
-    client_end.sendall(b'{"argv": ["--info"], "cwd": "/", "prog": "anomaly_detector.py"}\n')
+    client_end.sendall(resident.request(["--info"], "/", "anomaly_detector.py"))
+    client_end.shutdown(socket.SHUT_WR)
     answered = []
     monkeypatch.setattr(resident.os, "getuid", lambda: os.geteuid() + 1)
     resident._serve(scorer_end, None, lambda *request: answered.append(request))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from ind_knn_ad.cli.environment import missing_modules
 
@@ -46,7 +45,7 @@ def make_model(argv: list[str] | None = None) -> int:
     to add the fit (exit code 2)."""
     missing = missing_modules(FIT_MODULES)
     if missing:
-        name = Path(sys.argv[0]).name
+        name = os.path.basename(sys.argv[0])
         print(
             f"{name}: fitting needs {', '.join(missing)}, not installed; add them with "
             "`pip install 'ind_knn_ad[fit]'` (from a source tree: `pip install '.[fit]'`)",

@@ -16,8 +16,6 @@ Standard library only until the scorer itself starts: a call must not load NumPy
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import socket
 import stat
@@ -26,9 +24,8 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing's, without importing typing: a call's imports are its cost
 if TYPE_CHECKING:
     import subprocess
 
@@ -42,20 +39,23 @@ Answer = Callable[[list[str], str, str, "Resident | None"], tuple[int, bytes, by
 WRITE_ERROR = 6
 IDLE_SECONDS = float(os.environ.get("ANOMALY_DETECTOR_IDLE_SECONDS", 600))
 _REPLY = struct.Struct("!iQQ")  # exit code, stdout bytes, stderr bytes
+# A request is its fields joined by NULs (which no argument, folder or name can hold), ended
+# by the client closing its side; far larger than the kernel lets any command line be.
+_REQUEST_BYTES = 1 << 24
 _START_SECONDS = 10.0  # how long a call waits for a scorer it started to listen
 
 
-def folder() -> Path:
-    """$XDG_RUNTIME_DIR/ind_knn_ad, else a folder of this uid in the temporary folder."""
+def folder() -> str:
+    """$XDG_RUNTIME_DIR/ind_knn_ad, else a folder of this uid in $TMPDIR or /tmp (the
+    scorer runs on Linux alone; `tempfile` would cost a call more than the rest of its
+    imports)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
-        return Path(runtime) / "ind_knn_ad"
-    import tempfile  # here: a call with XDG_RUNTIME_DIR set does without it
-
-    return Path(tempfile.gettempdir()) / f"ind_knn_ad-{os.getuid()}"
+        return os.path.join(runtime, "ind_knn_ad")
+    return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"ind_knn_ad-{os.getuid()}")
 
 
-def scorer_files() -> tuple[Path, Path]:
+def scorer_files() -> tuple[str, str]:
     """The scorer's socket and lock file (holding its pid), in the private folder.
 
     Named after the Python and the code that run it (this package's folder and its newest
@@ -64,20 +64,20 @@ def scorer_files() -> tuple[Path, Path]:
     is someone else's or open to others.
     """
     path = folder()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
     if info.st_uid != os.getuid() or info.st_mode & 0o077 or not stat.S_ISDIR(info.st_mode):
         raise PermissionError(f"{path} is not a private folder of this user")
-    package = Path(__file__).resolve().parent.parent
+    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     newest = max(
         os.stat(os.path.join(root, name)).st_mtime_ns
         for root, _, names in os.walk(package)
         for name in names
         if name.endswith(".py")
     )
-    code = "\0".join((sys.executable, str(package), str(newest)))
+    code = "\0".join((sys.executable, package, str(newest)))
     key = f"{zlib.crc32(code.encode()):08x}"
-    return path / f"scorer-{key}.sock", path / f"scorer-{key}.lock"
+    return os.path.join(path, f"scorer-{key}.sock"), os.path.join(path, f"scorer-{key}.lock")
 
 
 def usable(argv: list[str]) -> bool:
@@ -116,16 +116,32 @@ def _ask(argv: list[str]) -> tuple[int, bytes, bytes] | None:
     except (FileNotFoundError, ConnectionRefusedError):
         connection = _wait_for(path, _start())
     with connection:
-        prog = os.path.basename(sys.argv[0])
-        request = {"argv": argv, "cwd": os.getcwd(), "prog": prog}
-        connection.sendall(json.dumps(request).encode() + b"\n")
+        connection.sendall(request(argv, os.getcwd(), os.path.basename(sys.argv[0])))
+        connection.shutdown(socket.SHUT_WR)
         return _read_reply(connection)
 
 
-def _connect(path: Path) -> socket.socket:
+def request(argv: list[str], cwd: str, prog: str) -> bytes:
+    """A call's request: the working folder, the program's name, then its arguments."""
+    return b"\0".join(os.fsencode(field) for field in (cwd, prog, *argv))
+
+
+def _read_request(connection: socket.socket) -> tuple[list[str], str, str]:
+    """(argv, cwd, prog) of a request; ValueError if it is too long or lacks a field."""
+    chunks, size = [], 0
+    while chunk := connection.recv(1 << 16):
+        size += len(chunk)
+        if size > _REQUEST_BYTES:
+            raise ValueError("request too long")
+        chunks.append(chunk)
+    cwd, prog, *argv = (os.fsdecode(field) for field in b"".join(chunks).split(b"\0"))
+    return argv, cwd, prog
+
+
+def _connect(path: str) -> socket.socket:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection.connect(str(path))
+        connection.connect(path)
     except OSError:
         connection.close()
         raise
@@ -148,7 +164,7 @@ def _start() -> subprocess.Popen:
     )
 
 
-def _wait_for(path: Path, scorer: subprocess.Popen) -> socket.socket:
+def _wait_for(path: str, scorer: subprocess.Popen) -> socket.socket:
     """A connection to the scorer once it listens; OSError if it does not in time, or if
     the one started exited (it found another running: that one answers) and none does."""
     deadline = time.monotonic() + _START_SECONDS
@@ -185,6 +201,7 @@ def peer_uid(connection: socket.socket) -> int:
 
 def main() -> None:
     """The scorer: hold the lock (one scorer per user), listen, answer, exit when idle."""
+    import contextlib
     import fcntl  # Unix only, as the scorer is; never on a plain call's import path
 
     from ind_knn_ad.cli.resident_models import Resident, answer
@@ -199,10 +216,10 @@ def main() -> None:
         lock.write(f"{os.getpid()}\n")  # which process it is, for people and tests
         lock.flush()
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a socket left by a scorer that died
+            os.unlink(path)  # a socket left by a scorer that died
         old_mask = os.umask(0o177)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(path))
+        server.bind(path)
         os.umask(old_mask)
         server.listen(16)
         server.settimeout(IDLE_SECONDS)
@@ -216,20 +233,21 @@ def main() -> None:
                 with connection:
                     _serve(connection, models, answer)
         finally:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def _serve(connection: socket.socket, models: Resident | None, answer: Answer) -> None:
     """One request; a peer of another uid, or one that goes away, costs only itself."""
     if peer_uid(connection) != os.getuid():
         return
-    connection.settimeout(10)  # a request is one short line
+    connection.settimeout(10)  # a request is a command line
     try:
-        request = json.loads(connection.makefile("rb").readline())
-        code, out, err = answer(request["argv"], request["cwd"], request["prog"], models)
+        argv, cwd, prog = _read_request(connection)
+        code, out, err = answer(argv, cwd, prog, models)
         connection.settimeout(None)
         connection.sendall(_REPLY.pack(code, len(out), len(err)) + out + err)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return
 
 
