@@ -16,23 +16,24 @@ Standard library only until the scorer itself starts: a call must not load NumPy
 
 from __future__ import annotations
 
+import _socket  # socket's C core: the socket module's own imports would double a call's
 import os
-import socket
 import stat
 import struct
 import sys
 import time
 import zlib
-from collections.abc import Callable
 
 TYPE_CHECKING = False  # typing's, without importing typing: a call's imports are its cost
 if TYPE_CHECKING:
+    import socket
     import subprocess
+    from collections.abc import Callable
 
     from ind_knn_ad.cli.resident_models import Resident
 
-# What the scorer runs for each request: (argv, cwd, prog, models) to (code, stdout, stderr).
-Answer = Callable[[list[str], str, str, "Resident | None"], tuple[int, bytes, bytes]]
+    # What the scorer runs for a request: (argv, cwd, prog, models) to (code, stdout, stderr).
+    Answer = Callable[[list[str], str, str, Resident | None], tuple[int, bytes, bytes]]
 
 # exit_codes.WRITE_ERROR, not imported: its logging import alone would double a call's
 # time (tests/test_resident.py checks that they agree).
@@ -83,7 +84,7 @@ def scorer_files() -> tuple[str, str]:
 def usable(argv: list[str]) -> bool:
     """Whether a call can go to the resident scorer: Unix sockets with peer credentials
     (Linux), and no names from stdin (its stdin is not the scorer's)."""
-    unix = hasattr(socket, "AF_UNIX") and hasattr(socket, "SO_PEERCRED")
+    unix = hasattr(_socket, "AF_UNIX") and hasattr(_socket, "SO_PEERCRED")
     return unix and "-" not in argv
 
 
@@ -115,10 +116,12 @@ def _ask(argv: list[str]) -> tuple[int, bytes, bytes] | None:
         connection = _connect(path)
     except (FileNotFoundError, ConnectionRefusedError):
         connection = _wait_for(path, _start())
-    with connection:
+    try:
         connection.sendall(request(argv, os.getcwd(), os.path.basename(sys.argv[0])))
-        connection.shutdown(socket.SHUT_WR)
+        connection.shutdown(_socket.SHUT_WR)
         return _read_reply(connection)
+    finally:
+        connection.close()
 
 
 def request(argv: list[str], cwd: str, prog: str) -> bytes:
@@ -138,8 +141,8 @@ def _read_request(connection: socket.socket) -> tuple[list[str], str, str]:
     return argv, cwd, prog
 
 
-def _connect(path: str) -> socket.socket:
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _connect(path: str) -> _socket.socket:
+    connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         connection.connect(path)
     except OSError:
@@ -164,7 +167,7 @@ def _start() -> subprocess.Popen:
     )
 
 
-def _wait_for(path: str, scorer: subprocess.Popen) -> socket.socket:
+def _wait_for(path: str, scorer: subprocess.Popen) -> _socket.socket:
     """A connection to the scorer once it listens; OSError if it does not in time, or if
     the one started exited (it found another running: that one answers) and none does."""
     deadline = time.monotonic() + _START_SECONDS
@@ -178,7 +181,7 @@ def _wait_for(path: str, scorer: subprocess.Popen) -> socket.socket:
             time.sleep(0.02)
 
 
-def _read_reply(connection: socket.socket) -> tuple[int, bytes, bytes] | None:
+def _read_reply(connection: _socket.socket) -> tuple[int, bytes, bytes] | None:
     """The scorer's answer, or None where it closed without one (refused, or it died)."""
     chunks = []
     while chunk := connection.recv(1 << 20):
@@ -195,7 +198,7 @@ def _read_reply(connection: socket.socket) -> tuple[int, bytes, bytes] | None:
 
 def peer_uid(connection: socket.socket) -> int:
     """The uid of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
-    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    credentials = connection.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     return struct.unpack("3i", credentials)[1]
 
 
@@ -203,6 +206,7 @@ def main() -> None:
     """The scorer: hold the lock (one scorer per user), listen, answer, exit when idle."""
     import contextlib
     import fcntl  # Unix only, as the scorer is; never on a plain call's import path
+    import socket
 
     from ind_knn_ad.cli.resident_models import Resident, answer
 
