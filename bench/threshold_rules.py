@@ -28,7 +28,6 @@ from ind_knn_ad.calibration.threshold import (
     auto_threshold,
     cut_counts,
     false_alarm_bound,
-    gap_cut,
 )
 
 Rule = Callable[[np.ndarray, np.ndarray], float]
@@ -56,10 +55,15 @@ def until_2026_12_07(held: np.ndarray, synthetic: np.ndarray) -> float:
     return float(held.mean() + 3 * held.std())
 
 
-def gap(quantile: float) -> Rule:
-    """Halfway between the held-out maximum and this quantile (%) of the synthetic defects."""
+def toward(quantile: float, weight: float) -> Rule:
+    """From the held-out maximum, `weight` of the way to this quantile (%) of the synthetic
+    defects (0.5: `gap`)."""
 
-    return lambda held, synthetic: gap_cut(held, synthetic[np.isfinite(synthetic)], quantile)
+    def rule(held: np.ndarray, synthetic: np.ndarray) -> float:
+        finite = synthetic[np.isfinite(synthetic)]
+        return float(held.max() + weight * (np.percentile(finite, quantile) - held.max()))
+
+    return rule
 
 
 def sigmas(k: float) -> Rule:
@@ -97,10 +101,16 @@ def below(count: int, few: Rule, many: Rule) -> Rule:
 RULES: dict[str, Rule] = {
     "library": library,  # this checkout's
     "until 2026-12-07": until_2026_12_07,  # balanced below 20, else mean + 3 std
-    "gap q25 always": gap(25),
-    "gap q33 always": gap(33),
-    "gap q25 below 20, else mean+3std": below(20, gap(25), sigmas(3)),
-    "gap q25 below 50, else mean+3std": below(50, gap(25), sigmas(3)),
+    "gap q25 always": toward(25, 0.5),
+    "gap q33 always": toward(33, 0.5),
+    "gap q25 below 20, else mean+3std": below(20, toward(25, 0.5), sigmas(3)),
+    "halfway to q25 below 50 (the library's before q25)": below(50, toward(25, 0.5), sigmas(3)),
+    "q25 x0.65 below 50": below(50, toward(25, 0.65), sigmas(3)),
+    "q25 x0.75 below 50": below(50, toward(25, 0.75), sigmas(3)),
+    "q25 below 50": below(50, toward(25, 1.0), sigmas(3)),
+    "q20 below 50": below(50, toward(20, 1.0), sigmas(3)),
+    "q30 below 50": below(50, toward(30, 1.0), sigmas(3)),
+    "max(q25, held-out max) below 50": below(50, at_least(toward(25, 1.0), highest), sigmas(3)),
     "mean+3std": sigmas(3),
     "mean+2std": sigmas(2),
     "held-out max": highest,

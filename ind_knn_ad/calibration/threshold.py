@@ -12,12 +12,12 @@ import numpy as np
 from ind_knn_ad.errors import DatasetError
 
 AUTO = "auto"
-# Fewer held-out images than this: the threshold is placed between them and the synthetic
-# defects (`gap_cut`); from this many on, their mean and spread are steady enough for
+# Fewer held-out images than this: the threshold is placed by the synthetic defects
+# (`seen_cut`); from this many on, their mean and spread are steady enough for
 # mean + 3 std (bench/threshold_rules.py on bench/flags.py's fits).
 FEW = 50
-# The synthetic defects' score quantile (%) that stands for a defect the model sees: below
-# it are the ones too small or faint to see at all, which say nothing about where to cut.
+# The synthetic defects' score quantile (%) where few-image fits cut: below it are the ones
+# too small or faint to see at all, which say nothing about where to cut.
 SEEN_QUANTILE = 25
 # Held-out scores at most this share of the features' own scale are rounding, not
 # differences: scoring the same image again differs by about 1e-6 of it (ONNX against
@@ -51,11 +51,13 @@ def auto_threshold(
     From FEW held-out images on: mean + `sigmas` standard deviations of their scores. One
     odd training image cannot drag it up the way it drags the maximum (bench/accuracy.py).
 
-    Below FEW, with `defects` (scores of synthetic defects on held-out images): `gap_cut`,
-    halfway between the highest held-out score and the defects the model sees. A handful
-    of held-out images neither shows how far new good images reach above them (on
-    bottle_256 at 5 images they reached well above; bench/flags.py) nor gives a steady
-    standard deviation; the defects show how much room there is before one is missed.
+    Below FEW, with `defects` (scores of synthetic defects on held-out images): `seen_cut`,
+    the lower quartile of the defects. A handful of held-out images neither shows how far
+    new good images reach above them (on bottle_256 at 5 to 20 images they reached well
+    above; bench/flags.py) nor gives a steady standard deviation, so a cut placed by them
+    (their maximum, or halfway from it to the defects) moves with the draw; the defects,
+    dozens of them, show where the model starts to see one. Where that falls among the
+    held-out scores, the expected false alarms say so.
 
     Returns the value and the statistics stored in the model. DatasetError where the
     rule gives no positive threshold (identical training images): it would flag every image.
@@ -73,11 +75,10 @@ def auto_threshold(
     # A defect whose features overflowed is caught at any cut: it places nothing.
     defects = np.empty(0) if defects is None else defects[np.isfinite(defects)]
     if defects.size and scores.size < FEW:
-        value = gap_cut(scores, defects)
+        value = seen_cut(defects)
         details["rule"] = (
-            f"halfway between the highest of {scores.size} leave-one-image-out scores of "
-            f"train/good and the lower quartile of {defects.size} synthetic defects on them "
-            f"(fewer than {FEW} held out)"
+            f"the lower quartile of {defects.size} synthetic defects on {scores.size} "
+            f"leave-one-image-out images of train/good (fewer than {FEW} held out)"
         )
         details["synthetic"] = {"count": int(defects.size), "caught": int((defects >= value).sum())}
     else:
@@ -95,11 +96,10 @@ def auto_threshold(
     return value, details
 
 
-def gap_cut(good: np.ndarray, defects: np.ndarray, quantile: float = SEEN_QUANTILE) -> float:
-    """Halfway between the highest good score and the `quantile` (%) of the defects' scores:
-    as far from both as the scores allow. Below the highest good score where the defects
-    the model sees score among the good ones; the expected false alarms then say so."""
-    return float((good.max() + np.percentile(defects, quantile)) / 2)
+def seen_cut(defects: np.ndarray, quantile: float = SEEN_QUANTILE) -> float:
+    """The `quantile` (%) of the synthetic defects' scores: it catches the defects the model
+    sees and lets the faintest pass, wherever the few held-out good scores happen to lie."""
+    return float(np.percentile(defects, quantile))
 
 
 def cut_counts(
