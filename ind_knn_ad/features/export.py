@@ -104,6 +104,10 @@ def fold_constants(graph: bytes) -> onnx.ModelProto:
     the result runs on any provider (the extended levels would tie it to this CPU)."""
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    # The session only optimizes, never runs: no thread pool or arena to map memory for in a
+    # fit that runs close to its address-space limit (tests/test_memory_bounds.py).
+    options.intra_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
     with tempfile.TemporaryDirectory() as folder:
         options.optimized_model_filepath = str(Path(folder) / "graph.onnx")
