@@ -5,14 +5,21 @@ DEMO := out/demo
 
 .PHONY: venv demo test lint bench clean
 
-venv: $(VENV)/.installed
+# The package's files (modules, templates), without downloaded datasets.
+PACKAGE := $(shell find ind_knn_ad -type f -not -path '*/__pycache__/*' -not -path 'ind_knn_ad/datasets/*')
+
+venv: $(VENV)/.linked
 
 $(VENV)/.installed: requirements*.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	# strict: a tree of links, where the default editable mode installs an import hook that
-	# every start of every command pays for (bench/resident.py).
+	touch $@
+
+# The package as a tree of links to its files (setuptools' strict editable mode), made
+# again when they change: the default mode's import hook costs every start of every
+# command (bench/resident.py), and a link tree misses files added after it was made.
+$(VENV)/.linked: $(VENV)/.installed $(PACKAGE)
 	$(PY) -m pip install --quiet --no-deps --config-settings editable_mode=strict -e .
 	touch $@
 
@@ -33,4 +40,4 @@ bench: venv
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf out $(VENV)
+	rm -rf out build $(VENV)
