@@ -41,7 +41,8 @@ WRITE_ERROR = 6
 IDLE_SECONDS = float(os.environ.get("ANOMALY_DETECTOR_IDLE_SECONDS", 600))
 _REPLY = struct.Struct("!iQQ")  # exit code, stdout bytes, stderr bytes
 # A request is its fields joined by NULs (which no argument, folder or name can hold), ended
-# by the client closing its side; far larger than the kernel lets any command line be.
+# by the client closing its side; the scorer reads at most this much of one, far more than
+# the kernel lets any command line be.
 _REQUEST_BYTES = 1 << 24
 _START_SECONDS = 10.0  # how long a call waits for a scorer it started to listen
 
