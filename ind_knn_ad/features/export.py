@@ -66,7 +66,8 @@ def static_same_padding(network: nn.Module, example: torch.Tensor) -> Iterator[N
     def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         shapes[module] = tuple(inputs[0].shape[-2:])
 
-    hooks = [m.register_forward_pre_hook(record) for m in network.modules() if _is_same(m)]
+    same = [module for module in network.modules() if isinstance(module, Conv2dSame)]
+    hooks = [module.register_forward_pre_hook(record) for module in same]
     try:
         with torch.inference_mode():
             network(example)
@@ -84,10 +85,6 @@ def static_same_padding(network: nn.Module, example: torch.Tensor) -> Iterator[N
     finally:
         for module in shapes:
             del module.forward  # the instance's attribute: the class's forward again
-
-
-def _is_same(module: nn.Module) -> bool:
-    return isinstance(module, Conv2dSame)
 
 
 def _padded_convolution(
