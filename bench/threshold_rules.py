@@ -57,7 +57,7 @@ def until_2026_12_07(held: np.ndarray, synthetic: np.ndarray) -> float:
 
 def toward(quantile: float, weight: float) -> Rule:
     """From the held-out maximum, `weight` of the way to this quantile (%) of the synthetic
-    defects (0.5: `gap`)."""
+    defects (0.5: halfway, the library's rule before the quartile itself)."""
 
     def rule(held: np.ndarray, synthetic: np.ndarray) -> float:
         finite = synthetic[np.isfinite(synthetic)]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from timm.layers.conv2d_same import Conv2dSame
-from timm.layers.padding import get_same_padding
+from timm.layers.padding import pad_same_arg
 from torch import nn
 
 OPSET = 17
@@ -74,12 +74,9 @@ def static_same_padding(network: nn.Module, example: torch.Tensor) -> Iterator[N
     finally:
         for hook in hooks:
             hook.remove()
-    for module, (height, width) in shapes.items():
-        (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-        pad_h = get_same_padding(height, kh, sh, dh)
-        pad_w = get_same_padding(width, kw, sw, dw)
-        pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-        module.forward = partial(_padded_convolution, module, pads)
+    for module, shape in shapes.items():
+        pads = pad_same_arg(shape, module.kernel_size, module.stride, module.dilation)
+        module.forward = partial(_padded_convolution, module, tuple(pads))
     try:
         yield
     finally:
@@ -130,7 +127,7 @@ def fold_padding(graph: onnx.ModelProto) -> int:
             continue
         conv = users[0]
         attributes = {attribute.name: attribute for attribute in conv.attribute}
-        if attributes.get("auto_pad", helper.make_attribute("auto_pad", "NOTSET")).s != b"NOTSET":
+        if "auto_pad" in attributes and attributes["auto_pad"].s != b"NOTSET":
             continue
         if "pads" in attributes:
             before = list(attributes["pads"].ints)
