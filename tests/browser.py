@@ -13,6 +13,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,30 @@ from typing import Any
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 _HIGH = (200, 201)  # where the pipe ends wait until the child moves them to 3 and 4
+
+
+def _end_group(leader: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGKILL the process group that `leader` heads; return once every process in it has
+    died. Orphans stay zombies until PID 1 reaps them, so death is read from /proc."""
+    os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()
+    deadline = time.monotonic() + timeout
+    while living(group=leader.pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Chromium's processes outlived SIGKILL for {timeout} s")
+        time.sleep(0.02)
+
+
+def living(group: int) -> bool:
+    """Whether a process of `group` is still running (not a zombie)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended while listed
+        if int(fields[2]) == group and fields[0] not in "ZX":
+            return True
+    return False
 
 
 def chromium() -> str | None:
@@ -68,6 +93,7 @@ class Browser:
                 "--no-first-run",
                 "--disable-extensions",
                 "--disable-background-networking",
+                "--disable-crash-reporter",
                 "--host-resolver-rules=MAP * ~NOTFOUND",
                 f"--user-data-dir={self.profile.name}",
                 f"--window-size={width},{height}",
@@ -76,6 +102,7 @@ class Browser:
             pass_fds=_HIGH,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its renderers and helpers share one group to end
         )
         for fd in _HIGH:
             os.close(fd)
@@ -87,8 +114,12 @@ class Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.process.kill()
-        self.process.wait()
+        self.close()
+
+    def close(self) -> None:
+        """End the browser and every process it started, then remove the profile: killing
+        the main process alone leaves its renderers writing into the profile as it goes."""
+        _end_group(self.process)
         os.close(self._commands)
         os.close(self._events)
         self.profile.cleanup()

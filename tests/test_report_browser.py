@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import Browser, PageLoad, chromium
+from browser import Browser, PageLoad, chromium, living
 from conftest import run_script
 from PIL import Image
 
@@ -154,3 +154,14 @@ def test_scoring_report_leaves_stdout_alone_and_shows_the_flagged_first(
     assert values["drawn"] == sum(flags)
     top = max(plain.stdout.splitlines(), key=lambda line: float(line.split(",")[1]))
     assert values["first"] == top.split(",")[0]
+
+
+def test_a_closed_browser_leaves_no_process_and_no_profile(sample_model: Path) -> None:
+    """The harness itself: closing ends Chromium's renderers too, so none of them writes into
+    the profile while it is removed (CI failed once on 'Directory not empty')."""
+    _, _, page = beside(sample_model)
+    with Browser() as browser:
+        browser.load(page, "1")
+        group, profile = browser.process.pid, Path(browser.profile.name)
+        assert living(group)
+    assert not living(group) and not profile.exists()
