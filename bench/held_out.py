@@ -22,7 +22,17 @@ import time
 
 import numpy as np
 import torch
-from common import CHOSEN, MVTEC, PYTHON, ROOT, chosen_settings, image_scores, machine, report
+from common import (
+    CHOSEN,
+    MVTEC,
+    PYTHON,
+    ROOT,
+    chosen_settings,
+    fewest_errors,
+    image_scores,
+    machine,
+    report,
+)
 
 from ind_knn_ad.calibration.threshold import auto_threshold
 from ind_knn_ad.features.extractor import FeatureExtractor, extract_features
@@ -56,7 +66,13 @@ def run(name: str) -> dict[str, str]:
     seconds = time.perf_counter() - start
     tested = image_scores(test.features, train.grid, bank, rule, test.regions)
     good = tested[labels == 0].mean()
-    figures = {}
+    figures = {
+        f"{name} test": (
+            f"good max {tested[labels == 0].max():.2f}, defective min "
+            f"{tested[labels == 1].min():.2f}; fewest misclassified at any threshold "
+            f"{fewest_errors(tested[labels == 0], tested[labels == 1])}"
+        )
+    }
     for key, values in held.items():
         values = np.array(values)
         threshold, _ = auto_threshold(values)
@@ -64,7 +80,8 @@ def run(name: str) -> dict[str, str]:
         misses, alarms = int((wrong & (labels == 1)).sum()), int((wrong & (labels == 0)).sum())
         figures[f"{name} {key}"] = (
             f"held-out mean {values.mean():.2f} (bias {values.mean() / good - 1:+.1%} against "
-            f"test good {good:.2f}); threshold {threshold:.2f}: {misses} misses, "
+            f"test good {good:.2f}), std {values.std():.2f}, p95 {np.quantile(values, 0.95):.2f}, "
+            f"max {values.max():.2f}; threshold {threshold:.2f}: {misses} misses, "
             f"{alarms} false alarms of {len(labels)}"
         )
     figures[f"{name} filled s"] = f"{seconds:.1f} s for the filled held-out scores"

@@ -12,6 +12,7 @@ the bound the fit would print (its 95% bound from the held-out images it flags).
     python bench/flags.py --shots 5 7 10 20 --draws 3 --json few.json
     python bench/threshold_rules.py all.json few.json
     python bench/threshold_rules.py few.json --by-set "until 2026-12-07" library
+    python bench/threshold_rules.py few.json --bound library
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from common import fewest_errors
+from scipy.stats import binom
 
 from ind_knn_ad.calibration.threshold import (
     auto_threshold,
@@ -152,14 +154,43 @@ def by_set(fits: list[dict], names: list[str]) -> None:
         print(f"| {name} | {k or 'all'} | {len(mine)} | " + " | ".join(cells) + " |")
 
 
+def bound_check(fits: list[dict], name: str) -> None:
+    """Whether the printed 95% bound holds, pooled: per k, the good test images flagged
+    against how many a false-alarm rate at each fit's bound would flag, and the fits whose
+    flagged count is that unlikely (binomial tail under 5%) at their bound, against the
+    5% of fits that chance alone would give if every rate sat at its bound."""
+    print("| k | fits | good flagged | at the bounds | fits over | under 5% at the bound |")
+    print("|---" * 6 + "|")
+    for k in sorted({fit["shots"] for fit in fits}):
+        flagged = expected = over = unlikely = 0
+        mine = [fit for fit in fits if fit["shots"] == k]
+        for fit in mine:
+            held, good = np.array(fit["held_out"]), np.array(fit["test_good"])
+            threshold = RULES[name](held, np.array(fit["synthetic"]))
+            bound = false_alarm_bound(int((held >= threshold).sum()), held.size)
+            alarms = int((good >= threshold).sum())
+            flagged, expected = flagged + alarms, expected + bound * good.size
+            over += alarms > bound * good.size
+            unlikely += binom.sf(alarms - 1, good.size, bound) < 0.05
+        good_images = sum(len(fit["test_good"]) for fit in mine)
+        print(
+            f"| {k or 'all'} | {len(mine)} | {flagged}/{good_images} | {expected:.1f} | "
+            f"{over} | {unlikely} (chance: {0.05 * len(mine):.1f}) |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", type=Path)
     parser.add_argument("--by-set", nargs="+", metavar="RULE", help="these rules per set and k")
+    parser.add_argument("--bound", metavar="RULE", help="whether this rule's printed bound holds")
     args = parser.parse_args()
     fits = [fit for path in args.json for fit in json.loads(path.read_text())]
     if args.by_set:
         by_set(fits, args.by_set)
+        return
+    if args.bound:
+        bound_check(fits, args.bound)
         return
     groups = sorted({fit["shots"] for fit in fits})
     print("| rule | " + " | ".join(f"k={k or 'all'}: errors, regret, over bound" for k in groups))

@@ -119,9 +119,10 @@ def cut_counts(
 
 def false_alarm_bound(flagged: int, count: int, confidence: float = 0.95) -> float:
     """Upper `confidence` bound on the rate of good images flagged, from `flagged` of
-    `count` held-out good images (Clopper-Pearson). Held-out images are judged against a
-    bank without their own patches, which scores them a little higher than new good images
-    (bench/few_shot.py), so the bound errs towards more alarms, not fewer."""
+    `count` held-out good images (Clopper-Pearson). Held-out images are not new ones: a whole
+    bank without their patches scores them a little higher than new good images
+    (bench/few_shot.py), a coreset with their holes filled a little lower
+    (bench/held_out.py); `bench/threshold_rules.py --bound` checks the bound on test images."""
     from scipy.stats import beta
 
     if flagged >= count:
