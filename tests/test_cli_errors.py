@@ -782,7 +782,7 @@ def test_stderr_holds_only_our_lines_when_home_is_unwritable(
 ) -> None:
     """Issue 13, item 15: ONNX Runtime printed a coloured telemetry warning to stderr when
     it could not write its device ID under HOME. The command turns telemetry off itself,
-    so the child starts without the variable (importing cli/score.py here set it)."""
+    so the child starts without the variable, whatever this environment holds."""
     monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)
     result = scorer("--model", sample_model, "good.png", cwd=inputs, env_update={"HOME": "/proc"})
     assert result.returncode == exit_codes.OK

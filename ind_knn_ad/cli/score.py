@@ -48,9 +48,6 @@ if TYPE_CHECKING:
     from ind_knn_ad.report.score_page import ScoreReport
 
 log = logging.getLogger("anomaly_detector")
-# ONNX Runtime's telemetry writes a device ID under HOME, and prints a coloured warning of
-# its own to stderr where it cannot; scoring sends nothing anywhere, so it is off.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 # Write errors of the whole folder or disk: the run stops at the first. Any other (a name
 # the file system refuses, a FIFO where the PNG goes) costs that image's heatmap alone.
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES})
