@@ -65,12 +65,12 @@ def run(name: str) -> dict[str, str]:
     )
     seconds = time.perf_counter() - start
     tested = image_scores(test.features, train.grid, bank, rule, test.regions)
-    good = tested[labels == 0].mean()
+    tested_good, tested_defective = tested[labels == 0], tested[labels == 1]
+    good = tested_good.mean()
     figures = {
         f"{name} test": (
-            f"good max {tested[labels == 0].max():.2f}, defective min "
-            f"{tested[labels == 1].min():.2f}; fewest misclassified at any threshold "
-            f"{fewest_errors(tested[labels == 0], tested[labels == 1])}"
+            f"good max {tested_good.max():.2f}, defective min {tested_defective.min():.2f}; "
+            f"fewest misclassified at any threshold {fewest_errors(tested_good, tested_defective)}"
         )
     }
     for key, values in held.items():

@@ -30,6 +30,7 @@ from ind_knn_ad.calibration.threshold import (
     auto_threshold,
     cut_counts,
     false_alarm_bound,
+    seen_cut,
 )
 
 Rule = Callable[[np.ndarray, np.ndarray], float]
@@ -62,8 +63,8 @@ def toward(quantile: float, weight: float) -> Rule:
     defects (0.5: halfway, the library's rule before the quartile itself)."""
 
     def rule(held: np.ndarray, synthetic: np.ndarray) -> float:
-        finite = synthetic[np.isfinite(synthetic)]
-        return float(held.max() + weight * (np.percentile(finite, quantile) - held.max()))
+        seen = seen_cut(synthetic[np.isfinite(synthetic)], quantile)
+        return float(held.max() + weight * (seen - held.max()))
 
     return rule
 
@@ -124,15 +125,21 @@ RULES: dict[str, Rule] = {
 }
 
 
+def placed(fit: dict, rule: Rule) -> tuple[float, float]:
+    """The threshold `rule` places from the fit's held-out and synthetic scores, and the
+    false-alarm bound the fit would print at it."""
+    held = np.array(fit["held_out"])
+    threshold = rule(held, np.array(fit["synthetic"]))
+    return threshold, false_alarm_bound(int((held >= threshold).sum()), held.size)
+
+
 def judged(fit: dict, rule: Rule) -> tuple[int, int, bool]:
     """Errors, regret, and whether the good test images' alarm rate beat the bound."""
-    held, synthetic = np.array(fit["held_out"]), np.array(fit["synthetic"])
     good, defective = np.array(fit["test_good"]), np.array(fit["test_defective"])
-    threshold = rule(held, synthetic)
+    threshold, bound = placed(fit, rule)
     alarms = int((good >= threshold).sum())
     errors = alarms + int((defective < threshold).sum())
     best = fewest_errors(good, defective)
-    bound = false_alarm_bound(int((held >= threshold).sum()), held.size)
     return errors, errors - best, alarms / good.size > bound
 
 
@@ -162,17 +169,16 @@ def bound_check(fits: list[dict], name: str) -> None:
     print("| k | fits | good flagged | at the bounds | fits over | under 5% at the bound |")
     print("|---" * 6 + "|")
     for k in sorted({fit["shots"] for fit in fits}):
-        flagged = expected = over = unlikely = 0
+        flagged = good_images = expected = over = unlikely = 0
         mine = [fit for fit in fits if fit["shots"] == k]
         for fit in mine:
-            held, good = np.array(fit["held_out"]), np.array(fit["test_good"])
-            threshold = RULES[name](held, np.array(fit["synthetic"]))
-            bound = false_alarm_bound(int((held >= threshold).sum()), held.size)
+            good = np.array(fit["test_good"])
+            threshold, bound = placed(fit, RULES[name])
             alarms = int((good >= threshold).sum())
-            flagged, expected = flagged + alarms, expected + bound * good.size
+            flagged, good_images = flagged + alarms, good_images + good.size
+            expected += bound * good.size
             over += alarms > bound * good.size
             unlikely += binom.sf(alarms - 1, good.size, bound) < 0.05
-        good_images = sum(len(fit["test_good"]) for fit in mine)
         print(
             f"| {k or 'all'} | {len(mine)} | {flagged}/{good_images} | {expected:.1f} | "
             f"{over} | {unlikely} (chance: {0.05 * len(mine):.1f}) |"
