@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Input resolution against cost: a shared set's automatic settings (`common.CHOSEN`, aligned
+where the choice aligns) at several input sizes, each fitted by `make_model.py` with those
+settings given as flags, so nothing else is searched and only the input differs.
+
+Per size: image and pixel ROC AUC, the test images misclassified at the stored threshold and
+its regret (that minus the fewest misclassified at any threshold), make_model.py's wall and
+CPU seconds (fit and evaluation) and peak memory, a one-off call's seconds (median of 5) and
+the batch rate over the set's test images (better of 2 runs).
+
+    python bench/resolution.py --datasets grid_512 screw_512 --sizes 384 448 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import ALIGNED, CHOSEN, MVTEC, PYTHON, ROOT, fewest_errors, machine, run, shown
+
+
+def flags(name: str, size: int | str) -> list[str]:
+    """make_model.py's flags for `name`'s chosen settings at input `size`."""
+    settings = CHOSEN[name]
+    given = ["--backbone", settings.backbone, "--image-score", settings.image_score]
+    if settings.coreset is not None:
+        given += ["--coreset", str(settings.coreset)]
+    if name in ALIGNED:
+        return [*given, "--align", "--image-size", str(size)]
+    return [*given, "--image-size", str(size), "--crop", str(size)]
+
+
+def measure(name: str, size: int, work: Path) -> str:
+    """One fit at `size` and its scoring speed, as a table row."""
+    model = work / f"{name}_{size}.safetensors"
+    command = [PYTHON, ROOT / "make_model.py", "--data-dir", MVTEC / name, "--model", model]
+    fit = run([*command, *flags(name, size)])
+    results = json.loads(model.with_suffix(".results.json").read_text())
+    scores = {"good": [], "defective": []}
+    for image in results["images"]:
+        scores["good" if image["defect_type"] == "good" else "defective"].append(image["score"])
+    good, defective = (np.array(scores[kind]) for kind in ("good", "defective"))
+    threshold = results["threshold"]
+    errors = int((good >= threshold).sum() + (defective < threshold).sum())
+    regret = errors - fewest_errors(good, defective)
+    images = sorted((MVTEC / name / "test").rglob("*.png"))
+    score = [PYTHON, ROOT / "anomaly_detector.py", "--model", model]
+    run([*score, images[0]])  # into the page cache
+    one_off = statistics.median(run([*score, images[0]]).seconds for _ in range(5))
+    batch = max(len(images) / run([*score, *images]).seconds for _ in range(2))
+    pixel = results["pixel_rocauc"]
+    return (
+        f"| {name} | {size} | {results['image_rocauc']:.3f} "
+        f"| {'n/a' if pixel is None else f'{pixel:.3f}'} | {errors}/{good.size + defective.size} "
+        f"| {regret} | {fit.seconds:.0f} / {fit.cpu_seconds:.0f} | {fit.peak_rss_mb:.0f} "
+        f"| {one_off:.2f} | {batch:.1f} | {model.stat().st_size / 2**20:.1f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["grid_512", "screw_512"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[384, 448, 512])
+    args = parser.parse_args()
+    print(f"{machine()}\n")
+    for name in args.datasets:
+        command = [PYTHON, "make_model.py", "--data-dir", MVTEC / name, *flags(name, "SIZE")]
+        print(f"$ {shown(command)}")
+    print(
+        "\n| set | input | image ROC AUC | pixel ROC AUC | misclassified | regret "
+        "| make_model s, wall / CPU | peak MB | one-off s | batch images/s | model MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.datasets:
+            for size in args.sizes:
+                print(measure(name, size, Path(work)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
