@@ -66,7 +66,9 @@ TIE = 0.05  # a cheaper candidate within this share of the best's catch rate win
 # geometry catches fewer than SMALL_CAUGHT of the small synthetic defects, for photos whose
 # shorter side (LARGER_FROM px or more) holds detail the base input drops; its bank is
 # LARGER_FRACTION of the patches, as the aligned 512 px input's cheaper one
-# (bench/flags.py measures the choice on every shared set). The fit budget it is held to:
+# (bench/flags.py measures the choice on every shared set). Never above the photo's own
+# size: below it every step up paid on both shared sets with the pixels for it, above it
+# (upsampled) one set lost (bench/resolution.py). The fit budget it is held to:
 # 300 photos of 1024 px within 10 minutes and 6 GB on 2 cores (bench/budget.py), which
 # the two-stage coreset (search/two_stage.py) and one backbone at the larger input keep.
 LARGER = 512
