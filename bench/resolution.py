@@ -8,7 +8,13 @@ its regret (that minus the fewest misclassified at any threshold), make_model.py
 CPU seconds (fit and evaluation) and peak memory, a one-off call's seconds (median of 5) and
 the batch rate over the set's test images (better of 2 runs).
 
+With --validation, no fit: the automatic settings' validation of the same settings at each
+size (`tuning.validation`, as the choice runs it), to compare with the real figures: the
+share of synthetic defects caught above every held-out good image (all, and the small
+ones) and their ROC AUC against the held-out good images.
+
     python bench/resolution.py --datasets grid_512 screw_512 --sizes 384 448 512
+    python bench/resolution.py --validation --sizes 384 448 512 640 768
 """
 
 from __future__ import annotations
@@ -20,7 +26,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import ALIGNED, CHOSEN, MVTEC, PYTHON, ROOT, fewest_errors, machine, run, shown
+from common import (
+    ALIGNED,
+    CHOSEN,
+    MVTEC,
+    PYTHON,
+    ROOT,
+    chosen_settings,
+    fewest_errors,
+    machine,
+    run,
+    shown,
+)
 
 
 def flags(name: str, size: int | str) -> list[str]:
@@ -61,12 +78,39 @@ def measure(name: str, size: int, work: Path) -> str:
     )
 
 
+def validated(name: str, size: int) -> str:
+    """The validation of `name`'s chosen settings at input `size`, as a table row."""
+    from dataclasses import replace
+
+    from ind_knn_ad.io.datasets import load_dataset
+    from ind_knn_ad.methods.fitting import no_progress
+    from ind_knn_ad.tuning.validation import Candidate, _Validation
+
+    train = load_dataset(MVTEC / name, name).train
+    config = chosen_settings(name, train)
+    crop = config.preprocess.crop if config.preprocess.align is not None else size
+    config = replace(config, preprocess=replace(config.preprocess, resize=size, crop=crop))
+    candidate = Candidate(config.backbone, config.image_score, config.coreset)
+    [trial], _ = _Validation(train, config, config.seed).run([candidate], "cpu", None, no_progress)
+    return (
+        f"| {name} | {size} | {trial.caught:.0%} | {trial.caught_small:.0%} | {trial.auroc:.3f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["grid_512", "screw_512"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[384, 448, 512])
+    parser.add_argument("--validation", action="store_true", help="validation figures only")
     args = parser.parse_args()
     print(f"{machine()}\n")
+    if args.validation:
+        print("| set | input | caught | small caught | ROC AUC against held-out good |")
+        print("|---|---|---|---|---|")
+        for name in args.datasets:
+            for size in args.sizes:
+                print(validated(name, size), flush=True)
+        return
     for name in args.datasets:
         command = [PYTHON, "make_model.py", "--data-dir", MVTEC / name, *flags(name, "SIZE")]
         print(f"$ {shown(command)}")
