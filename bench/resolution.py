@@ -23,6 +23,7 @@ import argparse
 import json
 import statistics
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,10 @@ from common import (
     run,
     shown,
 )
+
+from ind_knn_ad.io.datasets import load_dataset
+from ind_knn_ad.methods.fitting import no_progress
+from ind_knn_ad.tuning.validation import Candidate, _Validation
 
 
 def flags(name: str, size: int | str) -> list[str]:
@@ -61,8 +66,8 @@ def measure(name: str, size: int, work: Path) -> str:
     for image in results["images"]:
         scores["good" if image["defect_type"] == "good" else "defective"].append(image["score"])
     good, defective = (np.array(scores[kind]) for kind in ("good", "defective"))
-    threshold = results["threshold"]
-    errors = int((good >= threshold).sum() + (defective < threshold).sum())
+    (_, false_alarms), (misses, _) = results["confusion_matrix"]
+    errors = false_alarms + misses
     regret = errors - fewest_errors(good, defective)
     images = sorted((MVTEC / name / "test").rglob("*.png"))
     score = [PYTHON, ROOT / "anomaly_detector.py", "--model", model]
@@ -80,12 +85,6 @@ def measure(name: str, size: int, work: Path) -> str:
 
 def validated(name: str, size: int) -> str:
     """The validation of `name`'s chosen settings at input `size`, as a table row."""
-    from dataclasses import replace
-
-    from ind_knn_ad.io.datasets import load_dataset
-    from ind_knn_ad.methods.fitting import no_progress
-    from ind_knn_ad.tuning.validation import Candidate, _Validation
-
     train = load_dataset(MVTEC / name, name).train
     config = chosen_settings(name, train)
     crop = config.preprocess.crop if config.preprocess.align is not None else size
