@@ -1,11 +1,11 @@
 """The one held-out scorer on a PatchCore bank (`patchcore.held_out`): each image against
 the bank without its own patches, their holes filled by other images' nearest patches; the
-same bits as the three copies it replaced, for the threshold's and the synthetic defects'
-scores."""
+same scores as the three copies it replaced, for the threshold's and the synthetic
+defects' scores."""
 
 from __future__ import annotations
 
-import hashlib
+import json
 import tempfile
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -24,11 +24,6 @@ from ind_knn_ad.model_file.schema import Model
 
 RULES = ("max", "top10", "reweighted")
 SIDE = 32  # input side of the fit fixture
-
-
-def digest(scores: Sequence[float] | np.ndarray) -> str:
-    """The exact bits of a list of scores."""
-    return hashlib.sha256(np.asarray(scores, dtype=np.float64).tobytes()).hexdigest()[:16]
 
 
 def random_case(
@@ -177,52 +172,31 @@ def test_features_made_from_an_image_are_scored_as_the_image_is() -> None:
         assert held.scores(copies, image, "top10") == [expected[image]] * 2
 
 
-# Digests of the scores main's code gave at c7e76a6 (`threshold.holdout_scores` with seed 2,
-# and limit 5 with seed 3; PatchCore's fit's held-out and synthetic scores), computed once by
-# running this file's fixture against that commit.
-EXPECTED = {
-    "partial max": "98bcf45c2b44fe38",
-    "partial top10": "a80569b9b6096b35",
-    "partial reweighted": "1285fd6651d98447",
-    "partial limit": "123fd3136167286d",
-    "views max": "ca3a9b8d1436db67",
-    "views top10": "a5d8ecd9fa8e7765",
-    "views reweighted": "80ebdaaa16da0728",
-    "views limit": "a6cfcc6b0b641a84",
-    "whole max": "812799500d02a3e1",
-    "whole top10": "012ad47f39cdd703",
-    "whole reweighted": "ac9795ac951fa1e7",
-    "whole limit": "4b6f4c7e7bc93762",
-    "regions max": "c7aee8b4e02f9c45",
-    "regions top10": "e5f86bc4eaec9596",
-    "regions reweighted": "b8681dcd7b0ebe0a",
-    "regions limit": "ae2a15da2796cd7a",
-    "many max": "cdcea4487e9aab41",
-    "many top10": "fc038a9f4dc98193",
-    "many reweighted": "b63bc35578c85813",
-    "many limit": "f5d8a3d26341a8e4",
-    "fit max held-out": "677771bfd61f7fff",
-    "fit max synthetic": "501e561653c1375b",
-    "fit top10 held-out": "2ede6e3f2c2ebfdd",
-    "fit top10 synthetic": "8455a713a60ed420",
-    "fit reweighted held-out": "2efc358d3dcb1534",
-    "fit reweighted synthetic": "884114d7c59563ab",
-}
+# The scores main's code gave at c7e76a6 (`threshold.holdout_scores` with seed 2, and limit
+# 5 with seed 3; PatchCore's fit's held-out and synthetic scores) for this file's fixtures
+# (tests/golden/README.md says how they were kept). Compared to float rounding, not bit for
+# bit: NumPy's AVX-512 exponentials round the reweighted rule's last bit differently.
+EXPECTED = json.loads((Path(__file__).parent / "golden" / "held_out_scores.json").read_text())
+RTOL = 1e-6  # far above float rounding (1e-16 seen between CPUs), far below any real change
+
+
+def same_scores(scores: Sequence[float] | np.ndarray, key: str) -> None:
+    np.testing.assert_allclose(np.asarray(scores, np.float64), EXPECTED[key], rtol=RTOL, atol=0)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_held_out_scores_are_the_bits_of_the_threshold_s_former_scorer(name: str) -> None:
+def test_held_out_scores_are_the_threshold_s_former_scorer_s(name: str) -> None:
     features, grid, bank, sources, regions = random_case(*CASES[name])
     held = HeldOut(features, bank, sources, seed=2)
     for rule in RULES:
-        assert digest(held.training_scores(grid, rule, regions)) == EXPECTED[f"{name} {rule}"]
+        same_scores(held.training_scores(grid, rule, regions), f"{name} {rule}")
     sampled = HeldOut(features, bank, sources, seed=3).training_scores(grid, "max", regions, 5)
-    assert digest(sampled) == EXPECTED[f"{name} limit"]
+    same_scores(sampled, f"{name} limit")
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_a_fit_s_held_out_and_synthetic_scores_keep_their_bits(rule: str) -> None:
+def test_a_fit_s_held_out_and_synthetic_scores_are_the_former_ones(rule: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         held, synthetic = fit_case(Path(folder), rule)
-    assert digest(held) == EXPECTED[f"fit {rule} held-out"]
-    assert digest(synthetic) == EXPECTED[f"fit {rule} synthetic"]
+    same_scores(held, f"fit {rule} held-out")
+    same_scores(synthetic, f"fit {rule} synthetic")
