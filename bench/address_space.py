@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import PYTHON, ROOT, machine
+from common import PYTHON, machine, run
 
 from ind_knn_ad.io.limits import FIT_ADDRESS_PER_PIXEL, FIT_ADDRESS_SPACE
 from ind_knn_ad.io.sample_data import generate_sample_dataset
@@ -50,15 +48,7 @@ def peaks(data: Path, size: int, options: list[str], coretype: str | None, work:
     model = work / "m.safetensors"
     command = [PYTHON, "-c", PEAKS, "--data-dir", data, *FIT, "--model", model, "--force"]
     command += ["--image-size", str(size), "--crop", str(size), *options]
-    done = subprocess.run(
-        [str(part) for part in command],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        sys.exit(f"the fit failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    done = run(command, env=environment)
     found = dict(line.split()[:2] for line in done.stderr.splitlines() if line.startswith("Vm"))
     peak, resident = int(found["VmPeak:"]), int(found["VmHWM:"])
     estimate = FIT_ADDRESS_SPACE + FIT_ADDRESS_PER_PIXEL * size * size

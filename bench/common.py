@@ -46,8 +46,9 @@ class Run:
     cpu_seconds: float = 0.0
 
 
-def run(command: list[str | Path], expect: int = 0) -> Run:
-    """Run `command` from the repository root; fail loudly if it exits other than `expect`.
+def run(command: list[str | Path], expect: int = 0, env: dict[str, str] | None = None) -> Run:
+    """Run `command` from the repository root (in `env`, else this environment); fail loudly
+    if it exits other than `expect`.
 
     The child is reaped with wait4, which gives that child's own peak RSS (ru_maxrss); the
     RUSAGE_CHILDREN total would only give the largest of all children so far.
@@ -55,7 +56,7 @@ def run(command: list[str | Path], expect: int = 0) -> Run:
     command = [str(part) for part in command]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)

@@ -26,7 +26,6 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 from common import (
     ALIGNED,
     CHOSEN,
@@ -42,6 +41,7 @@ from common import (
 
 from ind_knn_ad.io.datasets import load_dataset
 from ind_knn_ad.methods.fitting import no_progress
+from ind_knn_ad.report.evaluate import scores_by_label
 from ind_knn_ad.tuning.validation import Candidate, _Validation
 
 
@@ -62,10 +62,7 @@ def measure(name: str, size: int, work: Path) -> str:
     command = [PYTHON, ROOT / "make_model.py", "--data-dir", MVTEC / name, "--model", model]
     fit = run([*command, *flags(name, size)])
     results = json.loads(model.with_suffix(".results.json").read_text())
-    scores = {"good": [], "defective": []}
-    for image in results["images"]:
-        scores["good" if image["defect_type"] == "good" else "defective"].append(image["score"])
-    good, defective = (np.array(scores[kind]) for kind in ("good", "defective"))
+    good, defective = scores_by_label(results["images"])
     (_, false_alarms), (misses, _) = results["confusion_matrix"]
     errors = false_alarms + misses
     regret = errors - fewest_errors(good, defective)

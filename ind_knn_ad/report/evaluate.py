@@ -77,15 +77,9 @@ class Evaluation:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def _labelled(self) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, scores) of the test images, 1 for defective."""
-        labels = np.array([image["defect_type"] != GOOD for image in self.images], int)
-        return labels, np.array([image["score"] for image in self.images], np.float64)
-
     def labelled_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Scores of the good and of the defective test images."""
-        labels, scores = self._labelled()
-        return scores[labels == 0], scores[labels == 1]
+        return scores_by_label(self.images)
 
     def better_cut(self) -> dict[str, float] | None:
         """The best-F1 threshold with its false alarms and misses, when it makes fewer
@@ -101,8 +95,21 @@ class Evaluation:
 
     def at(self, threshold: float) -> Evaluation:
         """The same scores judged at another threshold (after a recalibration)."""
-        matrix, f1 = _judged(*self._labelled(), threshold)
+        matrix, f1 = _judged(*_labelled(self.images), threshold)
         return replace(self, threshold=threshold, confusion_matrix=matrix, f1=f1)
+
+
+def _labelled(images: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of an evaluation's `images`, 1 for defective."""
+    labels = np.array([image["defect_type"] != GOOD for image in images], int)
+    return labels, np.array([image["score"] for image in images], np.float64)
+
+
+def scores_by_label(images: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the good and of the defective images among an evaluation's `images`, also
+    as a results file holds them."""
+    labels, scores = _labelled(images)
+    return scores[labels == 0], scores[labels == 1]
 
 
 def _judged(
